@@ -1,0 +1,3 @@
+from brainspade.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,74 @@
+"""The user data layout: a folder with manifest.csv, one row per image volume.
+
+Columns: subject, dataset, modality, split, image, labels (paths relative to the folder).
+Several rows may share one labels file (e.g. T1 and FLAIR of one subject).
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+from brainspade.errors import BrainspadeError
+
+MANIFEST_COLUMNS = ("subject", "dataset", "modality", "split", "image", "labels")
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class VolumeRow:
+    """One manifest row, with its paths resolved inside the data root."""
+
+    subject: str
+    dataset: str
+    modality: str
+    split: str
+    image: Path
+    labels: Path
+    line: int  # line number in manifest.csv, for error messages
+
+
+def read_manifest(root: Path) -> list[VolumeRow]:
+    """Read and check root/manifest.csv (columns, splits, paths inside root).
+
+    Files are not opened here; `validate_volume` checks their content.
+    """
+    path = root / "manifest.csv"
+    if not path.is_file():
+        raise BrainspadeError(f"{path}: manifest not found; set data.root to a folder with manifest.csv (see README)")
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise BrainspadeError(f"{path}: missing column(s) {', '.join(missing)}; the header must be {','.join(MANIFEST_COLUMNS)}")
+        rows = [_parse_row(root, path, line, record) for line, record in enumerate(reader, start=2)]
+    if not rows:
+        raise BrainspadeError(f"{path}: no rows; add one row per image volume")
+    return rows
+
+
+def _parse_row(root: Path, manifest: Path, line: int, record: dict[str, str]) -> VolumeRow:
+    values = {c: (record.get(c) or "").strip() for c in MANIFEST_COLUMNS}
+    empty = [c for c, v in values.items() if not v]
+    if empty:
+        raise BrainspadeError(f"{manifest}:{line}: empty {', '.join(empty)}; every column needs a value")
+    if values["split"] not in SPLITS:
+        raise BrainspadeError(f"{manifest}:{line}: split {values['split']!r} must be one of {', '.join(SPLITS)}")
+    return VolumeRow(
+        subject=values["subject"],
+        dataset=values["dataset"],
+        modality=values["modality"],
+        split=values["split"],
+        image=_inside(root, manifest, line, values["image"]),
+        labels=_inside(root, manifest, line, values["labels"]),
+        line=line,
+    )
+
+
+def _inside(root: Path, manifest: Path, line: int, relative: str) -> Path:
+    """Resolve a manifest path and refuse one that leaves the data root (absolute or ../)."""
+    resolved = (root / relative).resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        raise BrainspadeError(f"{manifest}:{line}: path {relative!r} leaves the data root; use a path inside {root}")
+    return resolved

@@ -1,0 +1,98 @@
+"""Stage folders: one per stage inside the workdir, complete only once its manifest is written.
+
+The manifest (`manifest.json`) is written last, so a folder with it holds everything the
+stage promised and a folder without it is unfinished (it may hold a checkpoint to resume).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from brainspade.engine.atomic import write_json_atomic, write_text_atomic
+from brainspade.errors import BrainspadeError
+
+MANIFEST_NAME = "manifest.json"
+
+
+def config_fingerprint(*sections: Any) -> str:
+    """A short hash of config sections (resolved), to tell whether a finished stage is still valid."""
+    plain = [OmegaConf.to_container(s, resolve=True) if isinstance(s, DictConfig) else s for s in sections]
+    text = json.dumps(plain, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class StageFolder:
+    """The folder of one stage run: config, checkpoints, logs, outputs and, last, the manifest."""
+
+    def __init__(self, path: str | Path, fingerprint: str):
+        self.path = Path(path)
+        self.fingerprint = fingerprint
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST_NAME
+
+    def is_complete(self) -> bool:
+        return self.manifest_path.is_file()
+
+    def read_manifest(self) -> dict[str, Any]:
+        return json.loads(self.manifest_path.read_text())
+
+    def is_up_to_date(self) -> bool:
+        """Complete and made with the same config as this run."""
+        return self.is_complete() and self.read_manifest().get("fingerprint") == self.fingerprint
+
+    def reusable(self, force: bool) -> bool:
+        """True when a finished run with this config can be reused as is.
+
+        A finished folder made with another config is an error unless `force`, so that
+        results (and stages trained on them) are never silently mixed across configs.
+        """
+        if not self.is_complete() or force:
+            return False
+        if self.is_up_to_date():
+            return True
+        raise BrainspadeError(
+            f"{self.path}: finished with another config; pass force=true to redo it or use another workdir"
+        )
+
+    def prepare(self, cfg: DictConfig | None = None, *, force: bool = False) -> bool:
+        """Get the folder ready for a run; return False when a finished run can be reused.
+
+        A finished folder made with another config is an error unless `force`, so that
+        results are never silently mixed across configs.
+        """
+        if self.reusable(force):
+            return False
+        if self.is_complete():
+            self.manifest_path.unlink()
+        self.path.mkdir(parents=True, exist_ok=True)
+        if cfg is not None:
+            write_text_atomic(self.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        return True
+
+    def finish(self, outputs: Mapping[str, Any] | None = None, **details: Any) -> Path:
+        """Write the manifest (last): the stage's outputs, its config fingerprint and a timestamp."""
+        manifest = {
+            "fingerprint": self.fingerprint,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "outputs": dict(outputs or {}),
+            **details,
+        }
+        write_json_atomic(self.manifest_path, manifest)
+        return self.path
+
+
+def require_complete(path: str | Path, what: str, command: str) -> Path:
+    """Fail in one line when an input stage folder is missing or unfinished."""
+    path = Path(path)
+    if not (path / MANIFEST_NAME).is_file():
+        raise BrainspadeError(f"{path}: no finished {what} here; run `brainspade {command}` with this workdir first")
+    return path

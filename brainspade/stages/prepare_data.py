@@ -1,0 +1,65 @@
+"""`brainspade prepare-data`: validate data.root/manifest.csv and write the slice cache W/slices."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from brainspade.data.manifest import read_manifest
+from brainspade.data.prepare import build_slice_cache
+from brainspade.engine.atomic import atomic_folder
+from brainspade.engine.stage import StageFolder, config_fingerprint
+from brainspade.errors import BrainspadeError
+from brainspade.stages.common import data_root, stage_path
+from brainspade.stages.make_phantom import ensure_phantom
+
+
+def run(cfg: DictConfig) -> Path:
+    """Write W/slices (skipped when up to date with the data and config); return its folder."""
+    if cfg.data.name == "phantom":
+        ensure_phantom(cfg)
+    root = data_root(cfg)
+    if not root.is_dir():
+        raise BrainspadeError(f"{root}: data folder not found; set data.root=PATH to a folder with manifest.csv")
+    rows = read_manifest(root)
+    _check_roles(cfg, {row.dataset for row in rows}, root)
+    manifest_hash = hashlib.sha256((root / "manifest.csv").read_bytes()).hexdigest()
+    fingerprint = config_fingerprint(cfg.data, cfg.slices, manifest_hash)
+    target = stage_path(cfg, "slices")
+    if StageFolder(target, fingerprint).reusable(bool(cfg.force)):
+        print(f"[prepare-data] {target} is up to date")
+        return target
+    # Validation happens inside the build; a bad row aborts before the swap, keeping any old cache.
+    with atomic_folder(target) as building:
+        counts = build_slice_cache(
+            rows,
+            building,
+            root=root,
+            channels=list(cfg.data.channels),
+            lesion_channels=list(cfg.data.lesion_channels),
+            label_values=OmegaConf.to_container(cfg.data.label_values) if cfg.data.label_values else None,
+            pv_tolerance=float(cfg.data.pv_tolerance),
+            size=list(cfg.slices.size),
+            min_brain_fraction=float(cfg.slices.min_brain_fraction),
+            every=int(cfg.slices.every),
+        )
+        (building / "config.yaml").write_text(OmegaConf.to_yaml({"data": cfg.data, "slices": cfg.slices}, resolve=True))
+        StageFolder(building, fingerprint).finish({"images": "images.npy", "pv_maps": "pv_maps.npy"}, counts=counts)
+    print(f"[prepare-data] {counts['image_slices']} image slices, {counts['label_slices']} PV slices from {counts['volumes']} volumes")
+    return target
+
+
+def _check_roles(cfg: DictConfig, datasets: set[str], root: Path) -> None:
+    """Source and target data sets named in config must exist in the manifest."""
+    named = list(cfg.data.source_datasets) + list(cfg.data.target_datasets)
+    missing = [name for name in named if name not in datasets]
+    if missing:
+        raise BrainspadeError(
+            f"{root}/manifest.csv: data set(s) {missing} named in data.source_datasets/target_datasets are not in "
+            f"the manifest (it has {sorted(datasets)}); fix the config"
+        )
+    overlap = set(cfg.data.source_datasets) & set(cfg.data.target_datasets)
+    if overlap:
+        raise BrainspadeError(f"data sets {sorted(overlap)} are both source and target; a data set has one role")

@@ -1,0 +1,75 @@
+"""Shared test helpers: an in-process CLI runner and a small hand-made NIfTI data set."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from brainspade.cli import main
+
+torch.set_num_threads(2)
+
+FOLDER_CHANNELS = ["background", "csf", "gm", "wm"]
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    """Run `brainspade ARGS` in this process; return (exit code, stdout, stderr)."""
+    try:
+        code = main(list(args))
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _sphere_pv(shape: tuple[int, int, int], radius: float) -> np.ndarray:
+    """Concentric tissue shells (csf outside, gm, wm core) with soft edges: a valid 4-channel PV map."""
+    grid = np.stack(np.meshgrid(*[np.arange(s) - (s - 1) / 2 for s in shape], indexing="ij"))
+    distance = np.sqrt((grid**2).sum(axis=0))
+    brain = np.clip(radius - distance + 0.5, 0, 1)
+    wm = np.clip(radius * 0.5 - distance + 0.5, 0, 1)
+    gm = np.clip(radius * 0.8 - distance + 0.5, 0, 1) - wm
+    csf = brain - gm - wm
+    pv = np.stack([1 - brain, csf, gm, wm], axis=-1).astype(np.float32)
+    return pv / pv.sum(axis=-1, keepdims=True)
+
+
+def write_folder_dataset(root: Path, n_subjects: int = 3, shape=(20, 20, 10)) -> Path:
+    """Write a small valid data set (one site 'mysite', T1) in the user layout and return its root."""
+    root.mkdir(parents=True, exist_ok=True)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    rows = []
+    for i in range(n_subjects):
+        pv = _sphere_pv(shape, radius=7 + i * 0.5)
+        image = pv @ np.array([0.0, 0.2, 0.6, 1.0], dtype=np.float32)
+        nib.save(nib.Nifti1Image(image, affine), str(root / f"sub{i}_T1.nii.gz"))
+        nib.save(nib.Nifti1Image(pv, affine), str(root / f"sub{i}_labels.nii.gz"))
+        split = "test" if i == n_subjects - 1 else "train"
+        rows.append([f"sub{i}", "mysite", "T1", split, f"sub{i}_T1.nii.gz", f"sub{i}_labels.nii.gz"])
+    with (root / "manifest.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["subject", "dataset", "modality", "split", "image", "labels"])
+        writer.writerows(rows)
+    return root
+
+
+def folder_overrides(root: Path, workdir: Path) -> list[str]:
+    return [
+        f"workdir={workdir}",
+        "data=folder",
+        f"data.root={root}",
+        "data.source_datasets=[mysite]",
+        "slices.size=[16,16]",
+        "slices.every=1",
+        "profile=tiny",
+    ]
+
+
+@pytest.fixture
+def folder_dataset(tmp_path: Path) -> Path:
+    return write_folder_dataset(tmp_path / "data")

@@ -1,0 +1,59 @@
+"""The command line: command list, help, override checking, unbuilt commands."""
+
+from __future__ import annotations
+
+from conftest import run_cli
+
+from brainspade.cli import COMMANDS, expand_short_forms
+
+TEN_COMMANDS = [
+    "make-phantom", "prepare-data", "train-label-vae", "train-label-ldm", "sample-labels",
+    "train-modisc", "train-image-generator", "sample", "run-experiment", "demo",
+]
+
+
+def test_help_lists_the_ten_commands(capsys):
+    code, out, _ = run_cli(capsys, "--help")
+    assert code == 0
+    listed = [line.split()[0] for line in out.splitlines() if line.startswith("  ") and line.split()]
+    assert [c for c in listed if c in TEN_COMMANDS] == TEN_COMMANDS
+    assert set(COMMANDS) == set(TEN_COMMANDS)
+
+
+def test_command_help_shows_its_keys(capsys):
+    code, out, _ = run_cli(capsys, "prepare-data", "--help")
+    assert code == 0
+    assert "workdir" in out and "profile" in out and "min_brain_fraction" in out
+
+
+def test_unknown_key_fails_in_one_line(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "make-phantom", f"workdir={tmp_path}", "no_such_key=1")
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1
+    assert "no_such_key" in err
+    assert not (tmp_path / "phantom").exists()
+
+
+def test_unknown_command_and_bad_profile_fail(capsys, tmp_path):
+    assert run_cli(capsys, "frobnicate")[0] == 2
+    code, _, err = run_cli(capsys, "make-phantom", f"workdir={tmp_path}", "profile=huge")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+
+
+def test_folder_data_needs_a_root(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "prepare-data", f"workdir={tmp_path}", "data=folder")
+    assert code == 2
+    assert "data.root" in err and len(err.strip().splitlines()) == 1
+
+
+def test_short_forms_become_overrides():
+    assert expand_short_forms("sample", ["--n", "20000", "seed=3"]) == ["n=20000", "seed=3"]
+    assert expand_short_forms("sample", ["--n=5"]) == ["n=5"]
+    assert expand_short_forms("run-experiment", ["ood", "profile=tiny"]) == ["experiment=ood", "profile=tiny"]
+    assert expand_short_forms("run-experiment", ["--cfg", "job"]) == ["--cfg", "job"]
+
+
+def test_cfg_job_prints_the_resolved_config(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "prepare-data", f"workdir={tmp_path}", "profile=tiny", "--cfg", "job")
+    assert code == 0
+    assert "size:" in out and "- 48" in out

@@ -1,0 +1,73 @@
+"""Engine: atomic writes, checkpoints that resume exactly, stage folders."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from brainspade.engine.atomic import atomic_path, write_text_atomic
+from brainspade.engine.checkpoint import load_checkpoint, restore_training_state, save_checkpoint
+from brainspade.engine.stage import StageFolder
+from brainspade.errors import BrainspadeError
+
+
+def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path):
+    target = tmp_path / "table.csv"
+    write_text_atomic(target, "old\n")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed")
+    assert target.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["table.csv"]
+
+
+def _train(model, optimizer, steps):
+    for _ in range(steps):
+        loss = model(torch.randn(4, 3)).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def test_resume_continues_at_the_saved_step_with_the_same_optimiser_state(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    _train(model, optimizer, 5)
+    save_checkpoint(tmp_path / "c.pt", step=5, models={"net": model}, optimizers={"net": optimizer},
+                    signature={"channels": ["bg", "wm"]})
+    saved_moment = optimizer.state_dict()["state"][0]["exp_avg"].clone()
+    _train(model, optimizer, 3)  # the uninterrupted run goes on
+
+    resumed = torch.nn.Linear(3, 2)
+    optimizer_r = torch.optim.Adam(resumed.parameters(), lr=1e-2)
+    state = load_checkpoint(tmp_path / "c.pt", expected_signature={"channels": ["bg", "wm"]})
+    step = restore_training_state(state, models={"net": resumed}, optimizers={"net": optimizer_r})
+    assert step == 5
+    assert optimizer_r.state_dict()["state"][0]["step"] == 5
+    torch.testing.assert_close(optimizer_r.state_dict()["state"][0]["exp_avg"], saved_moment)
+    _train(resumed, optimizer_r, 3)  # the RNG state was restored too, so the same batches are drawn
+    torch.testing.assert_close(resumed.weight, model.weight)
+
+
+def test_checkpoint_for_another_schema_is_refused(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    save_checkpoint(tmp_path / "c.pt", step=1, models={"net": model}, signature={"channels": ["bg", "wm"]})
+    with pytest.raises(BrainspadeError, match="channels"):
+        load_checkpoint(tmp_path / "c.pt", expected_signature={"channels": ["bg", "gm", "wm"]})
+
+
+def test_corrupt_checkpoint_gives_a_clear_error(tmp_path):
+    (tmp_path / "c.pt").write_bytes(b"garbage")
+    with pytest.raises(BrainspadeError, match="not a readable"):
+        load_checkpoint(tmp_path / "c.pt")
+
+
+def test_stage_folder_is_complete_only_after_its_manifest(tmp_path):
+    folder = StageFolder(tmp_path / "stage", "abc")
+    assert folder.prepare() is True
+    assert not folder.is_complete()
+    folder.finish({"model": "model.pt"})
+    assert folder.is_complete() and folder.reusable(force=False)
+    with pytest.raises(BrainspadeError, match="another config"):
+        StageFolder(tmp_path / "stage", "other").reusable(force=False)
