@@ -1,0 +1,80 @@
+"""Torch datasets over the slice cache, and the protocol that decides which slices a stage may use.
+
+The protocol (METHOD.md): generators train on the *train* split of the *source* data sets
+only. Target data sets give unlabelled style images from their train split; test splits
+are for evaluation only. Every training stage selects its slices through these functions,
+so a leak would have to be written here, in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from brainspade.data.slice_cache import SliceCache
+
+
+def generator_label_indices(cache: SliceCache, source_datasets: Sequence[str]) -> np.ndarray:
+    """PV slices a label generator may train on: train split of the source data sets."""
+    return cache.label_indices(split="train", datasets=list(source_datasets))
+
+
+def generator_image_indices(cache: SliceCache, source_datasets: Sequence[str]) -> np.ndarray:
+    """Image slices the classifier and image generator may train on: train split of the source data sets."""
+    return cache.image_indices(split="train", datasets=list(source_datasets))
+
+
+def style_image_indices(cache: SliceCache, dataset: str, modality: str | None = None) -> np.ndarray:
+    """Slices usable as style images: the train split only, never a test split."""
+    return cache.image_indices(split="train", datasets=[dataset], modalities=None if modality is None else [modality])
+
+
+class LabelSlices(Dataset):
+    """PV maps with their conditions: {'pv_map': (C,H,W), 'lesion': (L,), 'slice_position': ()}."""
+
+    def __init__(self, cache: SliceCache, indices: np.ndarray):
+        self.cache = cache
+        self.indices = np.asarray(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
+        index = int(self.indices[item])
+        return {
+            "pv_map": torch.from_numpy(self.cache.pv_map(index)),
+            "lesion": torch.from_numpy(self.cache.lesion_proportions(index)),
+            "slice_position": torch.tensor(float(self.cache.label_table["slice_position"][index])),
+        }
+
+
+class ImageSlices(Dataset):
+    """Images with their PV map and categorical labels.
+
+    Items: {'image': (1,H,W), 'pv_map': (C,H,W), 'modality': int, 'dataset': int, 'index': int}
+    where modality/dataset are positions in the given name lists (-1 if not listed).
+    """
+
+    def __init__(self, cache: SliceCache, indices: np.ndarray, modalities: Sequence[str], datasets: Sequence[str]):
+        self.cache = cache
+        self.indices = np.asarray(indices)
+        self.modalities = list(modalities)
+        self.datasets = list(datasets)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item: int) -> dict[str, torch.Tensor | int]:
+        index = int(self.indices[item])
+        table = self.cache.image_table
+        modality, dataset = str(table["modality"][index]), str(table["dataset"][index])
+        return {
+            "image": torch.from_numpy(self.cache.image(index))[None],
+            "pv_map": torch.from_numpy(self.cache.pv_map(int(table["label_index"][index]))),
+            "modality": self.modalities.index(modality) if modality in self.modalities else -1,
+            "dataset": self.datasets.index(dataset) if dataset in self.datasets else -1,
+            "index": index,
+        }
