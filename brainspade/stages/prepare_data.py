@@ -45,7 +45,9 @@ def run(cfg: DictConfig) -> Path:
             min_brain_fraction=float(cfg.slices.min_brain_fraction),
             every=int(cfg.slices.every),
         )
-        (building / "config.yaml").write_text(OmegaConf.to_yaml({"data": cfg.data, "slices": cfg.slices}, resolve=True))
+        (building / "config.yaml").write_text(OmegaConf.to_yaml(
+            {"data": OmegaConf.to_container(cfg.data, resolve=True), "slices": OmegaConf.to_container(cfg.slices)}
+        ))
         StageFolder(building, fingerprint).finish({"images": "images.npy", "pv_maps": "pv_maps.npy"}, counts=counts)
     print(f"[prepare-data] {counts['image_slices']} image slices, {counts['label_slices']} PV slices from {counts['volumes']} volumes")
     return target
