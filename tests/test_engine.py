@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from brainspade.engine.atomic import atomic_path, write_text_atomic
+from brainspade.engine.atomic import atomic_path, remove_stale_temporaries, write_text_atomic
 from brainspade.engine.checkpoint import load_checkpoint, restore_training_state, save_checkpoint
 from brainspade.engine.stage import StageFolder
 from brainspade.errors import BrainspadeError
@@ -71,3 +71,14 @@ def test_stage_folder_is_complete_only_after_its_manifest(tmp_path):
     assert folder.is_complete() and folder.reusable(force=False)
     with pytest.raises(BrainspadeError, match="another config"):
         StageFolder(tmp_path / "stage", "other").reusable(force=False)
+
+
+def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
+    import os
+
+    dead = tmp_path / ".case.nii.gz.pid999999999.abc.tmp.nii.gz"
+    live = tmp_path / f".case.nii.gz.pid{os.getpid()}.abc.tmp.nii.gz"
+    dead.write_text("half")
+    live.write_text("in progress")
+    assert remove_stale_temporaries(tmp_path) == 1
+    assert not dead.exists() and live.exists()

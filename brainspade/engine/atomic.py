@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -22,7 +23,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    # The pid in the name lets `remove_stale_temporaries` tell a dead writer's leftovers from a live one's.
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.pid{os.getpid()}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -63,3 +65,27 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
             os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_stale_temporaries(folder: str | Path) -> int:
+    """Delete temporary files that a killed writer (kill -9 skips `finally`) left below `folder`.
+
+    Files of writers that are still running (another shard on this machine) are kept.
+    """
+    removed = 0
+    for path in Path(folder).rglob(".*.pid*.tmp*"):
+        match = re.search(r"\.pid(\d+)\.", path.name)
+        if path.is_file() and match and not _process_alive(int(match.group(1))):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
