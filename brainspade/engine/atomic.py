@@ -14,17 +14,20 @@ from typing import Any
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+def atomic_path(path: str | Path, temp_dir: str | Path | None = None) -> Iterator[Path]:
+    """Yield a temporary path; rename it onto `path` only if the block succeeds.
 
-    The temporary name keeps the final suffix(es) so that writers that infer the format
-    from the name (nibabel's `.nii.gz`, numpy's `.npy`) still work.
+    The temporary file lives beside `path`, or in `temp_dir` (same file system) when readers
+    list the target folder and must not see it. Its name keeps the final suffix(es) so that
+    writers that infer the format from the name (`.nii.gz`, `.npy`) still work.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    temp_dir = Path(temp_dir) if temp_dir is not None else path.parent
+    temp_dir.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes)
     # The pid in the name lets `remove_stale_temporaries` tell a dead writer's leftovers from a live one's.
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.pid{os.getpid()}.", suffix=f".tmp{suffix}", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.pid{os.getpid()}.", suffix=f".tmp{suffix}", dir=temp_dir)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
