@@ -33,7 +33,7 @@ COMMANDS: dict[str, Command] = {
     "train-modisc": Command(None, "train the modality/data-set classifier on real slices", 4),
     "train-image-generator": Command(None, "train the SPADE VAE-GAN image generator", 4),
     "sample": Command(None, "synthesise (image, label) pairs as an nnU-Net data set (--n N)", 5),
-    "run-experiment": Command(None, "train nnU-Nets on real/synthetic data and compare them (iod|ood|lesion)", 6),
+    "run-experiment": Command("brainspade.stages.run_experiment", "train nnU-Nets on real/synthetic data and compare them (iod|ood|lesion)", 6),
     "demo": Command("brainspade.stages.demo", "run the whole method on the embedded phantom"),
 }
 

@@ -10,18 +10,15 @@ must not be resampled to a median of different spacings.
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import os
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from brainspade.data.slice_cache import SliceCache
-from brainspade.engine.atomic import write_json_atomic
+from brainspade.engine.atomic import atomic_path, write_json_atomic
 from brainspade.errors import BrainspadeError
 
 FILE_ENDING = ".nii.gz"
@@ -141,26 +138,6 @@ def export_real_slices(
 def _write_2d(array: np.ndarray, path: Path) -> None:
     image = sitk.GetImageFromArray(array)
     image.SetSpacing((1.0, 1.0))
-    with _partial_file(path) as tmp:
+    # The temporary file stays out of imagesTr/labelsTr: nnU-Net takes every file there for a case.
+    with atomic_path(path, temp_dir=path.parent.parent / PARTIAL) as tmp:
         sitk.WriteImage(image, str(tmp), True)
-
-
-@contextlib.contextmanager
-def _partial_file(path: Path) -> Iterator[Path]:
-    """A temporary file in <raw_dir>/.partial, renamed onto `path` only when the block succeeds.
-
-    The temporary file is kept out of imagesTr/labelsTr because nnU-Net takes every file there
-    with the right ending for a case.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.parent.parent / PARTIAL
-    partial.mkdir(exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f"{path.name}.", suffix=FILE_ENDING, dir=partial)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

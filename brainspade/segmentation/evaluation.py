@@ -1,0 +1,108 @@
+"""Test sets, per-volume predictions and per-volume metrics of the arms of one evaluation.
+
+A test set is the *test split* of one data set and modality in the slice cache; its 2D
+slices are segmented one by one and stacked back into volumes (by subject, in slice order)
+before any metric is computed. Predictions are saved as NIfTI volumes (H, W, S) with the
+slice order in `slices.csv`, so every number of a report can be recomputed from them.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from brainspade.data.slice_cache import SliceCache
+from brainspade.engine.atomic import atomic_path
+from brainspade.engine.logging import progress
+from brainspade.errors import BrainspadeError
+from brainspade.segmentation.metrics import stack_volumes, volume_metrics
+from brainspade.segmentation.nnunet import Segmenter
+from brainspade.segmentation.raw_dataset import labels_from_pv
+
+RESULT_COLUMNS = ("evaluation", "arm", "subject", "class", "dice", "precision", "recall")
+
+
+@dataclass
+class TestVolume:
+    """One test subject: images and ground-truth label ids (S, H, W), and the cache rows they came from."""
+
+    subject: str
+    images: np.ndarray
+    truth: np.ndarray
+    slice_indices: np.ndarray
+    image_indices: np.ndarray
+
+
+def load_test_set(cache: SliceCache, dataset: str, modality: str) -> list[TestVolume]:
+    """The test split of one data set and modality, as volumes sorted by subject."""
+    indices = cache.image_indices(split="test", datasets=[dataset], modalities=[modality])
+    if indices.size == 0:
+        raise BrainspadeError(f"{cache.folder}: no test slices of data set {dataset!r} with modality {modality!r}")
+    table = cache.image_table
+    subjects = table["subject"][indices]
+    slice_indices = table["slice_index"][indices]
+    images = stack_volumes([cache.image(i) for i in indices], subjects, slice_indices)
+    truths = stack_volumes(
+        [labels_from_pv(cache.pv_map(int(table["label_index"][i]))) for i in indices], subjects, slice_indices
+    )
+    rows = stack_volumes(list(indices), subjects, slice_indices)
+    return [
+        TestVolume(subject, images[subject][0], truths[subject][0], images[subject][1], rows[subject][0])
+        for subject in images
+    ]
+
+
+def predict_test_set(segmenter: Segmenter, volumes: list[TestVolume], desc: str) -> dict[str, np.ndarray]:
+    """Label volumes (S, H, W) uint8 per subject, each slice segmented on its own (2D nnU-Net)."""
+    bar = progress(total=sum(len(v.images) for v in volumes), desc=desc, unit="slice")
+    predictions = {}
+    for volume in volumes:
+        slices = []
+        for image in volume.images:
+            slices.append(segmenter.segment(image))
+            bar.update(1)
+        predictions[volume.subject] = np.stack(slices)
+    bar.close()
+    return predictions
+
+
+def score(
+    evaluation: str,
+    arm: str,
+    volumes: list[TestVolume],
+    predictions: dict[str, np.ndarray],
+    classes: dict[str, int],
+    lesion_metrics: bool,
+) -> list[dict[str, object]]:
+    """results.csv rows of one arm: one per test volume and class."""
+    rows = []
+    for volume in volumes:
+        for row in volume_metrics(predictions[volume.subject], volume.truth, classes, lesion_metrics):
+            rows.append({"evaluation": evaluation, "arm": arm, "subject": volume.subject, **row})
+    return rows
+
+
+def save_volume(path: Path, labels: np.ndarray) -> None:
+    """A label volume (S, H, W) as NIfTI (H, W, S): slices along the third axis like the source volumes."""
+    with atomic_path(path) as tmp:
+        nib.save(nib.Nifti1Image(np.ascontiguousarray(labels.transpose(1, 2, 0)).astype(np.uint8), np.eye(4)), str(tmp))
+
+
+def load_volume(path: Path) -> np.ndarray:
+    """A label volume saved by `save_volume`, back as (S, H, W) uint8."""
+    return np.asarray(nib.load(str(path)).dataobj).transpose(2, 0, 1).astype(np.uint8)
+
+
+def write_slice_table(path: Path, volumes: list[TestVolume]) -> None:
+    """Which cache slice each prediction slice is: subject, position in the volume, slice index, cache row."""
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["subject", "position", "slice_index", "image_index"])
+        for volume in volumes:
+            for position, (slice_index, image_index) in enumerate(zip(volume.slice_indices, volume.image_indices,
+                                                                      strict=True)):
+                writer.writerow([volume.subject, position, int(slice_index), int(image_index)])

@@ -1,0 +1,223 @@
+"""nnU-Net v2 (2D) driven through its Python API, every folder inside one model folder.
+
+One model folder per arm holds nnU-Net's three trees (raw, preprocessed, results) with
+one data set, `Dataset001_<arm>`, so arms never share nnU-Net state. The steps are
+nnU-Net's own: fingerprint -> plan (ExperimentPlanner, 2D) -> preprocess -> train
+(`BrainspadeTrainer`, fold 'all': every training case, the test split stays outside) ->
+predict (`nnUNetPredictor.manual_initialization`).
+
+Nothing here looks classes up by name (nnU-Net's trainer lookup imports every trainer
+variant, some of which import torchvision, which fails on this CPU torch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from brainspade.errors import BrainspadeError
+from brainspade.segmentation.raw_dataset import case_ids, image_path, label_path
+
+DATASET_ID = 1
+CONFIGURATION = "2d"
+PLANS = "nnUNetPlans"
+FOLD = "all"
+SPACING_2D = [999.0, 1.0, 1.0]  # what nnU-Net's SimpleITKIO reports for a 2D file of 1 x 1 pixels
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How long and how nnU-Net trains (segmentation config section)."""
+
+    epochs: int
+    iterations_per_epoch: int
+    val_iterations_per_epoch: int
+    batch_size: int | None  # None: nnU-Net's planned batch size
+    processes: int  # spawned workers for fingerprint and preprocessing
+    augmentation_processes: int  # nnU-Net's data-augmentation workers (0: in this process)
+
+
+def dataset_name(arm: str) -> str:
+    return f"Dataset{DATASET_ID:03d}_{''.join(c if c.isalnum() else '_' for c in arm)}"
+
+
+def nnunet_environment(root: Path) -> contextlib.AbstractContextManager:
+    """nnU-Net's path variables pointing inside `root` for the duration of the block.
+
+    nnunetv2 >= 2.6 reads them when used, not at import; they are restored afterwards so
+    that two models in one process never see each other's folders.
+    """
+    return environment(
+        nnUNet_raw=str(root / "raw"),
+        nnUNet_preprocessed=str(root / "preprocessed"),
+        nnUNet_results=str(root / "results"),
+        nnUNet_compile="false",  # compiling 2D nets on CPU crashes (nnU-Net's own note)
+    )
+
+
+@contextlib.contextmanager
+def environment(**variables: str) -> Iterator[None]:
+    """Set environment variables for the block, restoring the previous values after."""
+    saved = {key: os.environ.get(key) for key in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def link_raw_dataset(sources: Sequence[Path], raw_dir: Path) -> int:
+    """Make nnU-Net's raw data set in `raw_dir` from the cases of one or more raw data sets.
+
+    Cases are symbolic links (a 20,000-slice synthetic set is not copied per arm); all sources
+    must share labels and modality. dataset.json is written last, so its presence marks a
+    complete folder. Returns the number of cases.
+    """
+    if raw_dir.exists():
+        shutil.rmtree(raw_dir)
+    headers = [_read_dataset_json(source) for source in sources]
+    for source, header in zip(sources[1:], headers[1:], strict=True):
+        for key in ("labels", "channel_names", "file_ending"):
+            if header[key] != headers[0][key]:
+                raise BrainspadeError(f"{source}/dataset.json: {key} {header[key]} differs from {sources[0]}'s "
+                                      f"{headers[0][key]}; an arm's sources must share labels and modality")
+    seen: set[str] = set()
+    for source in sources:
+        for case in case_ids(source):
+            if case in seen:
+                raise BrainspadeError(f"{source}: case {case} also comes from another source of this arm")
+            seen.add(case)
+            for path in (image_path(source, case), label_path(source, case)):
+                if not path.is_file():
+                    raise BrainspadeError(f"{path}: missing; the raw data set {source} is incomplete")
+            for made, target in ((image_path(raw_dir, case), image_path(source, case)),
+                                 (label_path(raw_dir, case), label_path(source, case))):
+                made.parent.mkdir(parents=True, exist_ok=True)
+                made.symlink_to(target.resolve())
+    if not seen:
+        raise BrainspadeError(f"{[str(s) for s in sources]}: no training cases")
+    header = {**headers[0], "numTraining": len(seen)}
+    (raw_dir / "dataset.json").write_text(json.dumps(header, indent=2) + "\n")
+    return len(seen)
+
+
+def plan_and_preprocess(root: Path, processes: int, log: io.TextIOBase) -> None:
+    """Fingerprint, 2D plan and 2D preprocessing of Dataset001 under `root` (nnU-Net's API)."""
+    from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import (
+        DatasetFingerprintExtractor,
+    )
+    from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+
+    # The planner sizes its thread pool from nnUNet_n_proc_DA, which must then be positive.
+    with contextlib.redirect_stdout(log), environment(nnUNet_n_proc_DA=str(max(1, processes))):
+        extractor = DatasetFingerprintExtractor(DATASET_ID, processes, verbose=False)
+        extractor.show_progress_bar = False
+        extractor.run(overwrite_existing=True)
+        ExperimentPlanner(DATASET_ID).plan_experiment()
+        preprocessor = DefaultPreprocessor(verbose=False)
+        preprocessor.show_progress_bar = False
+        preprocessor.run(DATASET_ID, CONFIGURATION, PLANS, num_processes=processes)
+
+
+def results_folder(root: Path, arm: str) -> Path:
+    return root / "results" / dataset_name(arm) / f"BrainspadeTrainer__{PLANS}__{CONFIGURATION}"
+
+
+def final_checkpoint(root: Path, arm: str) -> Path:
+    return results_folder(root, arm) / f"fold_{FOLD}" / "checkpoint_final.pth"
+
+
+def train(
+    root: Path, arm: str, settings: TrainSettings, device: torch.device, log: io.TextIOBase, tensorboard_folder: Path
+) -> Path:
+    """Train (or resume) the arm's 2D nnU-Net on every preprocessed case; return the final checkpoint."""
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+
+    from brainspade.segmentation.trainer import BrainspadeTrainer
+
+    final = final_checkpoint(root, arm)
+    if final.is_file():
+        return final
+    preprocessed = root / "preprocessed" / dataset_name(arm)
+    plans = load_json(str(preprocessed / f"{PLANS}.json"))
+    if settings.batch_size is not None:
+        plans["configurations"][CONFIGURATION]["batch_size"] = int(settings.batch_size)
+    latest = final.with_name("checkpoint_latest.pth")
+    plans["continue_training"] = latest.is_file()  # nnU-Net's trainer pops this key (log appending)
+    dataset_json = load_json(str(preprocessed / "dataset.json"))
+    with contextlib.redirect_stdout(log), environment(nnUNet_n_proc_DA=str(settings.augmentation_processes)):
+        trainer = BrainspadeTrainer(plans, CONFIGURATION, FOLD, dataset_json, device)
+        trainer.configure(settings, tensorboard_folder)
+        if latest.is_file():
+            trainer.load_checkpoint(str(latest))
+        trainer.run_training()
+    if not final.is_file():
+        raise RuntimeError(f"{final}: nnU-Net finished without a final checkpoint")
+    return final
+
+
+class Segmenter:
+    """A trained arm's nnU-Net, ready to segment 2D slices."""
+
+    def __init__(self, root: Path, arm: str, device: torch.device, mirroring: bool = True):
+        from batchgenerators.utilities.file_and_folder_operations import load_json
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+        from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+        from brainspade.segmentation.trainer import BrainspadeTrainer
+
+        folder = results_folder(root, arm)
+        checkpoint_file = final_checkpoint(root, arm)
+        if not checkpoint_file.is_file():
+            raise BrainspadeError(f"{checkpoint_file}: no trained nnU-Net; re-run the experiment to train it")
+        # nnU-Net's own checkpoint format (it pickles plain Python objects next to the weights).
+        checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=False)
+        plans_manager = PlansManager(load_json(str(folder / "plans.json")))
+        dataset_json = load_json(str(folder / "dataset.json"))
+        configuration = plans_manager.get_configuration(checkpoint["init_args"]["configuration"])
+        network = BrainspadeTrainer.build_network_architecture(
+            plans_manager,
+            configuration,
+            determine_num_input_channels(plans_manager, configuration, dataset_json),
+            plans_manager.get_label_manager(dataset_json).num_segmentation_heads,
+            enable_deep_supervision=False,
+        )
+        network.load_state_dict(checkpoint["network_weights"])
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.predictor = nnUNetPredictor(
+                use_mirroring=mirroring, perform_everything_on_device=False, device=device, allow_tqdm=False
+            )
+        self.predictor.manual_initialization(
+            network, plans_manager, configuration, [checkpoint["network_weights"]], dataset_json,
+            checkpoint["trainer_name"], checkpoint["inference_allowed_mirroring_axes"],
+        )
+        self.labels = dict(dataset_json["labels"])
+
+    def segment(self, image: np.ndarray) -> np.ndarray:
+        """Label ids (H, W) uint8 of one slice (H, W), preprocessed exactly as the training cases."""
+        data = np.asarray(image, dtype=np.float32)[None, None]
+        with contextlib.redirect_stdout(io.StringIO()):
+            labels = self.predictor.predict_single_npy_array(data, {"spacing": list(SPACING_2D)})
+        return np.asarray(labels, dtype=np.uint8).reshape(image.shape)
+
+
+def _read_dataset_json(source: Path) -> dict:
+    path = Path(source) / "dataset.json"
+    if not path.is_file():
+        raise BrainspadeError(f"{path}: missing; {source} is not a finished nnU-Net raw data set")
+    return json.loads(path.read_text())

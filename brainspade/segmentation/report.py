@@ -1,0 +1,191 @@
+"""An experiment's report: results.csv (per volume), report.md (tables), PNG figures.
+
+Table cells are `mean ± sd` over test volumes (NaN values skipped, n shown when some are)
+and p-values of paired tests between every two arms on the same volumes.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from brainspade.engine.logging import LABEL_COLOURS
+from brainspade.segmentation.evaluation import RESULT_COLUMNS, TestVolume
+from brainspade.segmentation.metrics import mean_sd
+from brainspade.segmentation.statistics import paired_tests
+
+
+def _in_plain_style(plot: Callable) -> Callable:
+    """Draw off-screen in matplotlib's default style, whatever style other imports have set globally."""
+
+    @functools.wraps(plot)
+    def wrapper(*args, **kwargs):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        with plt.style.context("default"), plt.rc_context({"font.size": 8}):
+            return plot(*args, **kwargs)
+
+    return wrapper
+
+
+METRIC_TITLES = {"dice": "Dice", "precision": "Precision", "recall": "Recall"}
+
+
+def write_results_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """One row per evaluation x arm x test volume x class; metrics not computed are left empty."""
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(RESULT_COLUMNS))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: _csv_value(row.get(key, "")) for key in RESULT_COLUMNS})
+
+
+def metric_values(rows: Sequence[dict[str, Any]], evaluation: str, arm: str, class_name: str, metric: str) -> list:
+    """Per-volume values of one metric, ordered by subject (the pairing order of the tests)."""
+    chosen = [r for r in rows if r["evaluation"] == evaluation and r["arm"] == arm and r["class"] == class_name]
+    return [float(r[metric]) for r in sorted(chosen, key=lambda r: r["subject"])]
+
+
+def format_mean_sd(values: Sequence[float]) -> str:
+    mean, sd, n = mean_sd(values)
+    if n == 0:
+        return "n/a"
+    cell = f"{mean:.4f} ± {sd:.4f}"
+    return cell if n == len(values) else f"{cell} (n={n})"
+
+
+def format_p(p: float) -> str:
+    return "n/a" if math.isnan(p) else f"{p:.3g}"
+
+
+def evaluation_section(
+    evaluation: dict[str, Any], rows: Sequence[dict[str, Any]], volumes: list[TestVolume], figures: dict[str, str]
+) -> list[str]:
+    """Markdown of one evaluation: a mean ± sd table and a p-value table per metric."""
+    name, arms, classes = evaluation["name"], list(evaluation["arms"]), list(evaluation["classes"])
+    test = evaluation["test"]
+    metrics = ["dice", "precision", "recall"] if evaluation["lesion_metrics"] else ["dice"]
+    lines = [
+        f"## {name}: tested on {test['dataset']} {test['modality']}",
+        "",
+        f"Test split of {test['dataset']}: {len(volumes)} volumes, {sum(len(v.images) for v in volumes)} slices "
+        f"({', '.join(v.subject for v in volumes)}). Arms: {', '.join(arms)}.",
+        "",
+    ]
+    header = ["| arm | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
+    for metric in metrics:
+        lines += [f"### {METRIC_TITLES[metric]} (mean ± sd over test volumes)", "", *header]
+        for arm in arms:
+            cells = [format_mean_sd(metric_values(rows, name, arm, c, metric)) for c in classes]
+            lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+        lines += ["", f"### {METRIC_TITLES[metric]}: paired tests, p-values (t-test / Wilcoxon signed-rank, "
+                  "two-sided)", "", "| pair | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
+        for first, second in itertools.combinations(arms, 2):
+            cells = []
+            for class_name in classes:
+                test_result = paired_tests(metric_values(rows, name, first, class_name, metric),
+                                           metric_values(rows, name, second, class_name, metric))
+                cells.append(f"{format_p(test_result.t_test_p)} / {format_p(test_result.wilcoxon_p)}")
+            lines.append(f"| {first} vs {second} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += [f"![{name}: per-volume scores]({figures['scores']})", "",
+              f"![{name}: test slices, ground truth and predictions]({figures['slices']})", ""]
+    return lines
+
+
+def models_section(trained: dict[str, dict[str, Any]], folders: dict[str, str]) -> list[str]:
+    """What each arm was trained on."""
+    lines = ["## Models", "", "| arm | trained on | training slices | model folder |", "|---|---|---|---|"]
+    for arm, training in trained.items():
+        parts = []
+        if "real" in training:
+            real = training["real"]
+            parts.append(f"real {real['dataset']} {real['modality']} (train split, {len(real['volumes'])} volumes: "
+                         f"{', '.join(real['volumes'])}; {real['slices']} slices)")
+        if "synthetic" in training:
+            syn = training["synthetic"]
+            parts.append(f"synthetic '{syn['samples']}' ({syn['slices']} pairs, styles from {syn['style_dataset']} "
+                         f"{syn['style_modality']} train images, {syn['conditions']} labels)")
+        lines.append(f"| {arm} | {' + '.join(parts)} | {training['slices']} | {folders[arm]} |")
+    return lines + [""]
+
+
+@_in_plain_style
+def plot_scores(path: Path, evaluation: dict[str, Any], rows: Sequence[dict[str, Any]]) -> None:
+    """Box plots of per-volume scores: one panel per metric, classes on x, one box per arm."""
+    import matplotlib.pyplot as plt
+
+    name, arms, classes = evaluation["name"], list(evaluation["arms"]), list(evaluation["classes"])
+    metrics = ["dice", "precision", "recall"] if evaluation["lesion_metrics"] else ["dice"]
+    panel_width = 1.5 + 0.45 * len(classes) * len(arms)
+    figure, axes = plt.subplots(1, len(metrics), figsize=(panel_width * len(metrics), 3.6), squeeze=False)
+    colours = plt.get_cmap("tab10")
+    width = 0.8 / len(arms)
+    for axis, metric in zip(axes[0], metrics, strict=True):
+        for a, arm in enumerate(arms):
+            data = [[v for v in metric_values(rows, name, arm, c, metric) if not math.isnan(v)] for c in classes]
+            positions = [k + (a - (len(arms) - 1) / 2) * width for k in range(len(classes))]
+            boxes = axis.boxplot(data, positions=positions, widths=width * 0.9, patch_artist=True, manage_ticks=False,
+                                 medianprops={"color": "black"})
+            for box in boxes["boxes"]:
+                box.set_facecolor(colours(a))
+            axis.plot([], [], color=colours(a), linewidth=6, label=arm)
+        axis.set_xticks(range(len(classes)), classes)
+        axis.set_ylim(-0.02, 1.02)
+        axis.set_title(f"{name}: {METRIC_TITLES[metric]}")
+        axis.grid(axis="y", alpha=0.3)
+    axes[0][-1].legend(loc="lower right", fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+@_in_plain_style
+def plot_slices(
+    path: Path, evaluation: dict[str, Any], volumes: list[TestVolume], predictions: dict[str, dict[str, np.ndarray]],
+    classes: dict[str, int], count: int,
+) -> None:
+    """A grid: rows are test slices (spread over the volumes), columns image, ground truth, each arm."""
+    import matplotlib.pyplot as plt
+
+    arms = list(evaluation["arms"])
+    labels = list(classes.values())
+    candidates = [(v, k) for v in volumes for k in range(len(v.images)) if np.isin(v.truth[k], labels).any()]
+    candidates = candidates or [(v, k) for v in volumes for k in range(len(v.images))]
+    chosen = [candidates[int(i)] for i in np.unique(np.linspace(0, len(candidates) - 1, count).round())]
+    columns = ["image", "ground truth", *arms]
+    figure, axes = plt.subplots(len(chosen), len(columns), figsize=(1.8 * len(columns), 1.6 * len(chosen) + 0.4),
+                                squeeze=False)
+    for r, (volume, k) in enumerate(chosen):
+        panels = [volume.images[k], volume.truth[k], *[predictions[arm][volume.subject][k] for arm in arms]]
+        for c, panel in enumerate(panels):
+            axis = axes[r][c]
+            if c == 0:
+                axis.imshow(panel, cmap="gray")
+            else:
+                axis.imshow(LABEL_COLOURS[panel % len(LABEL_COLOURS)], interpolation="nearest")
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if r == 0:
+                axis.set_title(columns[c], fontsize="small")
+            if c == 0:
+                axis.set_ylabel(f"{volume.subject}\nslice {int(volume.slice_indices[k])}", fontsize="x-small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def _csv_value(value: Any) -> Any:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else repr(value)
+    return value

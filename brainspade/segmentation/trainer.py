@@ -1,0 +1,56 @@
+"""The nnU-Net trainer brainspade trains with: nnU-Net's defaults, the length from the profile.
+
+Importing this module imports nnunetv2's trainer (heavy); `segmentation.nnunet` imports it
+only when a model is trained or loaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from brainspade.engine.logging import progress, tensorboard_writer
+from brainspade.segmentation.nnunet import TrainSettings
+
+LOGGED = ("train_losses", "val_losses", "mean_fg_dice", "ema_fg_dice")  # nnU-Net's per-epoch values
+
+
+class BrainspadeTrainer(nnUNetTrainer):
+    """nnUNetTrainer whose length comes from brainspade's profile; its scalars also go to TensorBoard.
+
+    The constructor keeps nnU-Net's signature (nnU-Net records its arguments in checkpoints);
+    `configure` sets the length before training starts.
+    """
+
+    def configure(self, settings: TrainSettings, tensorboard_folder: Path | None) -> None:
+        self.num_epochs = settings.epochs
+        self.num_iterations_per_epoch = settings.iterations_per_epoch
+        self.num_val_iterations_per_epoch = settings.val_iterations_per_epoch
+        self.save_every = 1  # an interrupted run resumes at its last finished epoch
+        self.writer = tensorboard_writer(tensorboard_folder) if tensorboard_folder is not None else None
+        self.bar = None
+
+    def on_train_start(self):
+        super().on_train_start()
+        self.bar = progress(total=self.num_epochs, initial=self.current_epoch, desc="nnU-Net", unit="epoch")
+
+    def on_epoch_end(self):
+        epoch = self.current_epoch
+        super().on_epoch_end()
+        if self.writer is not None:
+            for name in LOGGED:
+                self.writer.add_scalar(f"nnunet/{name}", float(self.logger.get_value(name, step=-1)), epoch)
+            self.writer.flush()
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def on_train_end(self):
+        super().on_train_end()
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+
+    def plot_network_architecture(self):
+        pass  # nnU-Net's plot needs hiddenlayer; nothing a brainspade user reads

@@ -1,0 +1,173 @@
+"""`run-experiment iod` end to end at profile=tiny: the report agrees with the saved predictions.
+
+STAND-IN: the synthetic arm S_iod normally trains on `brainspade sample` output. Here
+`make_samples` is replaced by an export of REAL siteA train slices (every other slice) through
+the same raw-data-set writer, under the arm's sample name. This checks the experiment
+machinery (models, predictions, metrics, tables, statistics), not synthetic data quality.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import math
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import run_cli
+
+from brainspade.data.slice_cache import SliceCache
+from brainspade.engine.stage import StageFolder
+from brainspade.segmentation.evaluation import load_volume
+from brainspade.segmentation.metrics import dice, mean_sd
+from brainspade.segmentation.raw_dataset import export_real_slices, labels_from_pv
+from brainspade.segmentation.statistics import paired_tests
+
+CLASSES = {"csf": 1, "gm": 2, "wm": 3}
+ARMS = ["R_iod", "S_iod"]
+
+
+def stand_in_make_samples(calls: list):
+    """make_samples replaced by real siteA train slices written as the sample set (see module docstring)."""
+
+    def make_samples(cfg, *, name, n, style_dataset, style_modality, conditions="healthy", **_):
+        calls.append({"name": name, "n": n, "style_dataset": style_dataset, "style_modality": style_modality,
+                      "conditions": conditions})
+        folder = Path(cfg.workdir) / "samples" / name
+        cache = SliceCache.open(Path(cfg.workdir) / "slices")
+        stage = StageFolder(folder, f"stand-in-{n}")
+        if not stage.is_complete():
+            indices = cache.image_indices(split="train", datasets=[style_dataset], modalities=[style_modality])
+            export_real_slices(cache, indices[::2][:n], folder, cache.channels)
+            stage.finish({"dataset": "dataset.json"}, stand_in=True)
+        return folder
+
+    return make_samples
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    """Run `run-experiment iod` once for the module; return (folder, workdir, make_samples calls, seconds, output)."""
+    workdir = tmp_path_factory.mktemp("experiment")
+    calls: list = []
+    patcher = pytest.MonkeyPatch()
+    patcher.setattr("brainspade.stages.sample.make_samples", stand_in_make_samples(calls))
+    from brainspade.cli import main  # run_cli needs the function-scoped capsys; this fixture is module-scoped
+
+    assert main(["prepare-data", f"workdir={workdir}", "profile=tiny"]) == 0
+    started = time.time()
+    code = main(["run-experiment", "iod", f"workdir={workdir}", "profile=tiny"])
+    seconds = time.time() - started
+    patcher.undo()
+    assert code == 0
+    return workdir / "experiments" / "iod", workdir, calls, seconds
+
+
+def _results(folder: Path) -> list[dict]:
+    with (folder / "results.csv").open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _table(report: str, title: str) -> dict[str, list[str]]:
+    """A markdown table after the heading `title`: {first cell: other cells}."""
+    lines = report[report.index(title):].splitlines()[2:]
+    rows = {}
+    for line in lines[2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def _truth_and_predictions(folder: Path, workdir: Path) -> tuple[dict, dict]:
+    """Ground truth rebuilt from the slice cache (test split) and each arm's saved prediction volumes."""
+    cache = SliceCache.open(workdir / "slices")
+    with (folder / "predictions" / "iod" / "slices.csv").open(newline="") as handle:
+        slices = list(csv.DictReader(handle))
+    truth: dict[str, list] = {}
+    for row in slices:
+        index = int(row["image_index"])
+        assert cache.image_table["split"][index] == "test" and cache.image_table["dataset"][index] == "siteA"
+        assert cache.image_table["subject"][index] == row["subject"]
+        truth.setdefault(row["subject"], []).append(
+            (int(row["slice_index"]), labels_from_pv(cache.pv_map(int(cache.image_table["label_index"][index])))))
+    truth_volumes = {s: np.stack([t for _, t in sorted(v, key=lambda p: p[0])]) for s, v in truth.items()}
+    predictions = {arm: {s: load_volume(folder / "predictions" / "iod" / arm / f"{s}.nii.gz") for s in truth_volumes}
+                   for arm in ARMS}
+    return truth_volumes, predictions
+
+
+def test_results_csv_matches_saved_predictions(experiment):
+    folder, workdir, _, _ = experiment
+    truth, predictions = _truth_and_predictions(folder, workdir)
+    rows = _results(folder)
+    subjects = sorted(truth)
+    assert subjects == ["siteA_test_000", "siteA_test_001"]  # every siteA test volume, nothing else
+    assert {(r["arm"], r["subject"], r["class"]) for r in rows} == set(itertools.product(ARMS, subjects, CLASSES))
+    for row in rows:
+        prediction = predictions[row["arm"]][row["subject"]]
+        assert prediction.shape == truth[row["subject"]].shape
+        expected = dice(prediction, truth[row["subject"]], CLASSES[row["class"]])
+        assert float(row["dice"]) == pytest.approx(expected, abs=1e-12, nan_ok=True)
+        assert row["precision"] == "" and row["recall"] == ""  # lesion metrics only for lesion experiments
+
+
+def test_report_tables_match_results(experiment):
+    folder, _, _, _ = experiment
+    report = (folder / "report.md").read_text()
+    rows = _results(folder)
+
+    def values(arm, class_name):
+        chosen = sorted((r for r in rows if r["arm"] == arm and r["class"] == class_name), key=lambda r: r["subject"])
+        return [float(r["dice"]) for r in chosen]
+
+    means = _table(report, "### Dice (mean ± sd over test volumes)")
+    assert list(means) == ARMS
+    for arm in ARMS:
+        for class_name, cell in zip(CLASSES, means[arm], strict=True):
+            mean, sd, _ = mean_sd(values(arm, class_name))
+            shown = [float(x) for x in re.findall(r"-?\d+\.\d+", cell)[:2]]
+            assert shown == pytest.approx([mean, sd], abs=6e-5), (arm, class_name, cell)
+    tests = _table(report, "### Dice: paired tests")
+    assert list(tests) == ["R_iod vs S_iod"]
+    for class_name, cell in zip(CLASSES, tests["R_iod vs S_iod"], strict=True):
+        expected = paired_tests(values("R_iod", class_name), values("S_iod", class_name))
+        t_cell, w_cell = (c.strip() for c in cell.split("/"))
+        for shown, p in ((t_cell, expected.t_test_p), (w_cell, expected.wilcoxon_p)):
+            assert (shown == "n/a") if math.isnan(p) else float(shown) == pytest.approx(p, rel=5e-3)
+
+
+def test_report_says_what_each_model_trained_on(experiment):
+    folder, workdir, calls, _ = experiment
+    report = (folder / "report.md").read_text()
+    models = _table(report, "## Models")
+    assert "real siteA T1 (train split, 3 volumes" in models["R_iod"][0]
+    assert "synthetic 'S_iod'" in models["S_iod"][0] and "siteA T1" in models["S_iod"][0]
+    # The synthetic arm asked for the profile's n samples styled with siteA T1 train images.
+    assert calls == [{"name": "S_iod", "n": 40, "style_dataset": "siteA", "style_modality": "T1",
+                      "conditions": "healthy"}]
+    for arm in ARMS:
+        assert (workdir / "segmentation" / "models" / arm / "manifest.json").is_file()
+    for figure in ("iod_scores.png", "iod_slices.png"):
+        assert (folder / "figures" / figure).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_rerun_reuses_models_and_report(experiment, capsys, monkeypatch):
+    folder, workdir, calls, seconds = experiment
+    print(f"\n[tiny run-experiment iod: {seconds:.0f} s]")
+    report_before = (folder / "report.md").read_text()
+    monkeypatch.setattr("brainspade.stages.sample.make_samples", stand_in_make_samples(calls))
+    code, out, err = run_cli(capsys, "run-experiment", "iod", f"workdir={workdir}", "profile=tiny")
+    assert code == 0, err
+    assert out.strip().splitlines()[-1] == str(folder)  # the last line is the report's folder
+    assert "up to date" in out and "training nnU-Net" not in out
+    assert (folder / "report.md").read_text() == report_before
+
+
+def test_unknown_experiment_is_refused(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "run-experiment", "nope", f"workdir={tmp_path}", "profile=tiny")
+    assert code == 1 and "experiment='nope' is not defined" in err
