@@ -1,0 +1,174 @@
+"""Segmentation units: nnU-Net raw data sets, metrics, paired tests, stacking slices into volumes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import run_cli
+from scipy import stats
+
+from brainspade.data.slice_cache import SliceCache
+from brainspade.errors import BrainspadeError
+from brainspade.segmentation import raw_dataset
+from brainspade.segmentation.arms import real_training_indices
+from brainspade.segmentation.metrics import dice, mean_sd, precision, recall, stack_volumes, volume_metrics
+from brainspade.segmentation.nnunet import link_raw_dataset
+from brainspade.segmentation.statistics import PairedTest, paired_tests
+
+CHANNELS = ["background", "csf", "gm", "wm", "tumour", "edema"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> SliceCache:
+    from brainspade.cli import main
+
+    workdir = tmp_path_factory.mktemp("cache")
+    assert main(["prepare-data", f"workdir={workdir}", "profile=tiny"]) == 0
+    return SliceCache.open(workdir / "slices")
+
+
+def _write_toy_dataset(folder, n=3, bad_label=False):
+    rng = np.random.default_rng(0)
+    for k in range(n):
+        pv = rng.dirichlet(np.ones(len(CHANNELS)), size=(12, 16)).transpose(2, 0, 1)
+        label = raw_dataset.labels_from_pv(pv)
+        if bad_label and k == 1:
+            label[0, 0] = 9  # not a label id of dataset.json
+        raw_dataset.write_case(folder, f"case_{k:03d}", rng.normal(size=(12, 16)).astype(np.float32), label)
+    raw_dataset.write_dataset_json(folder, CHANNELS, "T1", n)
+
+
+def test_raw_dataset_passes_nnunet_integrity_check_and_reads_back_2d(tmp_path):
+    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    _write_toy_dataset(tmp_path / "good")
+    verify_dataset_integrity(str(tmp_path / "good"), 1)
+    # nnU-Net reads a case as one 2D slice (1, 1, H, W) whose through-plane spacing marks it as 2D.
+    data, properties = SimpleITKIO().read_images([str(raw_dataset.image_path(tmp_path / "good", "case_000"))])
+    assert data.shape == (1, 1, 12, 16) and properties["spacing"] == [999.0, 1.0, 1.0]
+    image, label = raw_dataset.read_case(tmp_path / "good", "case_000")
+    np.testing.assert_allclose(data[0, 0], image)
+    assert label.dtype == np.uint8 and label.shape == (12, 16)
+    # Only finished files are in the folders nnU-Net lists.
+    assert sorted(p.name for p in (tmp_path / "good" / "imagesTr").iterdir()) == [
+        f"case_{k:03d}_0000.nii.gz" for k in range(3)
+    ]
+    header = json.loads((tmp_path / "good" / "dataset.json").read_text())
+    assert header["labels"] == {name: k for k, name in enumerate(CHANNELS)} and header["numTraining"] == 3
+
+    _write_toy_dataset(tmp_path / "bad", bad_label=True)
+    with pytest.raises(RuntimeError, match="unexpected labels"):
+        verify_dataset_integrity(str(tmp_path / "bad"), 1)
+
+
+def test_labels_from_pv_is_the_argmax_for_single_maps_and_batches():
+    pv = np.zeros((2, 3, 2, 2), dtype=np.float32)
+    pv[0, 2] = 1.0  # first map: every pixel channel 2
+    pv[1, 0] = 1.0  # second map: background, except one pixel that is mostly channel 1
+    pv[1, 0, 0, 0], pv[1, 1, 0, 0] = 0.4, 0.6
+    labels = raw_dataset.labels_from_pv(pv)
+    assert labels.dtype == np.uint8 and labels.shape == (2, 2, 2)
+    assert (labels[0] == 2).all() and labels[1, 0, 0] == 1 and (labels[1].ravel()[1:] == 0).all()
+    np.testing.assert_array_equal(raw_dataset.labels_from_pv(pv[0]), labels[0])
+    with pytest.raises(ValueError):
+        raw_dataset.labels_from_pv(np.zeros((4, 4)))
+
+
+def test_write_case_refuses_mismatched_shapes(tmp_path):
+    with pytest.raises(ValueError, match="same"):
+        raw_dataset.write_case(tmp_path, "x", np.zeros((4, 5)), np.zeros((4, 4), dtype=np.uint8))
+
+
+def test_export_real_slices_writes_the_cache_slices_and_their_argmax_labels(cache, tmp_path):
+    indices = cache.image_indices(split="train", datasets=["siteA"])[:4]
+    cases = raw_dataset.export_real_slices(cache, indices, tmp_path, cache.channels)
+    assert cases == raw_dataset.case_ids(tmp_path)
+    for case, index in zip(cases, indices, strict=True):
+        image, label = raw_dataset.read_case(tmp_path, case)
+        np.testing.assert_array_equal(image, cache.image(index))
+        expected = raw_dataset.labels_from_pv(cache.pv_map(int(cache.image_table["label_index"][index])))
+        np.testing.assert_array_equal(label, expected)
+
+
+def test_few_volume_arm_uses_only_the_first_train_volumes(cache):
+    chosen = real_training_indices(cache, "siteB", "T1", volumes=1)
+    table = cache.image_table
+    assert set(table["split"][chosen]) == {"train"}
+    assert set(table["subject"][chosen]) == {"siteB_train_000"}
+    everything = real_training_indices(cache, "siteB", "T1", volumes=None)
+    assert set(table["subject"][everything]) == {"siteB_train_000", "siteB_train_001"}
+    with pytest.raises(BrainspadeError, match="between 1 and 2"):
+        real_training_indices(cache, "siteB", "T1", volumes=3)
+
+
+def test_arm_sources_must_share_labels(tmp_path):
+    _write_toy_dataset(tmp_path / "a")
+    _write_toy_dataset(tmp_path / "b")
+    header = json.loads((tmp_path / "b" / "dataset.json").read_text())
+    header["labels"] = {"background": 0, "brain": 1}
+    (tmp_path / "b" / "dataset.json").write_text(json.dumps(header))
+    with pytest.raises(BrainspadeError, match="labels"):
+        link_raw_dataset([tmp_path / "a", tmp_path / "b"], tmp_path / "raw" / "Dataset001_x")
+
+
+def test_dice_precision_recall_on_known_arrays():
+    truth = np.array([[1, 1, 1, 1, 0, 0, 0, 0]])
+    prediction = np.array([[1, 1, 0, 0, 1, 0, 0, 0]])
+    assert dice(prediction, truth, 1) == pytest.approx(2 * 2 / (3 + 4))
+    assert precision(prediction, truth, 1) == pytest.approx(2 / 3)
+    assert recall(prediction, truth, 1) == pytest.approx(2 / 4)
+    assert dice(truth, truth, 1) == 1.0 and dice(truth, truth, 0) == 1.0
+    # Undefined, not a made-up score: the class is in neither array / nothing predicted / nothing to find.
+    assert np.isnan(dice(prediction, truth, 5))
+    assert np.isnan(precision(np.zeros_like(truth), truth, 1)) and recall(np.zeros_like(truth), truth, 1) == 0.0
+    assert np.isnan(recall(prediction, np.zeros_like(truth), 1))
+    rows = volume_metrics(prediction, truth, {"tumour": 1}, lesion_metrics=True)
+    assert rows == [{"class": "tumour", "dice": pytest.approx(4 / 7), "precision": pytest.approx(2 / 3),
+                     "recall": pytest.approx(0.5)}]
+    assert set(volume_metrics(prediction, truth, {"csf": 1}, lesion_metrics=False)[0]) == {"class", "dice"}
+
+
+def test_mean_sd_skips_undefined_values():
+    assert mean_sd([0.5, 0.7, float("nan")]) == (pytest.approx(0.6), pytest.approx(np.std([0.5, 0.7], ddof=1)), 2)
+    assert mean_sd([0.4]) == (0.4, 0.0, 1)
+    mean, sd, n = mean_sd([float("nan")])
+    assert np.isnan(mean) and n == 0
+
+
+def test_paired_tests_on_known_inputs():
+    first, second = [0.80, 0.85, 0.90, 0.70, 0.75], [0.70, 0.80, 0.82, 0.69, 0.60]
+    differences = np.subtract(first, second)
+    t = differences.mean() / (differences.std(ddof=1) / np.sqrt(len(differences)))
+    result = paired_tests(first, second)
+    assert result.n == 5
+    assert result.t_test_p == pytest.approx(2 * stats.t.sf(abs(t), df=4))
+    assert result.wilcoxon_p == pytest.approx(0.0625)  # all 5 differences positive: 2 / 2**5
+    assert paired_tests(second, first).t_test_p == pytest.approx(result.t_test_p)  # two-sided
+    # Identical scores on every volume: no evidence of a difference, p = 1 (not an error or NaN).
+    assert paired_tests([0.5, 0.6, 0.7], [0.5, 0.6, 0.7]) == PairedTest(1.0, 1.0, 3)
+    # Pairs with an undefined value are dropped; fewer than two pairs give no test.
+    dropped = paired_tests([0.5, float("nan"), 0.7, 0.2], [0.4, 0.1, 0.5, 0.3])
+    assert dropped.n == 3 and dropped.t_test_p == pytest.approx(stats.ttest_rel([0.5, 0.7, 0.2], [0.4, 0.5, 0.3]).pvalue)
+    assert np.isnan(paired_tests([0.5, float("nan")], [0.4, 0.3]).t_test_p)
+
+
+def test_stack_volumes_orders_slices_by_subject_and_index():
+    slices = [np.full((2, 2), value) for value in (30, 10, 20, 11, 12)]
+    subjects = ["b", "a", "b", "a", "a"]
+    slice_indices = [3, 0, 1, 7, 4]
+    volumes = stack_volumes(slices, subjects, slice_indices)
+    assert list(volumes) == ["a", "b"]
+    volume, order = volumes["a"]
+    assert volume.shape == (3, 2, 2) and order.tolist() == [0, 4, 7]
+    assert volume[:, 0, 0].tolist() == [10, 12, 11]
+    assert volumes["b"][0][:, 0, 0].tolist() == [20, 30]
+    with pytest.raises(ValueError, match="twice"):
+        stack_volumes(slices[:2], ["a", "a"], [1, 1])
+
+
+def test_run_experiment_needs_the_slice_cache(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "run-experiment", "iod", f"workdir={tmp_path}", "profile=tiny")
+    assert code == 1 and "prepare-data" in err and err.count("\n") == 1
