@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from brainspade.data.slice_cache import SliceCache
 from brainspade.engine.atomic import write_json_atomic, write_text_atomic
+from brainspade.engine.seeding import seed_everything
 from brainspade.engine.stage import StageFolder, config_fingerprint, require_complete
 from brainspade.errors import BrainspadeError
 from brainspade.segmentation import nnunet
@@ -146,6 +147,7 @@ def ensure_arm(cfg: DictConfig, cache: SliceCache, arm: str) -> TrainedArm:
             nnunet.plan_and_preprocess(root, settings.processes, log)
         print(f"[run-experiment] {arm}: training nnU-Net ({settings.epochs} epochs x {settings.iterations_per_epoch} "
               f"iterations) on {training['slices']} slices; log in {folder.path / 'nnunet.log'}")
+        seed_everything(int(cfg.seed))  # nnU-Net draws patches and augmentations from the global generators
         final = nnunet.train(root, arm, settings, select_device(cfg), log, folder.path)
     for part in training.values():
         if isinstance(part, dict):
