@@ -1,0 +1,97 @@
+"""The trained image-side models as a plain API: `ImageGenerator.generate` and `ModalityClassifier.predict`.
+
+The `sample` stage calls these; both rebuild their networks from the checkpoint alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from brainspade.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from brainspade.engine.stage import require_complete
+from brainspade.models.modality_classifier import ModalityDatasetClassifier
+from brainspade.models.multiscale_patchgan import MultiScalePatchGAN
+from brainspade.models.spade_generator import SpadeGenerator
+from brainspade.models.style_encoder import StyleEncoder
+
+
+def build_classifier(args: dict) -> ModalityDatasetClassifier:
+    return ModalityDatasetClassifier(**args)
+
+
+def build_image_models(args: dict) -> tuple[StyleEncoder, SpadeGenerator, MultiScalePatchGAN]:
+    """Style encoder, generator and discriminator from the constructor arguments saved in a checkpoint."""
+    return (
+        StyleEncoder(**args["style_encoder"]),
+        SpadeGenerator(**args["generator"]),
+        MultiScalePatchGAN(**args["discriminator"]),
+    )
+
+
+def sample_style_codes(mu: torch.Tensor, logvar: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
+    """z = mu + sigma * eps with eps of sample i drawn from a generator seeded with seeds[i] (batch-independent)."""
+    noise = torch.stack([
+        torch.randn(mu.shape[1], generator=torch.Generator().manual_seed(int(seed) % 2**63)) for seed in seeds
+    ]).to(mu)
+    return mu + torch.exp(0.5 * logvar) * noise
+
+
+class ImageGenerator:
+    """The EMA SPADE generator and style encoder of a finished `train-image-generator` folder."""
+
+    def __init__(self, style_encoder: StyleEncoder, generator: SpadeGenerator, channels: list[str],
+                 size: tuple[int, int], device: torch.device):
+        self.style_encoder = style_encoder.to(device).eval().requires_grad_(False)
+        self.generator = generator.to(device).eval().requires_grad_(False)
+        self.channels = list(channels)
+        self.size = tuple(size)
+        self.device = device
+
+    @classmethod
+    def load(cls, folder: Path, device: torch.device) -> ImageGenerator:
+        folder = require_complete(folder, "image generator", "train-image-generator")
+        state = load_checkpoint(Path(folder) / CHECKPOINT_NAME)
+        style_encoder, generator, _ = build_image_models(state["extra"]["model_args"])
+        style_encoder.load_state_dict(state["ema"]["style_encoder"])
+        generator.load_state_dict(state["ema"]["generator"])
+        return cls(style_encoder, generator, state["signature"]["channels"], tuple(state["signature"]["size"]), device)
+
+    @torch.no_grad()
+    def generate(self, pv_maps: torch.Tensor, style_images: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
+        """PV maps (B, C, H, W) + z-scored style slices (B, 1, H, W) -> images (B, 1, H, W) on the z-score scale.
+
+        Image i depends only on (seeds[i], pv_maps[i], style_images[i]) and the weights.
+        """
+        if len(seeds) != len(pv_maps) or len(style_images) != len(pv_maps):
+            raise ValueError(f"{len(pv_maps)} PV maps, {len(style_images)} style images and {len(seeds)} seeds")
+        pv_maps = pv_maps.to(self.device, torch.float32)
+        mu, logvar = self.style_encoder(style_images.to(self.device, torch.float32))
+        return self.generator(pv_maps, sample_style_codes(mu, logvar, seeds))
+
+
+class ModalityClassifier:
+    """The frozen modality / data-set classifier of a finished `train-modisc` folder."""
+
+    def __init__(self, network: ModalityDatasetClassifier, modalities: list[str], datasets: list[str],
+                 device: torch.device):
+        self.network = network.to(device).eval().requires_grad_(False)
+        self.modalities = list(modalities)
+        self.datasets = list(datasets)
+        self.device = device
+
+    @classmethod
+    def load(cls, folder: Path, device: torch.device) -> ModalityClassifier:
+        folder = require_complete(folder, "modality classifier", "train-modisc")
+        state = load_checkpoint(Path(folder) / CHECKPOINT_NAME)
+        network = build_classifier(state["extra"]["model_args"])
+        network.load_state_dict(state["models"]["classifier"])
+        return cls(network, state["extra"]["modalities"], state["extra"]["datasets"], device)
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (B, 1, H, W) -> (B, n_modalities) and (B, n_datasets) class probabilities."""
+        modality_logits, dataset_logits = self.network(images.to(self.device, torch.float32))
+        return modality_logits.softmax(dim=1), dataset_logits.softmax(dim=1)

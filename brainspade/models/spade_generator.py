@@ -1,0 +1,68 @@
+"""The SPADE generator of brainSPADE: a style code and PV maps -> an MR slice."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from monai.networks.blocks import Convolution
+from monai.networks.nets.spade_network import SPADENetResBlock
+from torch import nn
+
+
+class SpadeGenerator(nn.Module):
+    """A linear map of the style code to a coarse tensor, then SPADE res-blocks up to full size.
+
+    Park et al. 2019 (SPADE) as used by Fernandez et al. 2022: every scale, the full-size one
+    included, normalises its activations (instance norm) and re-modulates them with the PV maps.
+    The maps are area-averaged to each scale, so a coarse scale still sees partial volumes
+    rather than a nearest-neighbour pick. Upsampling is nearest; the output is unbounded
+    (slices are z-scored). MONAI's `SPADENetResBlock` is the block.
+
+    Args:
+        label_channels: PV map channels.
+        z_dim: style code size.
+        size: output (H, W); each must be divisible by 2 ** (len(channels) - 1).
+        channels: block widths from the coarsest scale to the full-size one.
+        spade_hidden: hidden channels of each SPADE modulation network.
+        out_channels: image channels.
+    """
+
+    def __init__(
+        self,
+        label_channels: int,
+        z_dim: int,
+        size: Sequence[int],
+        channels: Sequence[int],
+        spade_hidden: int = 128,
+        out_channels: int = 1,
+    ):
+        super().__init__()
+        factor = 2 ** (len(channels) - 1)
+        if any(s % factor for s in size):
+            raise ValueError(f"size {list(size)} must be divisible by {factor} for {len(channels)} generator scales")
+        self.coarse_shape = (channels[0], size[0] // factor, size[1] // factor)
+        self.fc = nn.Linear(z_dim, channels[0] * self.coarse_shape[1] * self.coarse_shape[2])
+        widths = [*channels, channels[-1]]
+        self.blocks = nn.ModuleList(
+            SPADENetResBlock(
+                spatial_dims=2,
+                in_channels=widths[i],
+                out_channels=widths[i + 1],
+                label_nc=label_channels,
+                spade_intermediate_channels=spade_hidden,
+            )
+            for i in range(len(channels))
+        )
+        self.out = Convolution(
+            spatial_dims=2, in_channels=channels[-1], out_channels=out_channels, kernel_size=3, conv_only=True
+        )
+
+    def forward(self, pv_maps: torch.Tensor, style_code: torch.Tensor) -> torch.Tensor:
+        x = self.fc(style_code).view(-1, *self.coarse_shape)
+        for i, block in enumerate(self.blocks):
+            if i > 0:
+                x = F.interpolate(x, scale_factor=2, mode="nearest")
+            x = block(x, F.adaptive_avg_pool2d(pv_maps, x.shape[-2:]))
+        return self.out(F.leaky_relu(x, 0.2))

@@ -1,0 +1,211 @@
+"""Units of the image generator: shapes, loss terms, style consistency, alpha validation, determinism, resume."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from brainspade.engine.checkpoint import load_checkpoint, restore_training_state, save_checkpoint
+from brainspade.errors import BrainspadeError
+from brainspade.generation.image_training import GeneratorLosses, Networks, validate_weights
+from brainspade.generation.images import ImageGenerator, ModalityClassifier, build_image_models
+from brainspade.models.modality_classifier import ModalityDatasetClassifier
+
+torch.set_num_threads(2)
+
+CHANNELS = 6
+SIZE = (32, 48)
+BASE = OmegaConf.load("configs/stage/image_generator.yaml")
+
+
+def settings(**weights):
+    cfg = copy.deepcopy(BASE)
+    cfg.perceptual_network = "classifier"
+    for name, value in weights.items():
+        cfg.weights[name] = value
+    return cfg
+
+
+def model_args() -> dict:
+    return {
+        "style_encoder": {"z_dim": 8, "channels": [8, 16]},
+        "generator": {"label_channels": CHANNELS, "z_dim": 8, "size": list(SIZE), "channels": [16, 8, 8],
+                      "spade_hidden": 8},
+        "discriminator": {"in_channels": CHANNELS + 1, "num_scales": 2, "num_layers": 2, "channels": 8},
+    }
+
+
+def networks(seed: int = 0) -> Networks:
+    torch.manual_seed(seed)
+    style_encoder, generator, discriminator = build_image_models(model_args())
+    classifier = ModalityDatasetClassifier(2, 2, init_features=8, growth_rate=4, block_config=(2, 2)).eval()
+    classifier.requires_grad_(False)
+    return Networks(style_encoder, generator, discriminator, classifier)
+
+
+def pv_maps(batch: int, seed: int = 1) -> torch.Tensor:
+    logits = torch.randn(batch, CHANNELS, *SIZE, generator=torch.Generator().manual_seed(seed)) * 3
+    return logits.softmax(dim=1)
+
+
+def fake_batch(batch: int = 4, seed: int = 1) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    pv = pv_maps(batch, seed)
+    contrast = torch.tensor([0.0, 0.3, 0.6, 1.0, 1.2, 0.8])
+    image = torch.einsum("bchw,c->bhw", pv, contrast)[:, None]
+    image = image + 0.05 * torch.randn(image.shape, generator=generator)
+    return {
+        "image": image, "pv_map": pv, "brain": (pv[:, :1] < 0.5).float(),
+        "style": image.flip(-1), "style_modality": torch.tensor([0, 1, 0, 1][:batch]),
+        "style_dataset": torch.tensor([0, -1, 1, 0][:batch]),
+    }
+
+
+def test_networks_give_the_documented_shapes():
+    nets = networks()
+    batch = fake_batch()
+    mu, logvar = nets.style_encoder(batch["style"])
+    assert mu.shape == logvar.shape == (4, 8)
+    images = nets.generator(batch["pv_map"], mu)
+    assert images.shape == (4, 1, *SIZE)
+    scores, features = nets.discriminator(torch.cat([batch["pv_map"], images], dim=1))
+    assert len(scores) == 2 and all(s.shape[:2] == (4, 1) for s in scores)
+    assert scores[1].shape[-1] < scores[0].shape[-1]  # the second scale sees a halved input
+    modality_logits, dataset_logits = nets.classifier(images)
+    assert modality_logits.shape == dataset_logits.shape == (4, 2)
+
+
+def generator_gradient(nets: Networks, cfg, batch, seed: int = 5) -> torch.Tensor:
+    losses = GeneratorLosses(nets, cfg, torch.device("cpu"))
+    parameters = [*nets.style_encoder.parameters(), *nets.generator.parameters()]
+    torch.manual_seed(seed)
+    terms, _ = losses.terms(batch)
+    gradients = torch.autograd.grad(losses.total(terms), parameters, allow_unused=True)
+    return torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(gradients, parameters, strict=True)])
+
+
+TERM_WEIGHTS = {
+    "adversarial": {"adversarial": 0.0},
+    "feature_matching": {"feature_matching": 0.0},
+    "perceptual": {"perceptual": 0.0},
+    "kl": {"kl": 0.0},
+    "modality_dataset": {"modality": 0.0, "dataset": 0.0},
+    "style_consistency": {"style_consistency": 0.0},
+    "reconstruction": {"reconstruction": 0.0},
+}
+
+
+@pytest.mark.parametrize("term", sorted(TERM_WEIGHTS))
+def test_each_loss_term_is_finite_and_moves_the_generator_gradient(term):
+    nets, batch = networks(), fake_batch()
+    louder = {"reconstruction": 1.0, "kl": 0.5}  # so that their share of the gradient is clearly visible
+    cfg_on = settings(**louder)
+    losses = GeneratorLosses(nets, cfg_on, torch.device("cpu"))
+    torch.manual_seed(5)
+    terms, _ = losses.terms(batch)
+    assert term in terms and torch.isfinite(terms[term]) and terms[term].item() != 0.0
+    with_term = generator_gradient(nets, cfg_on, batch)
+    cfg_off = settings(**{**louder, **TERM_WEIGHTS[term]})
+    without_term = generator_gradient(nets, cfg_off, batch)
+    assert term not in GeneratorLosses(nets, cfg_off, torch.device("cpu")).terms(batch)[0]
+    assert torch.isfinite(with_term).all()
+    assert not torch.allclose(with_term, without_term, rtol=0, atol=1e-9)
+
+
+def test_dataset_term_moves_the_gradient_and_unknown_datasets_keep_only_the_modality_term():
+    from brainspade.losses.modality import modality_dataset_loss
+
+    logits = torch.randn(3, 2, requires_grad=True)
+    modality = torch.tensor([0, 1, 0])
+    only_modality = modality_dataset_loss(logits, logits, modality, torch.tensor([-1, -1, -1]), 0.75, 0.3)
+    assert torch.allclose(only_modality, modality_dataset_loss(logits, logits, modality, modality, 0.75, 0.0))
+    assert not torch.allclose(only_modality, modality_dataset_loss(logits, logits, modality, modality, 0.75, 0.3))
+
+
+def test_style_consistency_loss_falls_on_a_fixed_batch():
+    nets, batch = networks(), fake_batch()
+    losses = GeneratorLosses(nets, settings(), torch.device("cpu"))
+    optimizer = torch.optim.Adam(nets.style_encoder.parameters(), lr=1e-2)
+    values = []
+    for step in range(12):
+        torch.manual_seed(step)  # a new random affine every step, on the same images
+        loss = losses.style_consistency(nets.style_encoder, batch["style"])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        values.append(loss.item())
+    assert sum(values[-3:]) / 3 < 0.5 * sum(values[:3]) / 3
+
+
+def test_negatives_push_codes_of_other_modalities_apart():
+    from brainspade.losses.style_consistency import StyleConsistencyLoss
+
+    codes = torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.9, 0.0]])
+    loss = StyleConsistencyLoss(negative_weight=1.0)
+    assert loss.negative_term(codes, torch.tensor([0, 1, 0])) > 0.9
+    assert loss.negative_term(codes, torch.tensor([0, 0, 0])) == 0
+
+
+@pytest.mark.parametrize(("alpha_mod", "alpha_dat"), [(0.3, 0.75), (0.5, 0.5), (0.0, 0.3)])
+def test_alpha_mod_must_exceed_alpha_dat(alpha_mod, alpha_dat):
+    with pytest.raises(BrainspadeError, match="modality=.* must exceed dataset="):
+        validate_weights({**settings().weights, "modality": alpha_mod, "dataset": alpha_dat})
+
+
+def test_alpha_both_zero_or_paper_values_are_accepted():
+    validate_weights(settings(modality=0.0, dataset=0.0).weights)
+    validate_weights(settings().weights)
+
+
+def test_generated_image_depends_only_on_its_seed_and_inputs_not_on_the_batch():
+    nets = networks()
+    model = ImageGenerator(nets.style_encoder, nets.generator, [f"c{i}" for i in range(CHANNELS)], SIZE,
+                           torch.device("cpu"))
+    batch = fake_batch()
+    seeds = [11, 2**62 + 3, 7, 11]
+    together = model.generate(batch["pv_map"], batch["style"], seeds)
+    for i in range(4):
+        alone = model.generate(batch["pv_map"][i : i + 1], batch["style"][i : i + 1], [seeds[i]])
+        assert torch.allclose(alone, together[i : i + 1], atol=1e-5)
+    again = model.generate(batch["pv_map"], batch["style"], seeds)
+    assert torch.equal(again, together)
+    other_seed = model.generate(batch["pv_map"][:1], batch["style"][:1], [12])
+    assert not torch.allclose(other_seed, together[:1])  # the seed does draw the style noise
+
+
+def test_resume_restores_step_weights_and_both_optimisers(tmp_path):
+    nets, batch = networks(), fake_batch()
+    losses = GeneratorLosses(nets, settings(), torch.device("cpu"))
+    g_opt = torch.optim.Adam([*nets.style_encoder.parameters(), *nets.generator.parameters()], lr=1e-4, betas=(0.0, 0.9))
+    d_opt = torch.optim.Adam(nets.discriminator.parameters(), lr=4e-4, betas=(0.0, 0.9))
+    terms, _ = losses.terms(batch)
+    losses.total(terms).backward()
+    g_opt.step()
+    models = {"style_encoder": nets.style_encoder, "generator": nets.generator, "discriminator": nets.discriminator}
+    save_checkpoint(tmp_path / "checkpoint.pt", step=3, models=models, optimizers={"generator": g_opt,
+                    "discriminator": d_opt}, signature={"channels": CHANNELS, "size": list(SIZE)},
+                    extra={"model_args": model_args()})
+
+    fresh = networks(seed=99)
+    fresh_models = {"style_encoder": fresh.style_encoder, "generator": fresh.generator,
+                    "discriminator": fresh.discriminator}
+    fresh_g = torch.optim.Adam([*fresh.style_encoder.parameters(), *fresh.generator.parameters()], lr=1e-4)
+    state = load_checkpoint(tmp_path / "checkpoint.pt", expected_signature={"channels": CHANNELS, "size": list(SIZE)})
+    step = restore_training_state(state, models=fresh_models, optimizers={"generator": fresh_g})
+    assert step == 3
+    assert torch.equal(fresh.generator.fc.weight, nets.generator.fc.weight)
+    assert torch.equal(fresh_g.state_dict()["state"][0]["exp_avg_sq"], g_opt.state_dict()["state"][0]["exp_avg_sq"])
+    assert fresh_g.param_groups[0]["betas"] == (0.0, 0.9)
+    with pytest.raises(BrainspadeError, match="size="):
+        load_checkpoint(tmp_path / "checkpoint.pt", expected_signature={"size": [64, 64]})
+
+
+def test_classifier_predict_gives_probabilities():
+    network = ModalityDatasetClassifier(2, 3, init_features=8, growth_rate=4, block_config=(2, 2))
+    classifier = ModalityClassifier(network, ["FLAIR", "T1"], ["a", "b", "c"], torch.device("cpu"))
+    modality, dataset = classifier.predict(torch.randn(5, 1, *SIZE))
+    assert modality.shape == (5, 2) and dataset.shape == (5, 3)
+    assert torch.allclose(modality.sum(1), torch.ones(5)) and torch.allclose(dataset.sum(1), torch.ones(5))
