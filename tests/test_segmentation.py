@@ -172,3 +172,48 @@ def test_stack_volumes_orders_slices_by_subject_and_index():
 def test_run_experiment_needs_the_slice_cache(capsys, tmp_path):
     code, _, err = run_cli(capsys, "run-experiment", "iod", f"workdir={tmp_path}", "profile=tiny")
     assert code == 1 and "prepare-data" in err and err.count("\n") == 1
+
+
+def test_interrupted_nnunet_training_resumes_at_its_last_epoch(cache, tmp_path, monkeypatch):
+    import io
+
+    import torch
+
+    from brainspade.segmentation import nnunet
+    from brainspade.segmentation.trainer import BrainspadeTrainer
+
+    raw_dataset.export_real_slices(cache, cache.image_indices(split="train", datasets=["siteA"])[:8],
+                                   tmp_path / "real", cache.channels)
+    settings = nnunet.TrainSettings(epochs=2, iterations_per_epoch=2, val_iterations_per_epoch=1, batch_size=2,
+                                    processes=1, augmentation_processes=0)
+    root, log = tmp_path / "nnunet", io.StringIO()
+    finish_epoch = BrainspadeTrainer.on_epoch_end
+
+    def crash_after_first_epoch(self):
+        finish_epoch(self)
+        raise KeyboardInterrupt  # as if the run were stopped after epoch 0 was saved
+
+    with nnunet.nnunet_environment(root):
+        nnunet.link_raw_dataset([tmp_path / "real"], root / "raw" / nnunet.dataset_name("arm"))
+        nnunet.plan_and_preprocess(root, 1, log)
+        monkeypatch.setattr(BrainspadeTrainer, "on_epoch_end", crash_after_first_epoch)
+        with pytest.raises(KeyboardInterrupt):
+            nnunet.train(root, "arm", settings, torch.device("cpu"), log, tmp_path)
+        final = nnunet.final_checkpoint(root, "arm")
+        assert not final.is_file() and final.with_name("checkpoint_latest.pth").is_file()
+        epochs_run = []
+
+        def count_epochs(self):
+            epochs_run.append(self.current_epoch)
+            finish_epoch(self)
+
+        monkeypatch.setattr(BrainspadeTrainer, "on_epoch_end", count_epochs)
+        assert nnunet.train(root, "arm", settings, torch.device("cpu"), log, tmp_path) == final
+    assert epochs_run == [1]  # the resumed run trained only the missing epoch
+    checkpoint = torch.load(final, map_location="cpu", weights_only=False)
+    # The loss history continues the interrupted run's (one epoch before the stop, one after).
+    assert checkpoint["current_epoch"] == 2
+    assert len(checkpoint["logging"]["train_losses"]) == 2
+    segmenter = nnunet.Segmenter(root, "arm", torch.device("cpu"), mirroring=False)
+    labels = segmenter.segment(cache.image(0))
+    assert labels.shape == cache.size and labels.dtype == np.uint8 and labels.max() < len(cache.channels)
