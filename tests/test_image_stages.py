@@ -1,0 +1,64 @@
+"""Tiny end-to-end runs of train-modisc and train-image-generator through the CLI."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import torch
+
+from brainspade.generation.images import ImageGenerator, ModalityClassifier
+from tests.conftest import run_cli
+
+
+def test_modisc_then_image_generator_write_metrics_and_load_through_the_api(tmp_path, capsys):
+    started = time.monotonic()
+    workdir = tmp_path / "w"
+    assert run_cli(capsys, "prepare-data", f"workdir={workdir}", "profile=tiny")[0] == 0
+
+    code, _, err = run_cli(capsys, "train-image-generator", f"workdir={workdir}", "profile=tiny")
+    assert code == 1 and "train-modisc" in err and len(err.strip().splitlines()) == 1  # needs the classifier first
+
+    code, _, err = run_cli(capsys, "train-image-generator", f"workdir={workdir}", "profile=tiny",
+                           "image_generator.weights.modality=0.2", "image_generator.weights.dataset=0.3")
+    assert code == 1 and "must exceed" in err and len(err.strip().splitlines()) == 1
+    assert not (workdir / "image_generator").exists()  # refused before training started
+
+    code, out, err = run_cli(capsys, "train-modisc", f"workdir={workdir}", "profile=tiny")
+    assert code == 0, err
+    modisc = json.loads((workdir / "modisc" / "metrics.json").read_text())
+    assert modisc["modalities"] == ["FLAIR", "T1"] and modisc["datasets"] == ["siteA", "siteT"]
+    assert 0 <= modisc["heldout"]["modality_accuracy"] <= 1 and 0 <= modisc["heldout"]["dataset_accuracy"] <= 1
+    assert modisc["heldout"]["n"] > 0 and "siteC/FLAIR" in modisc["per_test_set"]
+    assert "dataset_accuracy" not in modisc["per_test_set"]["siteC/FLAIR"]  # the data-set head knows source sets only
+
+    code, out, err = run_cli(capsys, "train-image-generator", f"workdir={workdir}", "profile=tiny")
+    assert code == 0, err
+    folder = workdir / "image_generator"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    manifest = json.loads((folder / "manifest.json").read_text())
+    modisc_manifest = json.loads((workdir / "modisc" / "manifest.json").read_text())
+    assert manifest["classifier_fingerprint"] == modisc_manifest["fingerprint"]
+    assert metrics["paired"]["n"] > 0 and -1 <= metrics["paired"]["ssim"] <= 1 and metrics["paired"]["mae_brain"] > 0
+    assert set(metrics["style_transfer"]) == {"siteA/T1", "siteB/T1", "siteC/FLAIR", "siteT/FLAIR", "siteT/T1"}
+    for entry in metrics["style_transfer"].values():
+        assert 0 <= entry["modality_match"] <= 1
+    assert "dataset_match" not in metrics["style_transfer"]["siteC/FLAIR"]
+    assert any((folder / "tensorboard").iterdir())
+
+    generator = ImageGenerator.load(folder, torch.device("cpu"))
+    classifier = ModalityClassifier.load(workdir / "modisc", torch.device("cpu"))
+    assert generator.size == (48, 64) and generator.channels[0] == "background"
+    pv = torch.zeros(2, len(generator.channels), 48, 64)
+    pv[:, 0] = 1
+    images = generator.generate(pv, torch.randn(2, 1, 48, 64), [0, 1])
+    assert images.shape == (2, 1, 48, 64) and torch.isfinite(images).all()
+    modality, _ = classifier.predict(images)
+    assert torch.allclose(modality.sum(dim=1), torch.ones(2))
+
+    # A second call reuses the finished folders; a longer run resumes from the saved step.
+    assert run_cli(capsys, "train-image-generator", f"workdir={workdir}", "profile=tiny")[0] == 0
+    code, out, _ = run_cli(capsys, "train-image-generator", f"workdir={workdir}", "profile=tiny",
+                           "image_generator.steps=22", "force=true")
+    assert code == 0 and "resuming at step 20" in out
+    assert time.monotonic() - started < 180
