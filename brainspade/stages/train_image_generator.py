@@ -52,7 +52,7 @@ def run(cfg: DictConfig) -> Path:
     print(f"[train-image-generator] held-out paired SSIM {paired['ssim']:.3f}, PSNR {paired['psnr']:.2f} dB, "
           f"brain MAE {paired['mae_brain']:.3f} ({paired['n']} slices)")
     return folder.finish({"checkpoint": "checkpoint.pt", "metrics": "metrics.json"},
-                         classifier_fingerprint=metrics["classifier_fingerprint"])
+                         classifier_fingerprint=metrics["classifier_fingerprint"], steps=int(settings.steps))
 
 
 def _fingerprint(stage_folder: Path) -> str:
