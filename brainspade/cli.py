@@ -27,9 +27,9 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "make-phantom": Command("brainspade.stages.make_phantom", "write the embedded multi-site MNI152 phantom data set"),
     "prepare-data": Command("brainspade.stages.prepare_data", "validate a NIfTI data set and write the 2D slice cache"),
-    "train-label-vae": Command(None, "train the KL-VAE over partial-volume label maps", 3),
-    "train-label-ldm": Command(None, "train the conditioned latent diffusion model over label latents", 3),
-    "sample-labels": Command(None, "sample synthetic PV label maps (--n N) from the label LDM", 3),
+    "train-label-vae": Command("brainspade.stages.train_label_vae", "train the KL-VAE over partial-volume label maps", 3),
+    "train-label-ldm": Command("brainspade.stages.train_label_ldm", "train the conditioned latent diffusion model over label latents", 3),
+    "sample-labels": Command("brainspade.stages.sample_labels", "sample synthetic PV label maps (--n N) from the label LDM", 3),
     "train-modisc": Command("brainspade.stages.train_modisc", "train the modality/data-set classifier on real slices", 4),
     "train-image-generator": Command("brainspade.stages.train_image_generator", "train the SPADE VAE-GAN image generator", 4),
     "sample": Command(None, "synthesise (image, label) pairs as an nnU-Net data set (--n N)", 5),

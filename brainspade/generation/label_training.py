@@ -1,0 +1,166 @@
+"""Training steps, resume and validation metrics of the label VAE and label LDM (used by their stages)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.losses import PatchAdversarialLoss
+from monai.networks.schedulers import DDPMScheduler
+from scipy.stats import wasserstein_distance
+from torch import nn
+
+from brainspade.data.slice_cache import SliceCache
+from brainspade.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint, restore_training_state
+from brainspade.models.label_diffusion_unet import ConditionedDiffusionUNet
+from brainspade.models.label_vae import LabelVAE
+
+ADVERSARIAL = PatchAdversarialLoss(criterion="least_squares")
+
+
+def load_pv_maps(cache: SliceCache, indices: np.ndarray) -> torch.Tensor:
+    """PV maps of the given slices as one float16 tensor (N, C, H, W) in memory (batches are cut from it)."""
+    return torch.from_numpy(np.ascontiguousarray(cache.pv_maps[np.asarray(indices, dtype=np.int64)]))
+
+
+def as_pv(batch: torch.Tensor) -> torch.Tensor:
+    """float16 storage -> float32 PV maps whose channels sum to 1 again."""
+    batch = batch.float()
+    return batch / batch.sum(dim=1, keepdim=True).clamp_min(1e-6)
+
+
+def random_batch(pv_maps: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    """A batch drawn with torch's global RNG (checkpointed, so a resumed run draws the same batches)."""
+    index = torch.randint(0, len(pv_maps), (min(batch_size, len(pv_maps)),))
+    return as_pv(pv_maps[index]).to(device)
+
+
+def kl_loss(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, sigma²) || N(0, I)) summed over latent elements, averaged over the batch (as MONAI's tutorials)."""
+    kl = 0.5 * (mu.pow(2) + sigma.pow(2) - torch.log(sigma.pow(2) + 1e-12) - 1)
+    return kl.flatten(1).sum(dim=1).mean()
+
+
+def vae_training_step(
+    vae: LabelVAE,
+    discriminator: nn.Module,
+    perceptual: nn.Module,
+    vae_optimizer: torch.optim.Optimizer,
+    discriminator_optimizer: torch.optim.Optimizer,
+    pv_maps: torch.Tensor,
+    weights: Mapping[str, float],
+    adversarial: bool,
+    grad_clip: float,
+) -> dict[str, float]:
+    """One step of L1 + KL + perceptual (+ least-squares PatchGAN) for the VAE, then one for the discriminator."""
+    reconstruction, mu, sigma = vae(pv_maps)
+    terms = {
+        "l1": F.l1_loss(reconstruction, pv_maps),
+        "kl": kl_loss(mu, sigma),
+        "perceptual": perceptual(reconstruction, pv_maps) if weights["perceptual"] > 0 else pv_maps.new_zeros(()),
+    }
+    terms["generator"] = (
+        ADVERSARIAL(discriminator(reconstruction)[-1], target_is_real=True, for_discriminator=False)
+        if adversarial else pv_maps.new_zeros(())
+    )
+    loss = terms["l1"] + weights["kl"] * terms["kl"] + weights["perceptual"] * terms["perceptual"]
+    loss = loss + weights["adversarial"] * terms["generator"]
+    vae_optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(vae.parameters(), grad_clip)
+    vae_optimizer.step()
+    terms["total"] = loss.detach()
+    if adversarial:
+        fake = ADVERSARIAL(discriminator(reconstruction.detach())[-1], target_is_real=False, for_discriminator=True)
+        real = ADVERSARIAL(discriminator(pv_maps)[-1], target_is_real=True, for_discriminator=True)
+        terms["discriminator"] = 0.5 * (fake + real)
+        discriminator_optimizer.zero_grad(set_to_none=True)
+        terms["discriminator"].backward()
+        nn.utils.clip_grad_norm_(discriminator.parameters(), grad_clip)
+        discriminator_optimizer.step()
+    return {name: float(value.detach()) for name, value in terms.items()}
+
+
+def ldm_training_step(
+    unet: ConditionedDiffusionUNet,
+    optimizer: torch.optim.Optimizer,
+    scheduler: DDPMScheduler,
+    latents: torch.Tensor,
+    conditions: torch.Tensor,
+    condition_dropout: float,
+    loss_name: str,
+    grad_clip: float,
+) -> float:
+    """One ε-prediction step on scaled latents; conditions are dropped with p = `condition_dropout` (CFG)."""
+    noise = torch.randn_like(latents)
+    timesteps = torch.randint(0, scheduler.num_train_timesteps, (len(latents),), device=latents.device)
+    noisy = scheduler.add_noise(original_samples=latents, noise=noise, timesteps=timesteps)
+    dropped = torch.rand(len(latents), device=latents.device) < condition_dropout
+    prediction = unet(noisy, timesteps, conditions, dropped)
+    loss = F.l1_loss(prediction, noise) if loss_name == "l1" else F.mse_loss(prediction, noise)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(unet.parameters(), grad_clip)
+    optimizer.step()
+    return float(loss.detach())
+
+
+def resume(
+    folder: Path,
+    signature: Mapping[str, Any],
+    models: Mapping[str, nn.Module],
+    optimizers: Mapping[str, torch.optim.Optimizer],
+    ema_models: Mapping[str, nn.Module] | None = None,
+) -> int:
+    """Restore the stage folder's last checkpoint if there is one (refused if made for another schema); the step."""
+    path = Path(folder) / CHECKPOINT_NAME
+    if not path.is_file():
+        return 0
+    state = load_checkpoint(path, expected_signature=signature)
+    return restore_training_state(state, models=models, optimizers=optimizers, ema_models=ema_models)
+
+
+@torch.no_grad()
+def encode_means(vae: LabelVAE, pv_maps: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Latent means of every PV map (the LDM trains on these)."""
+    vae.eval()
+    chunks = [vae.encode(as_pv(pv_maps[i : i + batch_size]).to(device))[0].cpu() for i in range(0, len(pv_maps), batch_size)]
+    return torch.cat(chunks)
+
+
+@torch.no_grad()
+def reconstruct(vae: LabelVAE, pv_maps: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    vae.eval()
+    chunks = [vae.decode(vae.encode(as_pv(pv_maps[i : i + batch_size]).to(device))[0]).cpu()
+              for i in range(0, len(pv_maps), batch_size)]
+    return torch.cat(chunks)
+
+
+def dice_per_channel(predicted: torch.Tensor, real: torch.Tensor, channels: Sequence[str]) -> dict[str, float | None]:
+    """Dice of the argmax labels per channel, pooled over all slices (None where a channel is absent in both)."""
+    predicted_labels, real_labels = predicted.argmax(dim=1), real.argmax(dim=1)
+    scores: dict[str, float | None] = {}
+    for index, name in enumerate(channels):
+        a, b = predicted_labels == index, real_labels == index
+        total = int(a.sum() + b.sum())
+        scores[name] = None if total == 0 else 2.0 * int((a & b).sum()) / total
+    return scores
+
+
+def tissue_volumes(pv_maps: torch.Tensor) -> np.ndarray:
+    """Share of the slice each channel covers (N, C): the 'tissue volume per slice'."""
+    return pv_maps.float().mean(dim=(2, 3)).numpy()
+
+
+def volume_distances(a: np.ndarray, b: np.ndarray, channels: Sequence[str]) -> dict[str, float]:
+    """1-D Wasserstein distance per channel between two sets of per-slice tissue volumes."""
+    return {name: float(wasserstein_distance(a[:, i], b[:, i])) for i, name in enumerate(channels)}
+
+
+def lesion_present(pv_maps: torch.Tensor, channel: int, min_pixels: int) -> torch.Tensor:
+    """Per slice: does the channel win the argmax in at least `min_pixels` pixels?"""
+    return (pv_maps.argmax(dim=1) == channel).flatten(1).sum(dim=1) >= min_pixels

@@ -1,0 +1,186 @@
+"""Synthetic PV label maps from the trained label VAE + label LDM (brainSPADE's label generator).
+
+`LabelSampler.sample` draws every random number of sample i (initial latent and the noise
+of each step) from its own generator seeded with `noise_seeds[i]`, so a sample depends only
+on its seed, its condition and the models, never on the batch it is drawn in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.networks.schedulers import DDPMScheduler
+
+from brainspade.data.slice_cache import SliceCache
+from brainspade.diffusion.samplers import SAMPLERS, sampling_timesteps
+from brainspade.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from brainspade.engine.stage import StageFolder, require_complete
+from brainspade.errors import BrainspadeError
+from brainspade.models.label_diffusion_unet import ConditionedDiffusionUNet
+from brainspade.models.label_vae import LabelVAE
+
+
+def make_scheduler(scheduler_args: Mapping) -> DDPMScheduler:
+    """MONAI's DDPM scheduler (its alphas drive training noise and our own sampling steps)."""
+    return DDPMScheduler(
+        num_train_timesteps=int(scheduler_args["num_train_timesteps"]),
+        schedule=str(scheduler_args["schedule"]),
+        beta_start=float(scheduler_args["beta_start"]),
+        beta_end=float(scheduler_args["beta_end"]),
+        prediction_type="epsilon",
+    )
+
+
+def postprocess_pv_maps(pv_maps: torch.Tensor, background_index: int = 0, threshold: float = 0.075) -> torch.Tensor:
+    """The paper's post-processing: clamp to [0, 1], background where no tissue exceeds `threshold`, renormalise."""
+    pv_maps = pv_maps.clamp(0, 1).clone()
+    tissue = torch.cat([pv_maps[:, :background_index], pv_maps[:, background_index + 1 :]], dim=1)
+    empty = tissue.amax(dim=1) <= threshold
+    pv_maps[:, background_index][empty] = 1.0
+    for channel in range(pv_maps.shape[1]):
+        if channel != background_index:
+            pv_maps[:, channel][empty] = 0.0
+    return pv_maps / pv_maps.sum(dim=1, keepdim=True).clamp_min(1e-8)
+
+
+class LabelSampler:
+    """Label VAE decoder + EMA denoiser: conditions and seeds in, post-processed PV maps out."""
+
+    def __init__(
+        self,
+        vae: LabelVAE,
+        unet: ConditionedDiffusionUNet,
+        scheduler: DDPMScheduler,
+        scale_factor: float,
+        channels: Sequence[str],
+        lesion_channels: Sequence[str],
+        size: Sequence[int],
+        device: torch.device,
+        background_threshold: float = 0.075,
+    ):
+        self.vae = vae.to(device).eval()
+        self.unet = unet.to(device).eval()
+        self.alphas_cumprod = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
+        self.num_train_timesteps = int(scheduler.num_train_timesteps)
+        self.scale_factor = float(scale_factor)
+        self.channels = list(channels)
+        self.lesion_channels = list(lesion_channels)
+        self.size = (int(size[0]), int(size[1]))
+        self.device = device
+        self.background_threshold = background_threshold
+        self.background_index = self.channels.index("background") if "background" in self.channels else 0
+        self.latent_shape = (vae.latent_channels, self.size[0] // vae.downsampling, self.size[1] // vae.downsampling)
+
+    @classmethod
+    def load(cls, vae_folder: Path, ldm_folder: Path, device: torch.device) -> LabelSampler:
+        """Rebuild both networks from their finished stage folders (the LDM's EMA weights)."""
+        require_complete(vae_folder, "label VAE", "train-label-vae")
+        require_complete(ldm_folder, "label LDM", "train-label-ldm")
+        vae_state = load_checkpoint(Path(vae_folder) / CHECKPOINT_NAME)
+        ldm_state = load_checkpoint(Path(ldm_folder) / CHECKPOINT_NAME)
+        vae_fingerprint = StageFolder(vae_folder, "").read_manifest().get("fingerprint")
+        if ldm_state["extra"].get("vae_fingerprint") != vae_fingerprint:
+            raise BrainspadeError(
+                f"{ldm_folder}: this label LDM was trained on another label VAE than {vae_folder}; "
+                "re-run `brainspade train-label-ldm force=true`"
+            )
+        vae = LabelVAE(**vae_state["extra"]["model_args"])
+        vae.load_state_dict(vae_state["models"]["vae"])
+        unet = ConditionedDiffusionUNet(**ldm_state["extra"]["model_args"])
+        unet.load_state_dict(ldm_state["ema"]["unet"])
+        extra = ldm_state["extra"]
+        return cls(
+            vae, unet, make_scheduler(extra["scheduler"]), extra["scale_factor"], extra["channels"],
+            extra["lesion_channels"], extra["size"], device, float(extra.get("background_threshold", 0.075)),
+        )
+
+    @torch.no_grad()
+    def sample(
+        self,
+        conditions: torch.Tensor,
+        noise_seeds: Sequence[int],
+        *,
+        steps: int = 50,
+        sampler: str = "ddim",
+        guidance_scale: float = 1.0,
+        eta: float = 1.0,
+    ) -> torch.Tensor:
+        """PV maps (B, C, H, W) for conditions (B, L+1) = [lesion proportion per lesion channel..., slice position]."""
+        if sampler not in SAMPLERS:
+            raise BrainspadeError(f"sampler={sampler!r}: use one of {sorted(SAMPLERS)}")
+        if conditions.ndim != 2 or conditions.shape[1] != len(self.lesion_channels) + 1:
+            raise BrainspadeError(
+                f"conditions of shape {tuple(conditions.shape)}: expected (B, {len(self.lesion_channels) + 1}) = "
+                f"proportions of {self.lesion_channels} + slice position"
+            )
+        if len(noise_seeds) != len(conditions):
+            raise BrainspadeError(f"{len(noise_seeds)} noise seeds for {len(conditions)} conditions")
+        step_function = SAMPLERS[sampler]
+        generators = [torch.Generator().manual_seed(int(seed)) for seed in noise_seeds]
+        conditions = conditions.to(self.device, torch.float32)
+        latents = self._noise(generators)
+        timesteps = sampling_timesteps(self.num_train_timesteps, steps)
+        for index, timestep in enumerate(timesteps):
+            prev_timestep = timesteps[index + 1] if index + 1 < len(timesteps) else -1
+            prediction = self._guided_noise(latents, timestep, conditions, guidance_scale)
+            noise = self._noise(generators) if prev_timestep >= 0 and (sampler == "ddpm" or eta > 0) else None
+            latents = step_function(latents, prediction, timestep, prev_timestep, self.alphas_cumprod, noise, eta)
+        pv_maps = self.vae.decode(latents / self.scale_factor)
+        return postprocess_pv_maps(pv_maps, self.background_index, self.background_threshold).cpu()
+
+    def _noise(self, generators: list[torch.Generator]) -> torch.Tensor:
+        # Drawn on the CPU, one generator per sample, so results do not depend on batch or device.
+        return torch.stack([torch.randn(self.latent_shape, generator=g) for g in generators]).to(self.device)
+
+    def _guided_noise(self, latents: torch.Tensor, timestep: int, conditions: torch.Tensor, guidance_scale: float):
+        """Classifier-free guidance (Ho & Salimans 2022): ε_null + s (ε_cond − ε_null); s = 1 is plain conditional."""
+        batch = len(latents)
+        timesteps = torch.full((batch,), timestep, device=self.device, dtype=torch.long)
+        if guidance_scale == 1.0:
+            return self.unet(latents, timesteps, conditions)
+        dropped = torch.cat([torch.zeros(batch, dtype=torch.bool), torch.ones(batch, dtype=torch.bool)]).to(self.device)
+        both = self.unet(torch.cat([latents, latents]), torch.cat([timesteps, timesteps]), conditions.repeat(2, 1), dropped)
+        conditional, unconditional = both[:batch], both[batch:]
+        return unconditional + guidance_scale * (conditional - unconditional)
+
+
+def label_conditions(cache: SliceCache, indices: np.ndarray) -> np.ndarray:
+    """Real conditions (N, L+1) of PV slices: lesion proportions per lesion channel, then slice position."""
+    proportions = np.stack([cache.label_table[c][indices] for c in cache.lesion_columns], axis=1) if cache.lesion_columns \
+        else np.zeros((len(indices), 0))
+    return np.concatenate([proportions, cache.label_table["slice_position"][indices][:, None]], axis=1).astype(np.float32)
+
+
+def draw_conditions(
+    seeds: Sequence[int],
+    lesion_channels: Sequence[str],
+    *,
+    lesion_ranges: Mapping[str, Sequence[float]] | None = None,
+    slice_range: Sequence[float] = (0.0, 1.0),
+    training_conditions: np.ndarray | None = None,
+) -> torch.Tensor:
+    """Conditions (B, L+1), one per seed and depending only on it.
+
+    With `training_conditions` (N, L+1), each seed picks one real row ("as in the training
+    data"); otherwise each lesion proportion is uniform in its range (lesions not named in
+    `lesion_ranges` get 0) and the slice position uniform in `slice_range`.
+    """
+    lesion_ranges = dict(lesion_ranges or {})
+    unknown = sorted(set(lesion_ranges) - set(lesion_channels))
+    if unknown:
+        raise BrainspadeError(f"lesion ranges name {unknown}, which are not lesion channels {list(lesion_channels)}")
+    rows = []
+    for seed in seeds:
+        rng = np.random.default_rng(int(seed))
+        if training_conditions is not None:
+            if len(training_conditions) == 0:
+                raise BrainspadeError("no training conditions to draw from (empty training split)")
+            rows.append(np.asarray(training_conditions[rng.integers(len(training_conditions))], dtype=np.float32))
+            continue
+        low_high = [lesion_ranges.get(name, (0.0, 0.0)) for name in lesion_channels]
+        proportions = [rng.uniform(float(low), float(high)) for low, high in low_high]
+        rows.append(np.array([*proportions, rng.uniform(float(slice_range[0]), float(slice_range[1]))], dtype=np.float32))
+    return torch.from_numpy(np.stack(rows)) if rows else torch.zeros(0, len(lesion_channels) + 1)

@@ -1,0 +1,139 @@
+"""`brainspade train-label-vae`: the KL autoencoder over PV maps, in W/label_vae."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from monai.networks.nets import PatchDiscriminator
+from omegaconf import DictConfig, OmegaConf
+
+from brainspade.data.datasets import generator_label_indices
+from brainspade.data.slice_cache import SliceCache
+from brainspade.engine.atomic import write_json_atomic
+from brainspade.engine.checkpoint import CHECKPOINT_NAME, save_checkpoint
+from brainspade.engine.logging import colourise_labels, log_image_columns, progress, tensorboard_writer
+from brainspade.engine.seeding import seed_everything
+from brainspade.engine.stage import StageFolder, config_fingerprint, require_complete
+from brainspade.generation.label_training import (
+    dice_per_channel,
+    load_pv_maps,
+    random_batch,
+    reconstruct,
+    resume,
+    vae_training_step,
+)
+from brainspade.losses.label_perceptual import make_label_perceptual_loss
+from brainspade.models.label_vae import LabelVAE
+from brainspade.stages.common import select_device, stage_path
+
+
+def run(cfg: DictConfig) -> Path:
+    """Train (or resume, or reuse) the label VAE; write checkpoint.pt, metrics.json and the manifest."""
+    slices = require_complete(stage_path(cfg, "slices"), "slice cache", "prepare-data")
+    settings = cfg.label_vae
+    sources = list(cfg.data.source_datasets)
+    fingerprint = config_fingerprint(settings, sources, _fingerprint_of(slices), int(cfg.seed))
+    folder = StageFolder(stage_path(cfg, "label_vae"), fingerprint)
+    if not folder.prepare(cfg, force=bool(cfg.force)):
+        print(f"[train-label-vae] {folder.path} is up to date")
+        return folder.path
+    if cfg.force:
+        (folder.path / CHECKPOINT_NAME).unlink(missing_ok=True)
+
+    seed_everything(int(cfg.seed))
+    device = select_device(cfg)
+    cache = SliceCache.open(slices)
+    train_pv = load_pv_maps(cache, generator_label_indices(cache, sources))
+    model_args = {
+        "num_channels": len(cache.channels),
+        "channels": list(settings.channels),
+        "num_res_blocks": int(settings.num_res_blocks),
+        "latent_channels": int(settings.latent_channels),
+        "norm_num_groups": int(settings.norm_num_groups),
+        "bottleneck_attention": bool(settings.bottleneck_attention),
+    }
+    discriminator_args = {
+        "spatial_dims": 2, "channels": int(settings.discriminator_channels), "in_channels": len(cache.channels),
+        "out_channels": 1, "num_layers_d": int(settings.discriminator_layers),
+    }
+    vae = LabelVAE(**model_args).to(device)
+    discriminator = PatchDiscriminator(**discriminator_args).to(device)
+    perceptual = make_label_perceptual_loss(str(settings.perceptual_network)).to(device)
+    models = {"vae": vae, "discriminator": discriminator}
+    optimizers = {
+        "vae": torch.optim.Adam(vae.parameters(), lr=float(settings.lr)),
+        "discriminator": torch.optim.Adam(discriminator.parameters(), lr=float(settings.discriminator_lr)),
+    }
+    signature = {"channels": cache.channels, "size": list(cache.size)}
+    step = resume(folder.path, signature, models, optimizers)
+    if step:
+        print(f"[train-label-vae] resuming at step {step}")
+
+    def checkpoint() -> None:
+        save_checkpoint(
+            folder.path / CHECKPOINT_NAME, step=step, models=models, optimizers=optimizers, signature=signature,
+            config=OmegaConf.to_container(cfg, resolve=True),
+            extra={"model_args": model_args, "discriminator_args": discriminator_args},
+        )
+
+    weights = {"kl": float(settings.kl_weight), "perceptual": float(settings.perceptual_weight),
+               "adversarial": float(settings.adversarial_weight)}
+    writer = tensorboard_writer(folder.path)
+    steps = int(settings.steps)
+    bar = progress(total=steps, initial=step, desc="train-label-vae", unit="step")
+    while step < steps:
+        vae.train()
+        discriminator.train()
+        batch = random_batch(train_pv, int(settings.batch_size), device)
+        losses = vae_training_step(
+            vae, discriminator, perceptual, optimizers["vae"], optimizers["discriminator"], batch, weights,
+            adversarial=weights["adversarial"] > 0 and step >= int(settings.adversarial_start),
+            grad_clip=float(settings.grad_clip),
+        )
+        step += 1
+        bar.update(1)
+        if writer is not None and (step % int(settings.log_every) == 0 or step == steps):
+            for name, value in losses.items():
+                writer.add_scalar(f"loss/{name}", value, step)
+            writer.add_scalar("lr/vae", optimizers["vae"].param_groups[0]["lr"], step)
+            writer.add_scalar("lr/discriminator", optimizers["discriminator"].param_groups[0]["lr"], step)
+        if step % int(settings.image_every) == 0 or step == steps:
+            _log_reconstructions(writer, vae, batch[:8], step)
+        if step % int(settings.checkpoint_every) == 0 or step == steps:
+            checkpoint()
+    bar.close()
+    if not (folder.path / CHECKPOINT_NAME).is_file():
+        checkpoint()  # steps=0: still leave a loadable model behind
+
+    metrics = _validation_metrics(vae, cache, sources, int(settings.eval_batch_size), device)
+    write_json_atomic(folder.path / "metrics.json", metrics)
+    if writer is not None:
+        writer.close()
+    dice = ", ".join(f"{k} {v:.3f}" for k, v in metrics["dice"].items() if v is not None)
+    print(f"[train-label-vae] held-out reconstruction Dice: {dice}")
+    return folder.finish({"checkpoint": CHECKPOINT_NAME, "metrics": "metrics.json"}, steps=step)
+
+
+def _validation_metrics(vae: LabelVAE, cache: SliceCache, sources: list[str], batch_size: int, device) -> dict:
+    """Reconstruction Dice per channel on the held-out (test split) slices of the source data sets."""
+    test = cache.label_indices(split="test", datasets=sources)
+    real = load_pv_maps(cache, test).float()
+    real = real / real.sum(dim=1, keepdim=True).clamp_min(1e-6)
+    return {
+        "held_out_slices": len(test),
+        "dice": dice_per_channel(reconstruct(vae, real, batch_size, device), real, cache.channels),
+    }
+
+
+@torch.no_grad()
+def _log_reconstructions(writer, vae: LabelVAE, pv_maps: torch.Tensor, step: int) -> None:
+    if writer is None:
+        return
+    vae.eval()
+    reconstruction = vae.decode(vae.encode(pv_maps)[0])
+    log_image_columns(writer, "real | reconstruction", [colourise_labels(pv_maps), colourise_labels(reconstruction)], step)
+
+
+def _fingerprint_of(folder: Path) -> str:
+    return StageFolder(folder, "").read_manifest().get("fingerprint", "")
