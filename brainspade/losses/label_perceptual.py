@@ -24,7 +24,7 @@ class RandomFeaturePerceptualLoss(nn.Module):
         seed: seed of the random weights (fixed, so the loss is the same function in every run).
     """
 
-    def __init__(self, widths: tuple[int, ...] = (16, 32, 64), seed: int = 0):
+    def __init__(self, widths: tuple[int, ...] = (8, 16, 32), seed: int = 0):
         super().__init__()
         generator = torch.Generator().manual_seed(seed)
         blocks, previous = [], 1

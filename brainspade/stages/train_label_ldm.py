@@ -133,7 +133,9 @@ def validation_metrics(sampler: LabelSampler, cache: SliceCache, sources: list[s
     """Per-channel W1 of tissue volumes (samples vs held-out; train vs held-out as the floor) and lesion rates.
 
     Samples are conditioned on held-out slices' real conditions; for the lesion rates, on the
-    held-out lesion slices' conditions as they are and with every lesion proportion set to 0.
+    conditions of held-out slices whose lesion covers at least `lesion_eval_min_proportion` of
+    the brain (smaller ones are often invisible in the argmax even in real maps), as they are
+    and with every lesion proportion set to 0.
     """
     rng = np.random.default_rng(seed)
     n, steps, batch = int(settings.eval_samples), int(settings.eval_steps), int(settings.eval_batch_size)
@@ -154,10 +156,11 @@ def validation_metrics(sampler: LabelSampler, cache: SliceCache, sources: list[s
         "lesion_rate_conditioned_healthy": {},
         "lesion_rate_real_held_out": {},
         "lesion_min_pixels": int(settings.lesion_min_pixels),
+        "lesion_eval_min_proportion": float(settings.lesion_eval_min_proportion),
     }
     lesions = len(cache.lesion_channels)
     for k, name in enumerate(cache.lesion_channels):
-        with_lesion = np.flatnonzero(test_conditions[:, k] > 0)
+        with_lesion = np.flatnonzero(test_conditions[:, k] >= float(settings.lesion_eval_min_proportion))
         if len(with_lesion) == 0:
             continue
         rows = test_conditions[rng.choice(with_lesion, size=n, replace=len(with_lesion) < n)]

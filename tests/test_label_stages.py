@@ -1,0 +1,93 @@
+"""The label generator end to end at profile=tiny: train-label-vae, train-label-ldm, sample-labels --n 8."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli
+
+from brainspade.engine.checkpoint import CHECKPOINT_NAME
+
+TINY = ["profile=tiny"]
+
+
+@pytest.fixture(scope="module")
+def tiny_workdir(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("labels")
+    from brainspade.cli import main
+
+    assert main(["prepare-data", f"workdir={workdir}", *TINY]) in (0, None)
+    return workdir
+
+
+def test_label_generator_end_to_end_on_tiny_profile(tiny_workdir, capsys):
+    workdir = f"workdir={tiny_workdir}"
+    start = time.monotonic()
+    for command in (["train-label-vae"], ["train-label-ldm"], ["sample-labels", "--n", "8"]):
+        code, out, err = run_cli(capsys, *command, workdir, *TINY)
+        assert code == 0, err
+    elapsed = time.monotonic() - start
+    assert elapsed < 180, f"the three label stages took {elapsed:.0f} s at profile=tiny"
+
+    samples = tiny_workdir / "label_samples"
+    maps = np.stack([np.load(samples / f"sample_{i:06d}.npy") for i in range(8)])
+    channels = json.loads((tiny_workdir / "slices" / "schema.json").read_text())["channels"]
+    assert maps.shape == (8, len(channels), 48, 64)
+    assert maps.min() >= 0 and maps.max() <= 1
+    np.testing.assert_allclose(maps.sum(axis=1), 1.0, atol=1e-3)
+    with (samples / "conditions.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 8 and {"lesion_tumour", "lesion_edema", "slice_position", "noise_seed"} <= set(rows[0])
+
+    vae_metrics = json.loads((tiny_workdir / "label_vae" / "metrics.json").read_text())
+    assert set(vae_metrics["dice"]) == set(channels) and vae_metrics["held_out_slices"] > 0
+    ldm_metrics = json.loads((tiny_workdir / "label_ldm" / "metrics.json").read_text())
+    for key in ("volume_w1_samples_vs_held_out", "volume_w1_train_vs_held_out"):
+        assert set(ldm_metrics[key]) == set(channels)
+    assert set(ldm_metrics["lesion_rate_conditioned_healthy"]) <= {"tumour", "edema"}
+    assert (tiny_workdir / "label_ldm" / "tensorboard").is_dir()
+
+    # Finished stages are reused, not retrained.
+    code, out, _ = run_cli(capsys, "train-label-ldm", workdir, *TINY)
+    assert code == 0 and "up to date" in out
+
+
+def test_interrupted_vae_training_resumes_at_its_checkpoint(tiny_workdir, capsys):
+    folder = tiny_workdir / "label_vae_resume"
+    shutil.copytree(tiny_workdir / "slices", folder / "slices")
+    args = [*TINY]
+    # An interrupted run: a checkpoint at step 6 of 10 and no manifest.
+    code, _, err = run_cli(capsys, "train-label-vae", *args, "label_vae.steps=6", "label_vae.checkpoint_every=3",
+                           f"workdir={folder}")
+    assert code == 0, err
+    (folder / "label_vae" / "manifest.json").unlink()
+    saved = torch.load(folder / "label_vae" / CHECKPOINT_NAME, weights_only=True)
+    assert saved["step"] == 6
+    code, out, err = run_cli(capsys, "train-label-vae", *args, "label_vae.steps=10", "label_vae.checkpoint_every=3",
+                             f"workdir={folder}")
+    assert code == 0, err
+    assert "resuming at step 6" in out
+    assert torch.load(folder / "label_vae" / CHECKPOINT_NAME, weights_only=True)["step"] == 10
+
+
+def test_checkpoint_of_another_schema_is_refused(tiny_workdir, capsys):
+    folder = tiny_workdir / "label_vae_schema"
+    shutil.copytree(tiny_workdir / "slices", folder / "slices")
+    args = [f"workdir={folder}", *TINY, "label_vae.steps=2"]
+    assert run_cli(capsys, "train-label-vae", *args)[0] == 0
+    checkpoint = folder / "label_vae" / CHECKPOINT_NAME
+    state = torch.load(checkpoint, weights_only=True)
+    state["signature"]["channels"] = ["background", "csf", "gm", "wm"]
+    torch.save(state, checkpoint)
+    (folder / "label_vae" / "manifest.json").unlink()
+    code, _, err = run_cli(capsys, "train-label-vae", *args, "label_vae.steps=4")
+    assert code == 1
+    lines = [line for line in err.strip().splitlines() if line.startswith("brainspade")]
+    assert len(lines) == 1 and "checkpoint was made for channels" in lines[0] and str(checkpoint) in lines[0]
