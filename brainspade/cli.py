@@ -32,7 +32,7 @@ COMMANDS: dict[str, Command] = {
     "sample-labels": Command("brainspade.stages.sample_labels", "sample synthetic PV label maps (--n N) from the label LDM", 3),
     "train-modisc": Command("brainspade.stages.train_modisc", "train the modality/data-set classifier on real slices", 4),
     "train-image-generator": Command("brainspade.stages.train_image_generator", "train the SPADE VAE-GAN image generator", 4),
-    "sample": Command(None, "synthesise (image, label) pairs as an nnU-Net data set (--n N)", 5),
+    "sample": Command("brainspade.stages.sample", "synthesise (image, label) pairs as an nnU-Net data set (--n N)", 5),
     "run-experiment": Command("brainspade.stages.run_experiment", "train nnU-Nets on real/synthetic data and compare them (iod|ood|lesion)", 6),
     "demo": Command("brainspade.stages.demo", "run the whole method on the embedded phantom"),
 }

@@ -73,3 +73,22 @@ def folder_overrides(root: Path, workdir: Path) -> list[str]:
 @pytest.fixture
 def folder_dataset(tmp_path: Path) -> Path:
     return write_folder_dataset(tmp_path / "data")
+
+
+TRAINING_COMMANDS = ("prepare-data", "train-label-vae", "train-label-ldm", "train-modisc", "train-image-generator")
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(tmp_path_factory) -> Path:
+    """A workdir with the phantom, its slice cache and all four generators trained at profile=tiny.
+
+    Trained once per test session and shared by the sampling and experiment tests.
+    """
+    workdir = tmp_path_factory.mktemp("trained")
+    for command in TRAINING_COMMANDS:
+        try:
+            code = main([command, f"workdir={workdir}", "profile=tiny"])
+        except SystemExit as exit_:
+            code = exit_.code
+        assert code == 0, f"{command} failed while preparing the shared tiny workdir"
+    return workdir

@@ -1,0 +1,145 @@
+"""Synthetic (image, label) pairs: conditions -> label LDM -> PV maps -> SPADE with a style image.
+
+Every random choice for sample `i` is drawn from seeds derived from (seed, i, purpose), so a
+sample depends only on its id, the seed, the models and the config: not on the batch it was
+made in, the shard that made it, or whether the run was interrupted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from brainspade.generation.styles import StyleBank
+
+# What each derived seed is for; a new purpose gets a new number, never a reused one.
+CONDITION, LABEL_NOISE, STYLE_CHOICE, IMAGE_NOISE = 0, 1, 2, 3
+
+
+def derived_seed(seed: int, sample_id: int, purpose: int, attempt: int = 0) -> int:
+    """A 63-bit seed that depends only on its arguments (NumPy's SeedSequence hashing)."""
+    state = np.random.SeedSequence([seed, sample_id, purpose, attempt]).generate_state(2, dtype=np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1]))
+
+
+@dataclass
+class PairBatch:
+    """One batch of synthetic pairs, in the order of `ids`."""
+
+    ids: list[int]
+    pv_maps: torch.Tensor  # (B, C, H, W)
+    images: torch.Tensor  # (B, 1, H, W)
+    records: list[dict]
+
+
+class PairSynthesiser:
+    """Makes synthetic pairs for given sample ids.
+
+    Args:
+        label_sampler: `LabelSampler` (label VAE + LDM).
+        image_generator: `ImageGenerator` (SPADE).
+        style_bank: where style slices come from.
+        draw_conditions: maps per-sample seeds to conditions (B, L+1) for the label LDM.
+        seed: the run's seed.
+        label_steps: diffusion sampling steps; label_sampler_name: "ddim" or "ddpm"; guidance_scale: CFG scale;
+            eta: DDIM eta.
+        classifier: `ModalityClassifier` used as the modality filter, or None to accept every image.
+        max_retries: how often a rejected image is regenerated with another style image.
+    """
+
+    def __init__(
+        self,
+        *,
+        label_sampler,
+        image_generator,
+        style_bank: StyleBank,
+        draw_conditions: Callable[[Sequence[int]], torch.Tensor],
+        seed: int,
+        label_steps: int,
+        label_sampler_name: str,
+        guidance_scale: float,
+        eta: float = 1.0,
+        classifier=None,
+        max_retries: int = 3,
+        device: torch.device | None = None,
+    ):
+        self.label_sampler = label_sampler
+        self.image_generator = image_generator
+        self.style_bank = style_bank
+        self.draw_conditions = draw_conditions
+        self.seed = seed
+        self.label_steps = label_steps
+        self.label_sampler_name = label_sampler_name
+        self.guidance_scale = guidance_scale
+        self.eta = eta
+        self.classifier = classifier
+        self.max_retries = max_retries
+        self.device = device or torch.device("cpu")
+        self.expected_modality = self._filter_modality_index()
+
+    def _filter_modality_index(self) -> int | None:
+        if self.classifier is None or self.style_bank.modality not in self.classifier.modalities:
+            return None
+        return self.classifier.modalities.index(self.style_bank.modality)
+
+    @torch.no_grad()
+    def make(self, ids: Sequence[int]) -> PairBatch:
+        ids = list(ids)
+        conditions = self.draw_conditions([derived_seed(self.seed, i, CONDITION) for i in ids]).to(self.device)
+        pv_maps = self.label_sampler.sample(
+            conditions,
+            [derived_seed(self.seed, i, LABEL_NOISE) for i in ids],
+            steps=self.label_steps,
+            sampler=self.label_sampler_name,
+            guidance_scale=self.guidance_scale,
+            eta=self.eta,
+        )
+        retries = [0] * len(ids)
+        styles = [self._style_for(i, 0) for i in ids]
+        images = self._generate(pv_maps, ids, styles, [0] * len(ids))
+        predicted = self._predict(images)
+        for attempt in range(1, self.max_retries + 1):
+            rejected = [k for k, p in enumerate(predicted) if p is not None and p != self.expected_modality]
+            if not rejected:
+                break
+            # Regenerate only the rejected samples, each with a new style image of its own.
+            for k in rejected:
+                styles[k] = self._style_for(ids[k], attempt)
+                retries[k] = attempt
+            redo = self._generate(pv_maps[rejected], [ids[k] for k in rejected], [styles[k] for k in rejected],
+                                  [attempt] * len(rejected))
+            images[rejected] = redo
+            for k, p in zip(rejected, self._predict(redo), strict=True):
+                predicted[k] = p
+        records = [
+            self._record(i, conditions[k], styles[k], predicted[k], retries[k]) for k, i in enumerate(ids)
+        ]
+        return PairBatch(ids=ids, pv_maps=pv_maps.cpu(), images=images.cpu(), records=records)
+
+    def _style_for(self, sample_id: int, attempt: int) -> int:
+        return self.style_bank.draw(np.random.default_rng(derived_seed(self.seed, sample_id, STYLE_CHOICE, attempt)))
+
+    def _generate(self, pv_maps: torch.Tensor, ids: list[int], styles: list[int], attempts: list[int]) -> torch.Tensor:
+        style_images = torch.stack([torch.from_numpy(self.style_bank.image(s))[None] for s in styles]).to(self.device)
+        seeds = [derived_seed(self.seed, i, IMAGE_NOISE, a) for i, a in zip(ids, attempts, strict=True)]
+        return self.image_generator.generate(pv_maps, style_images, seeds)
+
+    def _predict(self, images: torch.Tensor) -> list[int | None]:
+        if self.classifier is None:
+            return [None] * len(images)
+        modality_probs, _ = self.classifier.predict(images)
+        return modality_probs.argmax(dim=1).tolist()
+
+    def _record(self, sample_id: int, condition: torch.Tensor, style: int, predicted: int | None, retries: int) -> dict:
+        lesion_names = self.label_sampler.lesion_channels
+        values = condition.tolist()
+        record = {"id": sample_id, "seed": self.seed}
+        record.update({f"lesion_{name}": round(v, 6) for name, v in zip(lesion_names, values[: len(lesion_names)], strict=True)})
+        record["slice_position"] = round(values[len(lesion_names)], 6)
+        record["style"] = self.style_bank.origins[style]
+        record["predicted_modality"] = "" if predicted is None else self.classifier.modalities[predicted]
+        record["retries"] = retries
+        return record

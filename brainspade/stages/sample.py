@@ -1,0 +1,270 @@
+"""`brainspade sample --n N`: synthetic (image, label) pairs as an nnU-Net v2 raw data set.
+
+Streaming, deterministic, resumable and sharded:
+- ids are grouped in fixed blocks of `sampling.batch_size`; a block is made as one batch, so
+  its numbers never depend on which run, shard or restart made it;
+- a block's record file (blocks/block_NNNNNN.csv) is written after all its case files, so an
+  interrupted run (even kill -9) redoes only blocks without a record, writing only missing files;
+- `shard=i/k` takes every k-th block starting at i; under torchrun each rank takes its own;
+- nothing accumulates in memory across blocks.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from brainspade.data.slice_cache import SliceCache
+from brainspade.engine.atomic import atomic_path, remove_stale_temporaries, write_text_atomic
+from brainspade.engine.logging import progress
+from brainspade.engine.stage import StageFolder, config_fingerprint, require_complete
+from brainspade.errors import BrainspadeError
+from brainspade.generation.pairs import PairBatch, PairSynthesiser
+from brainspade.generation.styles import StyleBank, style_bank_from_cache, style_bank_from_folder
+from brainspade.stages.common import select_device, stage_path
+
+BLOCKS = "blocks"
+
+
+def run(cfg: DictConfig) -> Path:
+    return make_samples(
+        cfg,
+        name=cfg.name,
+        n=int(cfg.n),
+        style_dataset=cfg.style.dataset,
+        style_modality=cfg.style.modality,
+        style_folder=cfg.style.folder,
+        conditions=str(cfg.conditions),
+        shard=str(cfg.shard),
+    )
+
+
+def make_samples(
+    cfg: DictConfig,
+    *,
+    name: str | None,
+    n: int,
+    style_dataset: str | None,
+    style_modality: str,
+    style_folder: str | None = None,
+    conditions: str = "healthy",
+    shard: str = "0/1",
+) -> Path:
+    """Make (or finish) W/samples/<name> and return its folder once every block exists.
+
+    Experiments call this directly for their synthetic arms.
+    """
+    if n <= 0:
+        raise BrainspadeError(f"n={n}: ask for at least one sample, e.g. --n 100")
+    shard_index, shard_count = parse_shard(shard)
+    name = name or default_name(style_dataset, style_folder, style_modality, conditions)
+    workdir_slices = require_complete(stage_path(cfg, "slices"), "slice cache", "prepare-data")
+    label_vae = require_complete(stage_path(cfg, "label_vae"), "label VAE", "train-label-vae")
+    label_ldm = require_complete(stage_path(cfg, "label_ldm"), "label LDM", "train-label-ldm")
+    image_generator_folder = require_complete(stage_path(cfg, "image_generator"), "image generator", "train-image-generator")
+    modisc = stage_path(cfg, "modisc")
+    use_filter = bool(cfg.sampling.modality_filter)
+    if use_filter:
+        require_complete(modisc, "modality classifier", "train-modisc")
+
+    settings = {
+        "n": n, "seed": int(cfg.seed), "style_dataset": style_dataset, "style_modality": style_modality,
+        "style_folder": style_folder, "conditions": conditions,
+        "sampling": OmegaConf.to_container(cfg.sampling, resolve=True),
+        "label_sampling": OmegaConf.to_container(cfg.label_sampling, resolve=True),
+        "models": [_fingerprint_of(p) for p in (label_vae, label_ldm, image_generator_folder)],
+    }
+    folder = StageFolder(stage_path(cfg, "samples") / name, config_fingerprint(settings))
+    if folder.reusable(bool(cfg.force)):
+        print(f"[sample] {folder.path} is up to date")
+        return folder.path
+    _check_same_run(folder.path, settings, bool(cfg.force))
+    for sub in ("imagesTr", "labelsTr", "pv", BLOCKS):
+        (folder.path / sub).mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(folder.path)  # an earlier run killed mid-write leaves only these behind
+
+    device = select_device(cfg)
+    cache = SliceCache.open(workdir_slices)
+    bank = _style_bank(cache, style_dataset, style_modality, style_folder)
+    synthesiser = _synthesiser(cfg, cache, bank, conditions, label_vae, label_ldm, image_generator_folder,
+                               modisc if use_filter else None, device)
+    batch_size = int(cfg.sampling.batch_size)
+    blocks = [b for b in range(_block_count(n, batch_size)) if b % shard_count == shard_index]
+    missing = [b for b in blocks if not _block_record(folder.path, b).is_file()]
+    bar = progress(total=len(missing) * batch_size, desc=f"sample {name}", unit="pair")
+    for block in missing:
+        ids = list(range(block * batch_size, min((block + 1) * batch_size, n)))
+        _write_block(folder.path, block, synthesiser.make(ids), cache.channels)
+        bar.update(len(ids))
+    bar.close()
+
+    total_blocks = _block_count(n, batch_size)
+    done = sum(_block_record(folder.path, b).is_file() for b in range(total_blocks))
+    if done < total_blocks:
+        print(f"[sample] shard {shard_index}/{shard_count} finished; {total_blocks - done} block(s) await other shards")
+        return folder.path
+    _finish(folder, n, total_blocks, cache.channels, style_modality)
+    return folder.path
+
+
+def parse_shard(shard: str) -> tuple[int, int]:
+    """'i/k' -> (i, k); under torchrun (RANK/WORLD_SIZE set) each rank takes its own shard."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and shard == "0/1":
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    try:
+        index, count = (int(part) for part in shard.split("/"))
+    except ValueError as error:
+        raise BrainspadeError(f"shard={shard!r}: write it as i/k, e.g. shard=0/4") from error
+    if not 0 <= index < count:
+        raise BrainspadeError(f"shard={shard!r}: need 0 <= i < k")
+    return index, count
+
+
+def default_name(style_dataset: str | None, style_folder: str | None, modality: str, conditions: str) -> str:
+    source = style_dataset if style_folder is None else Path(style_folder).name
+    return f"{source}_{modality}" + ("" if conditions == "healthy" else f"_{conditions}")
+
+
+def _fingerprint_of(stage_folder: Path) -> str:
+    return StageFolder(stage_folder, "").read_manifest().get("fingerprint", "")
+
+
+def _check_same_run(path: Path, settings: dict, force: bool) -> None:
+    """Blocks left by an interrupted run are reused only if that run had the same settings."""
+    settings_file = path / "settings.yaml"
+    text = OmegaConf.to_yaml(OmegaConf.create(settings))
+    if settings_file.is_file() and settings_file.read_text() != text and not force:
+        raise BrainspadeError(
+            f"{path}: holds an unfinished run with other settings; re-run with its settings, pass force=true, "
+            "or choose another name=..."
+        )
+    if force and settings_file.is_file() and settings_file.read_text() != text:
+        for record in (path / BLOCKS).glob("*.csv"):
+            record.unlink()
+    path.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(settings_file, text)
+
+
+def _style_bank(cache: SliceCache, dataset: str | None, modality: str, folder: str | None) -> StyleBank:
+    if folder:
+        return style_bank_from_folder(Path(folder).expanduser().resolve(), modality, cache.size)
+    if dataset is None:
+        raise BrainspadeError("no style source: set style.dataset=NAME (a data set of the workdir) or style.folder=PATH")
+    return style_bank_from_cache(cache, dataset, modality)
+
+
+def _synthesiser(cfg, cache, bank, conditions, label_vae, label_ldm, image_generator_folder, modisc, device):
+    from brainspade.generation.images import ImageGenerator, ModalityClassifier
+    from brainspade.generation.labels import LabelSampler
+
+    label_sampler = LabelSampler.load(label_vae, label_ldm, device)
+    if label_sampler.channels != cache.channels:
+        raise BrainspadeError(
+            f"{label_ldm}: label generator channels {label_sampler.channels} differ from the data's {cache.channels}"
+        )
+    return PairSynthesiser(
+        label_sampler=label_sampler,
+        image_generator=ImageGenerator.load(image_generator_folder, device),
+        style_bank=bank,
+        draw_conditions=condition_drawer(cfg, cache, label_sampler, conditions),
+        seed=int(cfg.seed),
+        label_steps=int(cfg.label_sampling.steps),
+        label_sampler_name=str(cfg.label_sampling.sampler),
+        guidance_scale=float(cfg.label_sampling.guidance_scale),
+        eta=float(cfg.label_sampling.eta),
+        classifier=ModalityClassifier.load(modisc, device) if modisc is not None else None,
+        max_retries=int(cfg.sampling.max_retries),
+        device=device,
+    )
+
+
+CONDITION_MODES = ("healthy", "lesion", "as_training", "ranges")
+
+
+def condition_drawer(cfg, cache, label_sampler, conditions: str):
+    """Per-sample conditions from per-sample seeds.
+
+    healthy: no lesion, slice position in label_sampling.slice_range; lesion: conditions of real
+    lesion slices of the generators' training data; as_training: conditions of any training
+    slice; ranges: label_sampling.lesion_range(s) and slice_range as configured.
+    """
+    from brainspade.data.datasets import generator_label_indices
+    from brainspade.generation.labels import draw_conditions, label_conditions
+
+    if conditions not in CONDITION_MODES:
+        raise BrainspadeError(f"conditions={conditions!r}: use one of {', '.join(CONDITION_MODES)}")
+    lesions = list(label_sampler.lesion_channels)
+    slice_range = list(cfg.label_sampling.slice_range)
+    if conditions in ("lesion", "as_training"):
+        real = label_conditions(cache, generator_label_indices(cache, cfg.data.source_datasets))
+        if conditions == "lesion":
+            real = real[real[:, : len(lesions)].sum(axis=1) > 0]
+            if len(real) == 0:
+                raise BrainspadeError("conditions=lesion: the generators' training data has no lesion slice")
+        return lambda seeds: draw_conditions(seeds, lesions, training_conditions=real)
+    ranges = {} if conditions == "healthy" else _lesion_ranges(cfg, lesions)
+    return lambda seeds: draw_conditions(seeds, lesions, lesion_ranges=ranges, slice_range=slice_range)
+
+
+def _lesion_ranges(cfg, lesions: list[str]) -> dict[str, list[float]]:
+    named = OmegaConf.to_container(cfg.label_sampling.lesion_ranges)
+    return {name: list(named.get(name, cfg.label_sampling.lesion_range)) for name in lesions}
+
+
+def _block_count(n: int, batch_size: int) -> int:
+    return (n + batch_size - 1) // batch_size
+
+
+def _block_record(path: Path, block: int) -> Path:
+    return path / BLOCKS / f"block_{block:06d}.csv"
+
+
+def case_id(sample_id: int) -> str:
+    return f"syn_{sample_id:06d}"
+
+
+def _write_block(path: Path, block: int, batch: PairBatch, channels: Sequence[str]) -> None:
+    """Write the block's missing case files, then its record (the block's completion mark)."""
+    from brainspade.segmentation.raw_dataset import image_path, labels_from_pv, write_case
+
+    for k, sample_id in enumerate(batch.ids):
+        case = case_id(sample_id)
+        pv = batch.pv_maps[k].numpy()
+        pv_file = path / "pv" / f"{case}.npy"
+        if not pv_file.is_file():
+            with atomic_path(pv_file) as tmp:
+                np.save(tmp, pv.astype(np.float16))
+        if not image_path(path, case).is_file():  # the image is written last, so it marks a whole case
+            write_case(path, case, batch.images[k, 0].numpy().astype(np.float32), labels_from_pv(pv))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(batch.records[0]))
+    writer.writeheader()
+    writer.writerows(batch.records)
+    write_text_atomic(_block_record(path, block), buffer.getvalue())
+
+
+def _finish(folder: StageFolder, n: int, total_blocks: int, channels: Sequence[str], modality: str) -> None:
+    """Assemble samples.csv from the block records and write dataset.json, then the manifest."""
+    from brainspade.segmentation.raw_dataset import write_dataset_json
+
+    lines: list[str] = []
+    for block in range(total_blocks):
+        block_lines = _block_record(folder.path, block).read_text().splitlines()
+        lines.extend(block_lines if not lines else block_lines[1:])
+    write_text_atomic(folder.path / "samples.csv", "\n".join(lines) + "\n")
+    write_dataset_json(folder.path, list(channels), modality, n)
+    retries = [int(row["retries"]) for row in csv.DictReader(io.StringIO("\n".join(lines)))]
+    folder.finish(
+        {"dataset": "dataset.json", "samples": "samples.csv", "pv_maps": "pv/"},
+        n=n,
+        retried=sum(r > 0 for r in retries),
+        total_retries=sum(retries),
+    )
+    print(f"[sample] {n} pairs in {folder.path} ({sum(r > 0 for r in retries)} regenerated by the modality filter)")
+

@@ -1,0 +1,116 @@
+"""`brainspade sample`: outputs, per-sample determinism, resume after kill -9, shards."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import run_cli
+
+from brainspade.stages.sample import parse_shard
+
+pytestmark = pytest.mark.slow
+N = 16
+
+
+def _sample_args(workdir: Path, name: str, *extra: str) -> list[str]:
+    return ["sample", "--n", str(N), f"workdir={workdir}", "profile=tiny", f"name={name}", "sampling.batch_size=2", *extra]
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    """Every output file of a samples folder except logs and timestamps, by relative path."""
+    keep = ("imagesTr", "labelsTr", "pv", "samples.csv", "dataset.json")
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and str(p.relative_to(folder)).startswith(keep)
+    }
+
+
+@pytest.fixture(scope="module")
+def full_run(trained_workdir):
+    from brainspade.cli import main
+
+    code = main(_sample_args(trained_workdir, "full"))
+    assert code == 0
+    return trained_workdir / "samples" / "full"
+
+
+def test_sample_writes_an_nnunet_data_set(full_run):
+    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
+
+    assert len(list((full_run / "imagesTr").glob("*_0000.nii.gz"))) == N
+    assert len(list((full_run / "labelsTr").glob("*.nii.gz"))) == N
+    rows = list(csv.DictReader((full_run / "samples.csv").open()))
+    assert [int(r["id"]) for r in rows] == list(range(N))
+    assert {"seed", "lesion_tumour", "slice_position", "style", "predicted_modality", "retries"} <= set(rows[0])
+    assert all(r["style"].startswith("siteA/") for r in rows)  # the default style source
+    pv = np.load(full_run / "pv" / "syn_000003.npy").astype(np.float32)
+    assert pv.shape[0] == 6 and pv.min() >= 0 and pv.max() <= 1
+    np.testing.assert_allclose(pv.sum(axis=0), 1, atol=2e-3)
+    dataset = json.loads((full_run / "dataset.json").read_text())
+    assert dataset["numTraining"] == N
+    verify_dataset_integrity(str(full_run), num_processes=1)
+
+
+def test_killed_run_resumes_to_identical_files(full_run, trained_workdir):
+    name = "killed"
+    command = [sys.executable, "-m", "brainspade", *_sample_args(trained_workdir, name)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    blocks = trained_workdir / "samples" / name / "blocks"
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None and len(list(blocks.glob("*.csv"))) < 2:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done_before = len(list(blocks.glob("*.csv")))
+    assert 0 < done_before < N // 2, "the run should have been killed part-way"
+    assert not (trained_workdir / "samples" / name / "manifest.json").exists()
+
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert _files(trained_workdir / "samples" / name) == _files(full_run)
+    leftovers = [p for p in (trained_workdir / "samples" / name).rglob(".*") if p.is_file()]
+    assert leftovers == []
+
+
+def test_two_shards_make_the_same_files_as_one_run(capsys, full_run, trained_workdir):
+    for shard in ("0/2", "1/2"):
+        code, _, err = run_cli(capsys, *_sample_args(trained_workdir, "sharded", f"shard={shard}"))
+        assert code == 0, err
+    assert _files(trained_workdir / "samples" / "sharded") == _files(full_run)
+
+
+def test_samples_do_not_depend_on_batch_size(capsys, full_run, trained_workdir):
+    code, _, err = run_cli(capsys, "sample", "--n", "6", f"workdir={trained_workdir}", "profile=tiny",
+                           "name=big_batches", "sampling.batch_size=3")
+    assert code == 0, err
+    for case in ("syn_000000", "syn_000004"):
+        a = np.load(full_run / "pv" / f"{case}.npy").astype(np.float32)
+        b = np.load(trained_workdir / "samples" / "big_batches" / "pv" / f"{case}.npy").astype(np.float32)
+        np.testing.assert_allclose(a, b, atol=2e-3)
+
+
+def test_shard_syntax_and_torchrun_ranks(monkeypatch):
+    assert parse_shard("1/4") == (1, 4)
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    assert parse_shard("0/1") == (2, 3)
+    monkeypatch.delenv("RANK")
+    from brainspade.errors import BrainspadeError
+
+    with pytest.raises(BrainspadeError):
+        parse_shard("3/2")
+
+
+def test_bad_style_source_is_refused(capsys, trained_workdir):
+    code, _, err = run_cli(capsys, "sample", "--n", "2", f"workdir={trained_workdir}", "profile=tiny",
+                           "style.dataset=siteZ")
+    assert code == 1 and "siteZ" in err and len(err.strip().splitlines()) == 1
