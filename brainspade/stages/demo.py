@@ -1,17 +1,46 @@
-"""`brainspade demo`: the whole method on the embedded phantom, skipping finished stages."""
+"""`brainspade demo`: the whole method on the embedded phantom; a re-run skips finished stages.
+
+make-phantom -> prepare-data -> the four generator trainings -> the three experiments (each
+experiment makes the synthetic data sets its arms need with `brainspade sample`).
+"""
 
 from __future__ import annotations
 
+import importlib
+import time
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
-from brainspade.stages import prepare_data
 from brainspade.stages.common import workdir
+
+PIPELINE = ("prepare-data", "train-label-vae", "train-label-ldm", "train-modisc", "train-image-generator")
 
 
 def run(cfg: DictConfig) -> Path:
-    slices = prepare_data.run(cfg)
-    print(f"[demo] phantom and slice cache ready in {slices.parent}")
-    print("[demo] next stages (label generator, image generator, sampling, experiments) are not built yet")
+    from brainspade.cli import COMMANDS
+
+    started = time.monotonic()
+    timings: list[tuple[str, float]] = []
+
+    def timed(label: str, module: str, stage_cfg: DictConfig) -> Path:
+        begin = time.monotonic()
+        print(f"[demo] {label} ...", flush=True)
+        output = importlib.import_module(module).run(stage_cfg)
+        timings.append((label, time.monotonic() - begin))
+        print(f"[demo] {label} done in {timings[-1][1]:.0f} s -> {output}", flush=True)
+        return output
+
+    for command in PIPELINE:
+        timed(command, COMMANDS[command].module, cfg)
+    reports = []
+    for experiment in cfg.demo_experiments:
+        with open_dict(cfg):
+            cfg.experiment = experiment
+        reports.append(timed(f"run-experiment {experiment}", COMMANDS["run-experiment"].module, cfg))
+    print(f"[demo] finished in {(time.monotonic() - started) / 60:.1f} min")
+    for label, seconds in timings:
+        print(f"[demo]   {label:<28} {seconds:7.0f} s")
+    for report in reports:
+        print(f"[demo] report: {Path(report) / 'report.md'}")
     return workdir(cfg)
