@@ -51,9 +51,11 @@ def run(cfg: DictConfig) -> Path:
     settings = cfg.label_sampling
     fingerprint = config_fingerprint(settings, n, int(cfg.seed), _fingerprint_of(vae_folder), _fingerprint_of(ldm_folder))
     folder = StageFolder(stage_path(cfg, "label_samples"), fingerprint)
-    if not folder.prepare(cfg, force=bool(cfg.force)):
+    if folder.is_up_to_date() and not cfg.force:
         print(f"[sample-labels] {folder.path} is up to date")
         return folder.path
+    # Samples are an output nothing trains on: another n, seed or setting simply replaces them.
+    folder.prepare(cfg, force=True)
     for old in folder.path.glob("sample_*.npy"):
         old.unlink()
 
