@@ -1,8 +1,7 @@
 """`run-experiment iod` end to end at profile=tiny: the report agrees with the saved predictions.
 
-STAND-IN: the synthetic arm S_iod normally trains on `brainspade sample` output. Here
-`make_samples` is replaced by an export of REAL siteA train slices (every other slice) through
-the same raw-data-set writer, under the arm's sample name. This checks the experiment
+The synthetic arm S_iod trains on real `brainspade sample` output made with the shared
+tiny-trained generators (conftest.trained_workdir). At profile=tiny this checks the experiment
 machinery (models, predictions, metrics, tables, statistics), not synthetic data quality.
 """
 
@@ -20,44 +19,37 @@ import pytest
 from conftest import run_cli
 
 from brainspade.data.slice_cache import SliceCache
-from brainspade.engine.stage import StageFolder
 from brainspade.segmentation.evaluation import load_volume
 from brainspade.segmentation.metrics import dice, mean_sd
-from brainspade.segmentation.raw_dataset import export_real_slices, labels_from_pv
+from brainspade.segmentation.raw_dataset import labels_from_pv
 from brainspade.segmentation.statistics import paired_tests
 
 CLASSES = {"csf": 1, "gm": 2, "wm": 3}
 ARMS = ["R_iod", "S_iod"]
 
 
-def stand_in_make_samples(calls: list):
-    """make_samples replaced by real siteA train slices written as the sample set (see module docstring)."""
+def recording_make_samples(calls: list):
+    """The real make_samples, recording the arguments each synthetic arm asked for."""
+    from brainspade.stages import sample
 
-    def make_samples(cfg, *, name, n, style_dataset, style_modality, conditions="healthy", **_):
-        calls.append({"name": name, "n": n, "style_dataset": style_dataset, "style_modality": style_modality,
-                      "conditions": conditions})
-        folder = Path(cfg.workdir) / "samples" / name
-        cache = SliceCache.open(Path(cfg.workdir) / "slices")
-        stage = StageFolder(folder, f"stand-in-{n}")
-        if not stage.is_complete():
-            indices = cache.image_indices(split="train", datasets=[style_dataset], modalities=[style_modality])
-            export_real_slices(cache, indices[::2][:n], folder, cache.channels)
-            stage.finish({"dataset": "dataset.json"}, stand_in=True)
-        return folder
+    real = sample.make_samples
+
+    def make_samples(cfg, **kwargs):
+        calls.append({k: kwargs[k] for k in ("name", "n", "style_dataset", "style_modality", "conditions")})
+        return real(cfg, **kwargs)
 
     return make_samples
 
 
 @pytest.fixture(scope="module")
-def experiment(tmp_path_factory):
-    """Run `run-experiment iod` once for the module; return (folder, workdir, make_samples calls, seconds, output)."""
-    workdir = tmp_path_factory.mktemp("experiment")
+def experiment(trained_workdir):
+    """Run `run-experiment iod` once for the module; return (folder, workdir, make_samples calls, seconds)."""
+    workdir = trained_workdir
     calls: list = []
     patcher = pytest.MonkeyPatch()
-    patcher.setattr("brainspade.stages.sample.make_samples", stand_in_make_samples(calls))
+    patcher.setattr("brainspade.stages.sample.make_samples", recording_make_samples(calls))
     from brainspade.cli import main  # run_cli needs the function-scoped capsys; this fixture is module-scoped
 
-    assert main(["prepare-data", f"workdir={workdir}", "profile=tiny"]) == 0
     started = time.time()
     code = main(["run-experiment", "iod", f"workdir={workdir}", "profile=tiny"])
     seconds = time.time() - started
@@ -160,7 +152,6 @@ def test_rerun_reuses_models_and_report(experiment, capsys, monkeypatch):
     folder, workdir, calls, seconds = experiment
     print(f"\n[tiny run-experiment iod: {seconds:.0f} s]")
     report_before = (folder / "report.md").read_text()
-    monkeypatch.setattr("brainspade.stages.sample.make_samples", stand_in_make_samples(calls))
     code, out, err = run_cli(capsys, "run-experiment", "iod", f"workdir={workdir}", "profile=tiny")
     assert code == 0, err
     assert out.strip().splitlines()[-1] == str(folder)  # the last line is the report's folder
