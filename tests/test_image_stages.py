@@ -61,4 +61,3 @@ def test_modisc_then_image_generator_write_metrics_and_load_through_the_api(tmp_
     code, out, _ = run_cli(capsys, "train-image-generator", f"workdir={workdir}", "profile=tiny",
                            "image_generator.steps=22", "force=true")
     assert code == 0 and "resuming at step 20" in out
-    assert time.monotonic() - started < 180
