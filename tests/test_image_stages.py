@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import torch
 
@@ -12,7 +11,6 @@ from tests.conftest import run_cli
 
 
 def test_modisc_then_image_generator_write_metrics_and_load_through_the_api(tmp_path, capsys):
-    started = time.monotonic()
     workdir = tmp_path / "w"
     assert run_cli(capsys, "prepare-data", f"workdir={workdir}", "profile=tiny")[0] == 0
 

@@ -7,9 +7,9 @@ import csv
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import run_cli
 
 from brainspade.data.slice_cache import SliceCache
-from conftest import run_cli
 
 
 @pytest.fixture(scope="module")
