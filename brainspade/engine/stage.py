@@ -90,6 +90,11 @@ class StageFolder:
         return self.path
 
 
+def finished_fingerprint(path: str | Path) -> str:
+    """The config fingerprint a finished stage folder was made with (inputs of later stages hash it)."""
+    return StageFolder(path, "").read_manifest().get("fingerprint", "")
+
+
 def require_complete(path: str | Path, what: str, command: str) -> Path:
     """Fail in one line when an input stage folder is missing or unfinished."""
     path = Path(path)

@@ -17,7 +17,7 @@ from monai.networks.schedulers import DDPMScheduler
 from brainspade.data.slice_cache import SliceCache
 from brainspade.diffusion.samplers import SAMPLERS, sampling_timesteps
 from brainspade.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from brainspade.engine.stage import StageFolder, require_complete
+from brainspade.engine.stage import finished_fingerprint, require_complete
 from brainspade.errors import BrainspadeError
 from brainspade.models.label_diffusion_unet import ConditionedDiffusionUNet
 from brainspade.models.label_vae import LabelVAE
@@ -81,7 +81,7 @@ class LabelSampler:
         require_complete(ldm_folder, "label LDM", "train-label-ldm")
         vae_state = load_checkpoint(Path(vae_folder) / CHECKPOINT_NAME)
         ldm_state = load_checkpoint(Path(ldm_folder) / CHECKPOINT_NAME)
-        vae_fingerprint = StageFolder(vae_folder, "").read_manifest().get("fingerprint")
+        vae_fingerprint = finished_fingerprint(vae_folder)
         if ldm_state["extra"].get("vae_fingerprint") != vae_fingerprint:
             raise BrainspadeError(
                 f"{ldm_folder}: this label LDM was trained on another label VAE than {vae_folder}; "

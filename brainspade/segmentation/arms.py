@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from brainspade.data.slice_cache import SliceCache
 from brainspade.engine.atomic import write_json_atomic, write_text_atomic
 from brainspade.engine.seeding import seed_everything
-from brainspade.engine.stage import StageFolder, config_fingerprint, require_complete
+from brainspade.engine.stage import StageFolder, config_fingerprint, finished_fingerprint, require_complete
 from brainspade.errors import BrainspadeError
 from brainspade.segmentation import nnunet
 from brainspade.segmentation.raw_dataset import export_real_slices
@@ -115,8 +115,8 @@ def ensure_arm(cfg: DictConfig, cache: SliceCache, arm: str) -> TrainedArm:
     samples = synthetic_samples(cfg, spec["synthetic"]) if "synthetic" in spec else None
     inputs = {
         "arm": spec,
-        "slices": StageFolder(cache.folder, "").read_manifest().get("fingerprint"),
-        "samples": None if samples is None else StageFolder(samples, "").read_manifest().get("fingerprint"),
+        "slices": finished_fingerprint(cache.folder),
+        "samples": None if samples is None else finished_fingerprint(samples),
         "training": {key: cfg.segmentation[key] for key in TRAINING_KEYS},
     }
     fingerprint = config_fingerprint(inputs)

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from brainspade.data.slice_cache import SliceCache
 from brainspade.engine.atomic import atomic_path, remove_stale_temporaries, write_text_atomic
 from brainspade.engine.logging import progress
-from brainspade.engine.stage import StageFolder, config_fingerprint, require_complete
+from brainspade.engine.stage import StageFolder, config_fingerprint, finished_fingerprint, require_complete
 from brainspade.errors import BrainspadeError
 from brainspade.generation.pairs import PairBatch, PairSynthesiser
 from brainspade.generation.styles import StyleBank, style_bank_from_cache, style_bank_from_folder
@@ -78,7 +78,7 @@ def make_samples(
         "style_folder": style_folder, "conditions": conditions,
         "sampling": OmegaConf.to_container(cfg.sampling, resolve=True),
         "label_sampling": OmegaConf.to_container(cfg.label_sampling, resolve=True),
-        "models": [_fingerprint_of(p) for p in (label_vae, label_ldm, image_generator_folder)],
+        "models": [finished_fingerprint(p) for p in (label_vae, label_ldm, image_generator_folder)],
     }
     folder = StageFolder(stage_path(cfg, "samples") / name, config_fingerprint(settings))
     if folder.reusable(bool(cfg.force)):
@@ -130,9 +130,6 @@ def default_name(style_dataset: str | None, style_folder: str | None, modality: 
     source = style_dataset if style_folder is None else Path(style_folder).name
     return f"{source}_{modality}" + ("" if conditions == "healthy" else f"_{conditions}")
 
-
-def _fingerprint_of(stage_folder: Path) -> str:
-    return StageFolder(stage_folder, "").read_manifest().get("fingerprint", "")
 
 
 def _check_same_run(path: Path, settings: dict, force: bool) -> None:

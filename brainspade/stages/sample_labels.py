@@ -13,12 +13,11 @@ from brainspade.data.datasets import generator_label_indices
 from brainspade.data.slice_cache import SliceCache
 from brainspade.engine.atomic import atomic_path, write_json_atomic
 from brainspade.engine.logging import colourise_labels, log_image_columns, progress, tensorboard_writer
-from brainspade.engine.stage import StageFolder, config_fingerprint, require_complete
+from brainspade.engine.stage import StageFolder, config_fingerprint, finished_fingerprint, require_complete
 from brainspade.errors import BrainspadeError
 from brainspade.generation.label_training import lesion_present, tissue_volumes
 from brainspade.generation.labels import LabelSampler, draw_conditions, label_conditions
 from brainspade.stages.common import select_device, stage_path
-from brainspade.stages.train_label_vae import _fingerprint_of
 
 CONDITION_SEED, NOISE_SEED = 0, 1
 
@@ -49,7 +48,7 @@ def run(cfg: DictConfig) -> Path:
     vae_folder = require_complete(stage_path(cfg, "label_vae"), "label VAE", "train-label-vae")
     ldm_folder = require_complete(stage_path(cfg, "label_ldm"), "label LDM", "train-label-ldm")
     settings = cfg.label_sampling
-    fingerprint = config_fingerprint(settings, n, int(cfg.seed), _fingerprint_of(vae_folder), _fingerprint_of(ldm_folder))
+    fingerprint = config_fingerprint(settings, n, int(cfg.seed), finished_fingerprint(vae_folder), finished_fingerprint(ldm_folder))
     folder = StageFolder(stage_path(cfg, "label_samples"), fingerprint)
     if folder.is_up_to_date() and not cfg.force:
         print(f"[sample-labels] {folder.path} is up to date")

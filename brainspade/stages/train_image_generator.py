@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 from brainspade.data.slice_cache import SliceCache
 from brainspade.engine.atomic import write_json_atomic
 from brainspade.engine.seeding import seed_everything
-from brainspade.engine.stage import StageFolder, config_fingerprint, require_complete
+from brainspade.engine.stage import StageFolder, config_fingerprint, finished_fingerprint, require_complete
 from brainspade.generation.image_training import (
     ema_image_generator,
     evaluate_image_generator,
@@ -25,12 +25,12 @@ def run(cfg: DictConfig) -> Path:
     settings = cfg.image_generator
     validate_weights(settings.weights)  # before anything else, so a bad config fails in one line at once
     slices = require_complete(stage_path(cfg, "slices"), "slice cache", "prepare-data")
-    inputs = [_fingerprint(slices)]
+    inputs = [finished_fingerprint(slices)]
     classifier_folder = stage_path(cfg, "modisc")
     use_classifier = needs_classifier(settings)
     if use_classifier:
         require_complete(classifier_folder, "modality classifier", "train-modisc")
-        inputs.append(_fingerprint(classifier_folder))
+        inputs.append(finished_fingerprint(classifier_folder))
     folder = StageFolder(stage_path(cfg, "image_generator"),
                          config_fingerprint(cfg.data, settings, int(cfg.seed), *inputs))
     if not folder.prepare(cfg, force=bool(cfg.force)):
@@ -54,6 +54,3 @@ def run(cfg: DictConfig) -> Path:
     return folder.finish({"checkpoint": "checkpoint.pt", "metrics": "metrics.json"},
                          classifier_fingerprint=metrics["classifier_fingerprint"], steps=int(settings.steps))
 
-
-def _fingerprint(stage_folder: Path) -> str:
-    return StageFolder(stage_folder, "").read_manifest().get("fingerprint", "")

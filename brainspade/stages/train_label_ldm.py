@@ -15,7 +15,7 @@ from brainspade.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_
 from brainspade.engine.ema import make_ema, update_ema
 from brainspade.engine.logging import colourise_labels, log_image_columns, progress, tensorboard_writer
 from brainspade.engine.seeding import seed_everything
-from brainspade.engine.stage import StageFolder, config_fingerprint, require_complete
+from brainspade.engine.stage import StageFolder, config_fingerprint, finished_fingerprint, require_complete
 from brainspade.generation.label_training import (
     encode_means,
     ldm_training_step,
@@ -29,7 +29,6 @@ from brainspade.generation.labels import LabelSampler, label_conditions, make_sc
 from brainspade.models.label_diffusion_unet import ConditionedDiffusionUNet
 from brainspade.models.label_vae import LabelVAE
 from brainspade.stages.common import select_device, stage_path
-from brainspade.stages.train_label_vae import _fingerprint_of
 
 
 def run(cfg: DictConfig) -> Path:
@@ -38,8 +37,8 @@ def run(cfg: DictConfig) -> Path:
     vae_folder = require_complete(stage_path(cfg, "label_vae"), "label VAE", "train-label-vae")
     settings = cfg.label_ldm
     sources = list(cfg.data.source_datasets)
-    vae_fingerprint = _fingerprint_of(vae_folder)
-    fingerprint = config_fingerprint(settings, sources, _fingerprint_of(slices), vae_fingerprint, int(cfg.seed))
+    vae_fingerprint = finished_fingerprint(vae_folder)
+    fingerprint = config_fingerprint(settings, sources, finished_fingerprint(slices), vae_fingerprint, int(cfg.seed))
     folder = StageFolder(stage_path(cfg, "label_ldm"), fingerprint)
     if not folder.prepare(cfg, force=bool(cfg.force)):
         print(f"[train-label-ldm] {folder.path} is up to date")

@@ -14,7 +14,7 @@ from brainspade.engine.atomic import write_json_atomic
 from brainspade.engine.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from brainspade.engine.logging import colourise_labels, log_image_columns, progress, tensorboard_writer
 from brainspade.engine.seeding import seed_everything
-from brainspade.engine.stage import StageFolder, config_fingerprint, require_complete
+from brainspade.engine.stage import StageFolder, config_fingerprint, finished_fingerprint, require_complete
 from brainspade.generation.label_training import (
     dice_per_channel,
     load_pv_maps,
@@ -33,7 +33,7 @@ def run(cfg: DictConfig) -> Path:
     slices = require_complete(stage_path(cfg, "slices"), "slice cache", "prepare-data")
     settings = cfg.label_vae
     sources = list(cfg.data.source_datasets)
-    fingerprint = config_fingerprint(settings, sources, _fingerprint_of(slices), int(cfg.seed))
+    fingerprint = config_fingerprint(settings, sources, finished_fingerprint(slices), int(cfg.seed))
     folder = StageFolder(stage_path(cfg, "label_vae"), fingerprint)
     if not folder.prepare(cfg, force=bool(cfg.force)):
         print(f"[train-label-vae] {folder.path} is up to date")
@@ -134,6 +134,3 @@ def _log_reconstructions(writer, vae: LabelVAE, pv_maps: torch.Tensor, step: int
     reconstruction = vae.decode(vae.encode(pv_maps)[0])
     log_image_columns(writer, "real | reconstruction", [colourise_labels(pv_maps), colourise_labels(reconstruction)], step)
 
-
-def _fingerprint_of(folder: Path) -> str:
-    return StageFolder(folder, "").read_manifest().get("fingerprint", "")

@@ -9,14 +9,14 @@ from omegaconf import DictConfig
 from brainspade.data.slice_cache import SliceCache
 from brainspade.engine.atomic import write_json_atomic
 from brainspade.engine.seeding import seed_everything
-from brainspade.engine.stage import StageFolder, config_fingerprint, require_complete
+from brainspade.engine.stage import StageFolder, config_fingerprint, finished_fingerprint, require_complete
 from brainspade.generation.modisc_training import train_classifier
 from brainspade.stages.common import select_device, stage_path
 
 
 def run(cfg: DictConfig) -> Path:
     slices = require_complete(stage_path(cfg, "slices"), "slice cache", "prepare-data")
-    slices_fingerprint = StageFolder(slices, "").read_manifest().get("fingerprint", "")
+    slices_fingerprint = finished_fingerprint(slices)
     folder = StageFolder(stage_path(cfg, "modisc"),
                          config_fingerprint(cfg.data, cfg.modisc, int(cfg.seed), slices_fingerprint))
     if not folder.prepare(cfg, force=bool(cfg.force)):
