@@ -102,12 +102,12 @@ def label_comparison(workdir: Path, n: int, steps: int) -> list[str]:
         "| pipeline | s per map | speed-up | " + " | ".join(f"W1 {c}" for c in cache.channels) + " |",
         "|---|---|---|" + "---|" * len(cache.channels),
         f"| brainspade DDIM {steps} steps, eta 1 | {ours_seconds / n:.3f} | {monai_seconds / ours_seconds:.1f}x | "
-        + " | ".join(f"{d_ours[c]:.1f}" for c in cache.channels) + " |",
+        + " | ".join(f"{d_ours[c]:.4f}" for c in cache.channels) + " |",
         f"| MONAI LatentDiffusionInferer.sample, DDPM 1000 steps, fp32 | {monai_seconds / n:.3f} | 1.0x | "
-        + " | ".join(f"{d_monai[c]:.1f}" for c in cache.channels) + " |",
-        "| floor: two disjoint real training halves | | | " + " | ".join(f"{floor[c]:.1f}" for c in cache.channels) + " |",
+        + " | ".join(f"{d_monai[c]:.4f}" for c in cache.channels) + " |",
+        "| floor: two disjoint real training halves | | | " + " | ".join(f"{floor[c]:.4f}" for c in cache.channels) + " |",
         "",
-        f"W1 = 1-D Wasserstein distance between per-slice tissue volumes (pixels) and {len(held_out)} real held-out slices.",
+        f"W1 = 1-D Wasserstein distance between per-slice tissue volumes (share of the slice) and {len(held_out)} real held-out slices.",
     ]
     return lines
 
