@@ -184,3 +184,18 @@ def test_dice_per_channel_scores_argmax_overlap():
     assert all(score in (1.0, None) for score in scores.values()) and scores["gm"] == 1.0
     shifted = torch.roll(real, shifts=3, dims=3)
     assert dice_per_channel(shifted, real, CHANNELS)["wm"] < 1.0
+
+
+def test_inverse_frequency_weights_favour_rare_channels():
+    from brainspade.generation.label_training import inverse_frequency_weights
+
+    pv = torch.zeros(4, 3, 8, 8)
+    pv[:, 0] = 1.0
+    pv[:, 0, :4] = 0.0
+    pv[:, 1, :4] = 1.0
+    pv[:, 0, 0, 0], pv[:, 2, 0, 0] = 0.0, 1.0  # channel 2 is rare
+    pv[:, 1, 0, 0] = 0.0
+    weights = inverse_frequency_weights(pv)
+    assert weights.shape == (3,)
+    assert torch.isclose(weights.mean(), torch.tensor(1.0))
+    assert weights[2] > weights[1] > weights[0]

@@ -45,6 +45,17 @@ def kl_loss(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return kl.flatten(1).sum(dim=1).mean()
 
 
+def inverse_frequency_weights(pv_maps: torch.Tensor, max_weight: float = 50.0) -> torch.Tensor:
+    """Per-channel L1 weights (C,) ~ 1 / channel frequency, mean 1, capped at `max_weight`.
+
+    Rare channels (lesions: a few percent of a tenth of the slices) otherwise contribute almost
+    nothing to a plain L1 and the VAE learns to drop them.
+    """
+    frequency = pv_maps.float().mean(dim=(0, 2, 3)).clamp_min(1e-6)
+    weights = (1.0 / frequency).clamp_max(max_weight * (1.0 / frequency).min())
+    return weights / weights.mean()
+
+
 def vae_training_step(
     vae: LabelVAE,
     discriminator: nn.Module,
@@ -55,11 +66,18 @@ def vae_training_step(
     weights: Mapping[str, float],
     adversarial: bool,
     grad_clip: float,
+    channel_weights: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """One step of L1 + KL + perceptual (+ least-squares PatchGAN) for the VAE, then one for the discriminator."""
+    """One step of L1 + KL + perceptual (+ least-squares PatchGAN) for the VAE, then one for the discriminator.
+
+    `channel_weights` (C,) weight the L1 per PV channel (None: the paper's plain L1).
+    """
     reconstruction, mu, sigma = vae(pv_maps)
+    l1 = (reconstruction - pv_maps).abs()
+    if channel_weights is not None:
+        l1 = l1 * channel_weights.view(1, -1, 1, 1)
     terms = {
-        "l1": F.l1_loss(reconstruction, pv_maps),
+        "l1": l1.mean(),
         "kl": kl_loss(mu, sigma),
         "perceptual": perceptual(reconstruction, pv_maps) if weights["perceptual"] > 0 else pv_maps.new_zeros(()),
     }

@@ -15,8 +15,10 @@ from brainspade.engine.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from brainspade.engine.logging import colourise_labels, log_image_columns, progress, tensorboard_writer
 from brainspade.engine.seeding import seed_everything
 from brainspade.engine.stage import StageFolder, config_fingerprint, finished_fingerprint, require_complete
+from brainspade.errors import BrainspadeError
 from brainspade.generation.label_training import (
     dice_per_channel,
+    inverse_frequency_weights,
     load_pv_maps,
     random_batch,
     reconstruct,
@@ -79,6 +81,13 @@ def run(cfg: DictConfig) -> Path:
 
     weights = {"kl": float(settings.kl_weight), "perceptual": float(settings.perceptual_weight),
                "adversarial": float(settings.adversarial_weight)}
+    channel_weights = None
+    if settings.l1_channel_weights == "inverse_frequency":
+        channel_weights = inverse_frequency_weights(train_pv).to(device)
+    elif settings.l1_channel_weights is not None:
+        raise BrainspadeError(
+            f"label_vae.l1_channel_weights={settings.l1_channel_weights!r}: use null or inverse_frequency"
+        )
     writer = tensorboard_writer(folder.path)
     steps = int(settings.steps)
     bar = progress(total=steps, initial=step, desc="train-label-vae", unit="step")
@@ -90,6 +99,7 @@ def run(cfg: DictConfig) -> Path:
             vae, discriminator, perceptual, optimizers["vae"], optimizers["discriminator"], batch, weights,
             adversarial=weights["adversarial"] > 0 and step >= int(settings.adversarial_start),
             grad_clip=float(settings.grad_clip),
+            channel_weights=channel_weights,
         )
         step += 1
         bar.update(1)
