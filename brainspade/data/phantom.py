@@ -35,7 +35,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from scipy.ndimage import distance_transform_edt, gaussian_filter
-from tqdm import tqdm
 
 from brainspade.data.deformation import (
     apply_affine,
@@ -57,6 +56,7 @@ from brainspade.data.intensity import (
     tissue_textures,
 )
 from brainspade.data.random_fields import smooth_random_field
+from brainspade.engine.logging import progress
 
 PHANTOM_CHANNELS: tuple[str, ...] = ("background", "csf", "gm", "wm", "tumour", "edema")
 PHANTOM_LESION_CHANNELS: tuple[str, ...] = ("tumour", "edema")
@@ -221,7 +221,8 @@ def build_phantom(
     ]
     manifest_rows: list[dict[str, str]] = []
     overview_subjects: dict[str, PhantomSubject] = {}
-    for site, split, index in tqdm(plan, desc="phantom subjects", unit="subject", disable=not show_progress):
+    subjects = progress(plan, desc="phantom subjects", unit="subject") if show_progress else plan
+    for site, split, index in subjects:
         subject = synthesize_subject(templates, site, split, index, seed)
         manifest_rows.extend(write_subject(out_dir, subject, templates.affine))
         overview_subjects.setdefault(site, subject)
