@@ -9,10 +9,10 @@ import pytest
 from conftest import run_cli
 from scipy import stats
 
+from brainspade.data.datasets import real_training_indices
 from brainspade.data.slice_cache import SliceCache
 from brainspade.errors import BrainspadeError
 from brainspade.segmentation import raw_dataset
-from brainspade.segmentation.arms import real_training_indices
 from brainspade.segmentation.metrics import dice, mean_sd, precision, recall, stack_volumes, volume_metrics
 from brainspade.segmentation.nnunet import link_raw_dataset
 from brainspade.segmentation.statistics import PairedTest, paired_tests

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from brainspade.data.slice_cache import SliceCache
+from brainspade.errors import BrainspadeError
 
 
 def generator_label_indices(cache: SliceCache, source_datasets: Sequence[str]) -> np.ndarray:
@@ -30,6 +31,25 @@ def generator_image_indices(cache: SliceCache, source_datasets: Sequence[str]) -
 def style_image_indices(cache: SliceCache, dataset: str, modality: str | None = None) -> np.ndarray:
     """Slices usable as style images: the train split only, never a test split."""
     return cache.image_indices(split="train", datasets=[dataset], modalities=None if modality is None else [modality])
+
+
+def real_training_indices(cache: SliceCache, dataset: str, modality: str, volumes: int | None) -> np.ndarray:
+    """Train-split image slices of one data set and modality; only the first `volumes` subjects if given.
+
+    The first k subjects (sorted by name) are the only ones whose labels a few-volume arm
+    (R_n-ood, R_f-ood) may see.
+    """
+    indices = cache.image_indices(split="train", datasets=[dataset], modalities=[modality])
+    if indices.size == 0:
+        raise BrainspadeError(f"{cache.folder}: no train slices of data set {dataset!r} with modality {modality!r}")
+    subjects = sorted(set(cache.image_table["subject"][indices].tolist()))
+    if volumes is not None:
+        if not 0 < volumes <= len(subjects):
+            raise BrainspadeError(f"{dataset} has {len(subjects)} train volumes of {modality}; volumes={volumes} "
+                                  f"must be between 1 and {len(subjects)}")
+        subjects = subjects[:volumes]
+        indices = indices[np.isin(cache.image_table["subject"][indices], subjects)]
+    return indices
 
 
 class LabelSlices(Dataset):

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from brainspade.data.datasets import real_training_indices
 from brainspade.data.slice_cache import SliceCache
 from brainspade.engine.atomic import write_json_atomic, write_text_atomic
 from brainspade.engine.seeding import seed_everything
@@ -61,25 +61,6 @@ def arm_spec(cfg: DictConfig, arm: str) -> dict[str, Any]:
     if not spec or set(spec) - {"real", "synthetic"}:
         raise BrainspadeError(f"experiments.arms.{arm}: give `real` and/or `synthetic`, got {sorted(spec or {})}")
     return spec
-
-
-def real_training_indices(cache: SliceCache, dataset: str, modality: str, volumes: int | None) -> np.ndarray:
-    """Train-split image slices of one data set and modality; only the first `volumes` subjects if given.
-
-    The first k subjects (sorted by name) are the only ones whose labels a few-volume arm
-    (R_n-ood, R_f-ood) may see.
-    """
-    indices = cache.image_indices(split="train", datasets=[dataset], modalities=[modality])
-    if indices.size == 0:
-        raise BrainspadeError(f"{cache.folder}: no train slices of data set {dataset!r} with modality {modality!r}")
-    subjects = sorted(set(cache.image_table["subject"][indices].tolist()))
-    if volumes is not None:
-        if not 0 < volumes <= len(subjects):
-            raise BrainspadeError(f"{dataset} has {len(subjects)} train volumes of {modality}; volumes={volumes} "
-                                  f"must be between 1 and {len(subjects)}")
-        subjects = subjects[:volumes]
-        indices = indices[np.isin(cache.image_table["subject"][indices], subjects)]
-    return indices
 
 
 def synthetic_samples(cfg: DictConfig, synthetic: dict[str, Any]) -> Path:
