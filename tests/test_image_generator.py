@@ -13,6 +13,7 @@ from brainspade.errors import BrainspadeError
 from brainspade.generation.image_training import GeneratorLosses, Networks, validate_weights
 from brainspade.generation.images import ImageGenerator, ModalityClassifier, build_image_models
 from brainspade.models.modality_classifier import ModalityDatasetClassifier
+from brainspade.models.spade_generator import SpadeGenerator
 
 torch.set_num_threads(2)
 
@@ -209,3 +210,17 @@ def test_classifier_predict_gives_probabilities():
     modality, dataset = classifier.predict(torch.randn(5, 1, *SIZE))
     assert modality.shape == (5, 2) and dataset.shape == (5, 3)
     assert torch.allclose(modality.sum(1), torch.ones(5)) and torch.allclose(dataset.sum(1), torch.ones(5))
+
+
+@pytest.mark.parametrize("at_every_scale", [False, True])
+def test_style_code_reaches_the_image_without_the_coarse_tensor_only_when_injected_at_every_scale(at_every_scale):
+    torch.manual_seed(0)
+    generator = SpadeGenerator(label_channels=3, z_dim=8, size=SIZE, channels=[16, 8], spade_hidden=8,
+                               style_at_every_scale=at_every_scale).eval()
+    with torch.no_grad():  # cut the paper's path (code -> coarse tensor): what remains is the every-scale path
+        generator.fc.weight.zero_()
+    pv = fake_batch(2)["pv_map"][:, :3]
+    pv = pv / pv.sum(dim=1, keepdim=True)
+    with torch.no_grad():
+        a, b = generator(pv, torch.randn(2, 8)), generator(pv, torch.randn(2, 8))
+    assert (not torch.allclose(a, b)) == at_every_scale

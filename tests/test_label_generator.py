@@ -10,7 +10,13 @@ from monai.networks.nets import PatchDiscriminator
 from brainspade.diffusion.samplers import ddim_step, ddpm_step, sampling_timesteps
 from brainspade.engine.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from brainspade.errors import BrainspadeError
-from brainspade.generation.label_training import dice_per_channel, random_batch, resume, vae_training_step
+from brainspade.generation.label_training import (
+    dice_per_channel,
+    lesion_slice_indices,
+    random_batch,
+    resume,
+    vae_training_step,
+)
 from brainspade.generation.labels import LabelSampler, draw_conditions, make_scheduler, postprocess_pv_maps
 from brainspade.losses.label_perceptual import make_label_perceptual_loss
 from brainspade.models.label_diffusion_unet import ConditionedDiffusionUNet
@@ -199,3 +205,36 @@ def test_inverse_frequency_weights_favour_rare_channels():
     assert weights.shape == (3,)
     assert torch.isclose(weights.mean(), torch.tensor(1.0))
     assert weights[2] > weights[1] > weights[0]
+
+
+def test_lesion_enriched_batches_hold_the_requested_share_of_lesion_slices():
+    data = disc_pv_maps(40)
+    data[:, CHANNELS.index("tumour")] = 0
+    data[1::2, :, 10:13, 10:13] = torch.eye(len(CHANNELS))[CHANNELS.index("tumour")].view(-1, 1, 1)  # odd: a tumour
+    lesion = lesion_slice_indices(data, [CHANNELS.index("tumour")])
+    assert lesion.tolist() == list(range(1, 40, 2))
+    torch.manual_seed(0)
+    batch = random_batch(data, 10, torch.device("cpu"), lesion, enriched_fraction=0.6)
+    has_tumour = (batch.argmax(dim=1) == CHANNELS.index("tumour")).flatten(1).any(dim=1)
+    assert has_tumour[:6].all()  # the enriched share comes first, every one with a lesion
+
+
+def test_cross_entropy_term_is_reported_and_steepens_the_rare_channel_gradient():
+    torch.manual_seed(0)
+    batch = disc_pv_maps(4)
+    perceptual = make_label_perceptual_loss("random_conv")
+
+    def tumour_logit_gradient(cross_entropy: float) -> tuple[float, dict]:
+        torch.manual_seed(1)
+        vae = tiny_vae()
+        discriminator = PatchDiscriminator(spatial_dims=2, channels=8, in_channels=len(CHANNELS), num_layers_d=2)
+        optimizers = torch.optim.SGD(vae.parameters(), lr=0.0), torch.optim.SGD(discriminator.parameters(), lr=0.0)
+        weights = {"kl": 1e-6, "perceptual": 0.0, "adversarial": 0.0, "cross_entropy": cross_entropy}
+        terms = vae_training_step(vae, discriminator, perceptual, *optimizers, batch, weights, False, 1e9)
+        last = vae.autoencoder.decoder.blocks[-1]  # the output convolution: one row of weights per channel
+        return float(last.conv.weight.grad[CHANNELS.index("tumour")].norm()), terms
+
+    without, terms_without = tumour_logit_gradient(0.0)
+    with_ce, terms_with = tumour_logit_gradient(1.0)
+    assert "cross_entropy" not in terms_without and np.isfinite(terms_with["cross_entropy"])
+    assert with_ce > 2 * without

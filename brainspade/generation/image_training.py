@@ -168,6 +168,7 @@ def model_arguments(settings: DictConfig, channels: list[str], size: tuple[int, 
         "generator": {
             "label_channels": len(channels), "z_dim": int(settings.z_dim), "size": list(size),
             "channels": [int(c) for c in settings.generator_channels], "spade_hidden": int(settings.spade_hidden),
+            "style_at_every_scale": bool(settings.style_at_every_scale),
         },
         "discriminator": {
             "in_channels": len(channels) + 1, "num_scales": int(settings.discriminator_scales),

@@ -33,10 +33,30 @@ def as_pv(batch: torch.Tensor) -> torch.Tensor:
     return batch / batch.sum(dim=1, keepdim=True).clamp_min(1e-6)
 
 
-def random_batch(pv_maps: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
-    """A batch drawn with torch's global RNG (checkpointed, so a resumed run draws the same batches)."""
-    index = torch.randint(0, len(pv_maps), (min(batch_size, len(pv_maps)),))
+def random_batch(pv_maps: torch.Tensor, batch_size: int, device: torch.device,
+                 enriched: torch.Tensor | None = None, enriched_fraction: float = 0.0) -> torch.Tensor:
+    """A batch drawn with torch's global RNG (checkpointed, so a resumed run draws the same batches).
+
+    With `enriched` (indices of rare slices, e.g. those with a lesion) a share `enriched_fraction`
+    of the batch is drawn from them, the rest from all slices.
+    """
+    size = min(batch_size, len(pv_maps))
+    index = torch.randint(0, len(pv_maps), (size,))
+    if enriched is not None and len(enriched) and enriched_fraction > 0:
+        count = int(round(enriched_fraction * size))
+        index[:count] = enriched[torch.randint(0, len(enriched), (count,))]
     return as_pv(pv_maps[index]).to(device)
+
+
+def lesion_slice_indices(pv_maps: torch.Tensor, lesion_channels: Sequence[int], min_pixels: float = 1.0) -> torch.Tensor:
+    """Positions of the slices holding at least `min_pixels` pixels' worth of lesion (summed PV of lesion channels)."""
+    if not lesion_channels:
+        return torch.zeros(0, dtype=torch.long)
+    found = torch.zeros(len(pv_maps), dtype=torch.bool)
+    for start in range(0, len(pv_maps), 256):  # chunks: a float copy of every slice at once would double memory
+        chunk = pv_maps[start : start + 256, list(lesion_channels)].float()
+        found[start : start + 256] = chunk.flatten(1).sum(dim=1) >= min_pixels
+    return torch.nonzero(found).flatten()
 
 
 def kl_loss(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -70,9 +90,13 @@ def vae_training_step(
 ) -> dict[str, float]:
     """One step of L1 + KL + perceptual (+ least-squares PatchGAN) for the VAE, then one for the discriminator.
 
-    `channel_weights` (C,) weight the L1 per PV channel (None: the paper's plain L1).
+    `channel_weights` (C,) weight the L1 per PV channel (None: the paper's plain L1). A non-zero
+    `weights["cross_entropy"]` adds the soft cross-entropy between the PV target and the decoded
+    distribution: not in the paper, but its gradient does not vanish on thin or rare structures
+    (CSF, lesions) the way an L1 on softmax outputs does, so short trainings learn them.
     """
-    reconstruction, mu, sigma = vae(pv_maps)
+    logits, mu, sigma = vae(pv_maps)
+    reconstruction = torch.softmax(logits, dim=1)
     l1 = (reconstruction - pv_maps).abs()
     if channel_weights is not None:
         l1 = l1 * channel_weights.view(1, -1, 1, 1)
@@ -81,12 +105,17 @@ def vae_training_step(
         "kl": kl_loss(mu, sigma),
         "perceptual": perceptual(reconstruction, pv_maps) if weights["perceptual"] > 0 else pv_maps.new_zeros(()),
     }
+    cross_entropy_weight = weights.get("cross_entropy", 0.0)
+    if cross_entropy_weight > 0:
+        terms["cross_entropy"] = -(pv_maps * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
     terms["generator"] = (
         ADVERSARIAL(discriminator(reconstruction)[-1], target_is_real=True, for_discriminator=False)
         if adversarial else pv_maps.new_zeros(())
     )
     loss = terms["l1"] + weights["kl"] * terms["kl"] + weights["perceptual"] * terms["perceptual"]
     loss = loss + weights["adversarial"] * terms["generator"]
+    if cross_entropy_weight > 0:
+        loss = loss + cross_entropy_weight * terms["cross_entropy"]
     vae_optimizer.zero_grad(set_to_none=True)
     loss.backward()
     nn.utils.clip_grad_norm_(vae.parameters(), grad_clip)

@@ -63,7 +63,11 @@ class LabelVAE(nn.Module):
         return torch.softmax(self.decode_logits(latents), dim=1)
 
     def forward(self, pv_maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Reconstruction from a reparameterised latent sample, with the latent mean and std for the KL term."""
+        """Reconstruction *logits* from a reparameterised latent sample, with the latent mean and std (KL term).
+
+        Logits rather than PV maps so a cross-entropy term can use a stable log-softmax;
+        `softmax(logits, dim=1)` is the reconstructed PV map.
+        """
         mu, sigma = self.encode(pv_maps)
         latents = mu + sigma * torch.randn_like(sigma)
-        return self.decode(latents), mu, sigma
+        return self.decode_logits(latents), mu, sigma

@@ -27,6 +27,11 @@ class SpadeGenerator(nn.Module):
         channels: block widths from the coarsest scale to the full-size one.
         spade_hidden: hidden channels of each SPADE modulation network.
         out_channels: image channels.
+        style_at_every_scale: also feed the style code (broadcast over the slice) to every SPADE
+            modulation network next to the PV maps. The paper's generator sees the code only
+            through the coarse tensor, which instance norm mostly normalises away early in
+            training; with the code in the modulation, each tissue's contrast is directly a
+            function of (tissue, style), which short (CPU) trainings learn.
     """
 
     def __init__(
@@ -37,8 +42,11 @@ class SpadeGenerator(nn.Module):
         channels: Sequence[int],
         spade_hidden: int = 128,
         out_channels: int = 1,
+        style_at_every_scale: bool = False,
     ):
         super().__init__()
+        self.style_at_every_scale = style_at_every_scale
+        modulation_channels = label_channels + (z_dim if style_at_every_scale else 0)
         factor = 2 ** (len(channels) - 1)
         if any(s % factor for s in size):
             raise ValueError(f"size {list(size)} must be divisible by {factor} for {len(channels)} generator scales")
@@ -50,7 +58,7 @@ class SpadeGenerator(nn.Module):
                 spatial_dims=2,
                 in_channels=widths[i],
                 out_channels=widths[i + 1],
-                label_nc=label_channels,
+                label_nc=modulation_channels,
                 spade_intermediate_channels=spade_hidden,
             )
             for i in range(len(channels))
@@ -64,5 +72,9 @@ class SpadeGenerator(nn.Module):
         for i, block in enumerate(self.blocks):
             if i > 0:
                 x = F.interpolate(x, scale_factor=2, mode="nearest")
-            x = block(x, F.adaptive_avg_pool2d(pv_maps, x.shape[-2:]))
+            modulation = F.adaptive_avg_pool2d(pv_maps, x.shape[-2:])
+            if self.style_at_every_scale:
+                code = style_code[:, :, None, None].expand(-1, -1, *x.shape[-2:])
+                modulation = torch.cat([modulation, code], dim=1)
+            x = block(x, modulation)
         return self.out(F.leaky_relu(x, 0.2))

@@ -19,6 +19,7 @@ from brainspade.errors import BrainspadeError
 from brainspade.generation.label_training import (
     dice_per_channel,
     inverse_frequency_weights,
+    lesion_slice_indices,
     load_pv_maps,
     random_batch,
     reconstruct,
@@ -80,7 +81,11 @@ def run(cfg: DictConfig) -> Path:
         )
 
     weights = {"kl": float(settings.kl_weight), "perceptual": float(settings.perceptual_weight),
-               "adversarial": float(settings.adversarial_weight)}
+               "adversarial": float(settings.adversarial_weight), "cross_entropy": float(settings.cross_entropy_weight)}
+    lesion_fraction = float(settings.lesion_batch_fraction)
+    if not 0 <= lesion_fraction <= 1:
+        raise BrainspadeError(f"label_vae.lesion_batch_fraction={lesion_fraction}: use a share between 0 and 1")
+    lesion_slices = lesion_slice_indices(train_pv, [cache.channels.index(c) for c in cache.lesion_channels])
     channel_weights = None
     if settings.l1_channel_weights == "inverse_frequency":
         channel_weights = inverse_frequency_weights(train_pv).to(device)
@@ -94,7 +99,7 @@ def run(cfg: DictConfig) -> Path:
     while step < steps:
         vae.train()
         discriminator.train()
-        batch = random_batch(train_pv, int(settings.batch_size), device)
+        batch = random_batch(train_pv, int(settings.batch_size), device, lesion_slices, lesion_fraction)
         losses = vae_training_step(
             vae, discriminator, perceptual, optimizers["vae"], optimizers["discriminator"], batch, weights,
             adversarial=weights["adversarial"] > 0 and step >= int(settings.adversarial_start),
