@@ -217,3 +217,18 @@ def test_interrupted_nnunet_training_resumes_at_its_last_epoch(cache, tmp_path, 
     segmenter = nnunet.Segmenter(root, "arm", torch.device("cpu"), mirroring=False)
     labels = segmenter.segment(cache.image(0))
     assert labels.shape == cache.size and labels.dtype == np.uint8 and labels.max() < len(cache.channels)
+
+
+def test_demo_prints_each_evaluations_tables_without_models_or_figures(tmp_path):
+    from brainspade.stages.demo import result_tables
+
+    report = tmp_path / "report.md"
+    report.write_text("\n".join([
+        "# Experiment iod", "", "## Models", "", "| arm | trained on |", "|---|---|", "| R_iod | real |", "",
+        "## iod: tested on siteA T1", "", "| arm | csf |", "|---|---|", "| R_iod | 0.9 ± 0.1 |", "",
+        "![iod: per-volume scores](figures/iod_scores.png)", "## n-ood: tested on siteB T1", "| S | 0.8 |",
+    ]))
+    printed = result_tables(report)
+    assert printed.startswith("## iod: tested on siteA T1")
+    assert "| R_iod | 0.9 ± 0.1 |" in printed and "| S | 0.8 |" in printed
+    assert "real |" not in printed and "![" not in printed

@@ -42,5 +42,14 @@ def run(cfg: DictConfig) -> Path:
     for label, seconds in timings:
         print(f"[demo]   {label:<28} {seconds:7.0f} s")
     for report in reports:
-        print(f"[demo] report: {Path(report) / 'report.md'}")
+        print(f"\n[demo] {Path(report) / 'report.md'}:\n")
+        print(result_tables(Path(report) / "report.md"))
     return workdir(cfg)
+
+
+def result_tables(report: Path) -> str:
+    """The evaluation sections of a report (score tables and p-values), without the figure links."""
+    lines = report.read_text().splitlines()
+    models = lines.index("## Models") if "## Models" in lines else -1
+    first = next((i for i, line in enumerate(lines) if line.startswith("## ") and i > models), len(lines))
+    return "\n".join(line for line in lines[first:] if not line.startswith("!["))
