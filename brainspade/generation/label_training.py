@@ -33,19 +33,26 @@ def as_pv(batch: torch.Tensor) -> torch.Tensor:
     return batch / batch.sum(dim=1, keepdim=True).clamp_min(1e-6)
 
 
+def batch_indices(count: int, batch_size: int, enriched: torch.Tensor | None = None,
+                  enriched_fraction: float = 0.0) -> torch.Tensor:
+    """Positions of a random batch, drawn with torch's global RNG (checkpointed: a resumed run draws the same).
+
+    With `enriched` (positions of rare slices, e.g. those with a lesion) a share `enriched_fraction`
+    of the batch comes from them, the rest from all slices. For the LDM this changes how often each
+    condition is seen, not what is learnt for a condition.
+    """
+    size = min(batch_size, count)
+    index = torch.randint(0, count, (size,))
+    if enriched is not None and len(enriched) and enriched_fraction > 0:
+        rare = int(round(enriched_fraction * size))
+        index[:rare] = enriched[torch.randint(0, len(enriched), (rare,))]
+    return index
+
+
 def random_batch(pv_maps: torch.Tensor, batch_size: int, device: torch.device,
                  enriched: torch.Tensor | None = None, enriched_fraction: float = 0.0) -> torch.Tensor:
-    """A batch drawn with torch's global RNG (checkpointed, so a resumed run draws the same batches).
-
-    With `enriched` (indices of rare slices, e.g. those with a lesion) a share `enriched_fraction`
-    of the batch is drawn from them, the rest from all slices.
-    """
-    size = min(batch_size, len(pv_maps))
-    index = torch.randint(0, len(pv_maps), (size,))
-    if enriched is not None and len(enriched) and enriched_fraction > 0:
-        count = int(round(enriched_fraction * size))
-        index[:count] = enriched[torch.randint(0, len(enriched), (count,))]
-    return as_pv(pv_maps[index]).to(device)
+    """A batch of PV maps (see `batch_indices`)."""
+    return as_pv(pv_maps[batch_indices(len(pv_maps), batch_size, enriched, enriched_fraction)]).to(device)
 
 
 def lesion_slice_indices(pv_maps: torch.Tensor, lesion_channels: Sequence[int], min_pixels: float = 1.0) -> torch.Tensor:

@@ -16,7 +16,9 @@ from brainspade.engine.ema import make_ema, update_ema
 from brainspade.engine.logging import colourise_labels, log_image_columns, progress, tensorboard_writer
 from brainspade.engine.seeding import seed_everything
 from brainspade.engine.stage import StageFolder, config_fingerprint, finished_fingerprint, require_complete
+from brainspade.errors import BrainspadeError
 from brainspade.generation.label_training import (
+    batch_indices,
     encode_means,
     ldm_training_step,
     lesion_present,
@@ -59,6 +61,10 @@ def run(cfg: DictConfig) -> Path:
     scale_factor = float(1.0 / latents.std())
     latents = latents * scale_factor
     conditions = torch.from_numpy(label_conditions(cache, train))
+    lesion_fraction = float(settings.lesion_batch_fraction)
+    if not 0 <= lesion_fraction <= 1:
+        raise BrainspadeError(f"label_ldm.lesion_batch_fraction={lesion_fraction}: use a share between 0 and 1")
+    lesion_slices = torch.nonzero(conditions[:, : len(cache.lesion_channels)].sum(dim=1) > 0).flatten()
 
     model_args = {
         "latent_channels": int(latents.shape[1]),
@@ -99,7 +105,7 @@ def run(cfg: DictConfig) -> Path:
     bar = progress(total=steps, initial=step, desc="train-label-ldm", unit="step")
     while step < steps:
         unet.train()
-        index = torch.randint(0, len(latents), (min(int(settings.batch_size), len(latents)),))
+        index = batch_indices(len(latents), int(settings.batch_size), lesion_slices, lesion_fraction)
         loss = ldm_training_step(
             unet, optimizer, scheduler, latents[index].to(device), conditions[index].to(device),
             float(settings.condition_dropout), str(settings.loss), float(settings.grad_clip),
