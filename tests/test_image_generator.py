@@ -224,3 +224,16 @@ def test_style_code_reaches_the_image_without_the_coarse_tensor_only_when_inject
     with torch.no_grad():
         a, b = generator(pv, torch.randn(2, 8)), generator(pv, torch.randn(2, 8))
     assert (not torch.allclose(a, b)) == at_every_scale
+
+
+def test_style_code_keeps_the_intensity_statistics_that_normalised_features_lose():
+    """Codes pool per-channel mean/std of the features; after a norm layer those are the same for every image
+    (an encoder built that way collapsed to a constant code in training). Here a brighter copy gets another code."""
+    from brainspade.models.style_encoder import StyleEncoder
+
+    torch.manual_seed(0)
+    encoder = StyleEncoder(z_dim=8, channels=[8, 16, 16])
+    image = fake_batch(1)["image"]
+    with torch.no_grad():
+        codes, _ = encoder(torch.cat([image, 3 * image]))
+    assert (codes[0] - codes[1]).norm() > 0.1 * codes[0].norm()

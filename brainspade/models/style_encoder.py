@@ -15,8 +15,11 @@ class StyleEncoder(nn.Module):
     As in SPADE (Park et al. 2019) and brainSPADE (Fernandez et al. 2022), but the spatial
     map is pooled globally (mean and standard deviation per channel) instead of flattened:
     the code then cannot store *where* things are, only how they look, which is what the
-    style/content separation and the style-consistency loss ask of it. Instance norm keeps
-    every sample independent of the others in its batch.
+    style/content separation and the style-consistency loss ask of it. No normalisation
+    layers: an instance-normalised feature map has (nearly) the same per-channel mean and
+    standard deviation for every image, so pooling it gives an almost constant code (the
+    encoder collapsed that way in training, benchmarks/image_generator.md); without norm
+    layers every sample also stays independent of its batch.
 
     Args:
         z_dim: size of the style code (paper: 16).
@@ -36,7 +39,7 @@ class StyleEncoder(nn.Module):
                     out_channels=width,
                     strides=2,
                     kernel_size=3,
-                    norm="INSTANCE",
+                    norm=None,
                     act=("LEAKYRELU", {"negative_slope": 0.2}),
                 )
             )
