@@ -124,7 +124,8 @@ def run(cfg: DictConfig) -> Path:
     if not (folder.path / CHECKPOINT_NAME).is_file():
         checkpoint()
 
-    metrics = validation_metrics(sampler, cache, sources, settings, int(cfg.seed))
+    metrics = validation_metrics(sampler, cache, sources, settings, int(cfg.seed),
+                                 float(cfg.label_sampling.guidance_scale))
     metrics["scale_factor"] = scale_factor
     write_json_atomic(folder.path / "metrics.json", metrics)
     if writer is not None:
@@ -134,13 +135,14 @@ def run(cfg: DictConfig) -> Path:
     return folder.finish({"checkpoint": CHECKPOINT_NAME, "metrics": "metrics.json"}, steps=step)
 
 
-def validation_metrics(sampler: LabelSampler, cache: SliceCache, sources: list[str], settings, seed: int) -> dict:
+def validation_metrics(sampler: LabelSampler, cache: SliceCache, sources: list[str], settings, seed: int,
+                       guidance_scale: float = 1.0) -> dict:
     """Per-channel W1 of tissue volumes (samples vs held-out; train vs held-out as the floor) and lesion rates.
 
     Samples are conditioned on held-out slices' real conditions; for the lesion rates, on the
     conditions of held-out slices whose lesion covers at least `lesion_eval_min_proportion` of
     the brain (smaller ones are often invisible in the argmax even in real maps), as they are
-    and with every lesion proportion set to 0.
+    and with every lesion proportion set to 0. Sampled with the guidance scale `sample` will use.
     """
     rng = np.random.default_rng(seed)
     n, steps, batch = int(settings.eval_samples), int(settings.eval_steps), int(settings.eval_batch_size)
@@ -149,7 +151,7 @@ def validation_metrics(sampler: LabelSampler, cache: SliceCache, sources: list[s
     test_volumes = tissue_volumes(load_pv_maps(cache, test))
     test_conditions = label_conditions(cache, test)
     chosen = rng.choice(len(test), size=n, replace=len(test) < n)
-    samples = _sample(sampler, torch.from_numpy(test_conditions[chosen]), 10_000, steps, batch)
+    samples = _sample(sampler, torch.from_numpy(test_conditions[chosen]), 10_000, steps, batch, guidance_scale)
     floor_rows = rng.choice(len(train), size=n, replace=len(train) < n)
     metrics: dict = {
         "eval_samples": n,
@@ -160,6 +162,7 @@ def validation_metrics(sampler: LabelSampler, cache: SliceCache, sources: list[s
         "lesion_rate_conditioned_on_lesion": {},
         "lesion_rate_conditioned_healthy": {},
         "lesion_rate_real_held_out": {},
+        "guidance_scale": guidance_scale,
         "lesion_min_pixels": int(settings.lesion_min_pixels),
         "lesion_eval_min_proportion": float(settings.lesion_eval_min_proportion),
     }
@@ -173,8 +176,8 @@ def validation_metrics(sampler: LabelSampler, cache: SliceCache, sources: list[s
         healthy[:, :lesions] = 0
         channel = cache.channels.index(name)
         minimum = int(settings.lesion_min_pixels)
-        lesion_samples = _sample(sampler, torch.from_numpy(rows), 20_000 + 1000 * k, steps, batch)
-        healthy_samples = _sample(sampler, torch.from_numpy(healthy), 20_000 + 1000 * k, steps, batch)
+        lesion_samples = _sample(sampler, torch.from_numpy(rows), 20_000 + 1000 * k, steps, batch, guidance_scale)
+        healthy_samples = _sample(sampler, torch.from_numpy(healthy), 20_000 + 1000 * k, steps, batch, guidance_scale)
         real = load_pv_maps(cache, test[with_lesion]).float()
         metrics["lesion_rate_conditioned_on_lesion"][name] = float(lesion_present(lesion_samples, channel, minimum).float().mean())
         metrics["lesion_rate_conditioned_healthy"][name] = float(lesion_present(healthy_samples, channel, minimum).float().mean())
@@ -182,11 +185,13 @@ def validation_metrics(sampler: LabelSampler, cache: SliceCache, sources: list[s
     return metrics
 
 
-def _sample(sampler: LabelSampler, conditions: torch.Tensor, first_seed: int, steps: int, batch: int) -> torch.Tensor:
+def _sample(sampler: LabelSampler, conditions: torch.Tensor, first_seed: int, steps: int, batch: int,
+            guidance_scale: float) -> torch.Tensor:
     chunks = []
     for start in range(0, len(conditions), batch):
         part = conditions[start : start + batch]
-        chunks.append(sampler.sample(part, list(range(first_seed + start, first_seed + start + len(part))), steps=steps))
+        seeds = list(range(first_seed + start, first_seed + start + len(part)))
+        chunks.append(sampler.sample(part, seeds, steps=steps, guidance_scale=guidance_scale))
     return torch.cat(chunks)
 
 
