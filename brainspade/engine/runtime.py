@@ -9,8 +9,9 @@ loss scaling is needed (unlike fp16).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from omegaconf import DictConfig
@@ -70,9 +71,33 @@ class Runtime:
                 "precision": "bf16" if self.bf16 else "fp32", "channels_last": self.channels_last,
                 "compile": self.compile}
 
-    def summary(self, models: Mapping[str, nn.Module]) -> dict:
-        """`describe()` plus every rank's parameter digest of the trained `models` (all ranks must call it)."""
-        return {**self.describe(), "weight_digests": distributed.weight_digests(models)}
+    def summary(self, models: Mapping[str, nn.Module], timer: StepTimer | None = None) -> dict:
+        """`describe()`, the measured step rate and every rank's parameter digest of `models` (all ranks call it)."""
+        rate = {"steps_timed": timer.count, "steps_per_second": timer.rate()} if timer else {}
+        return {**self.describe(), **rate, "weight_digests": distributed.weight_digests(models)}
+
+
+@dataclass
+class StepTimer:
+    """Training steps per second, counted from the end of the first step (which pays lazy initialisation)."""
+
+    device: torch.device
+    count: int = 0
+    _first: float | None = field(default=None, repr=False)
+    _last: float = field(default=0.0, repr=False)
+
+    def tick(self) -> None:
+        """Call once at the end of every step."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # kernels run asynchronously; time them, not their launch
+        self._last = time.perf_counter()
+        if self._first is None:
+            self._first = self._last
+        else:
+            self.count += 1
+
+    def rate(self) -> float | None:
+        return self.count / (self._last - self._first) if self.count else None
 
 
 def _switch(value, name: str, cuda: bool) -> bool:

@@ -36,7 +36,7 @@ from brainspade.engine.logging import (
     progress,
     tensorboard_writer,
 )
-from brainspade.engine.runtime import Runtime
+from brainspade.engine.runtime import Runtime, StepTimer
 from brainspade.errors import BrainspadeError
 from brainspade.generation.images import (
     ImageGenerator,
@@ -233,6 +233,7 @@ def train_image_generator(cfg: DictConfig, cache: SliceCache, folder: Path, clas
     writer = tensorboard_writer(folder)
     steps = int(settings.steps)
     batch_size = distributed.local_batch_size(int(settings.batch_size), "image_generator.batch_size")
+    timer = StepTimer(device)
     for step in progress(range(start, steps), initial=start, total=steps, desc="train-image-generator"):
         distributed.seed_step(int(cfg.seed), step)
         batch = {k: runtime.inputs(v) for k, v in pairs.batch(batch_size).items()}
@@ -269,10 +270,11 @@ def train_image_generator(cfg: DictConfig, cache: SliceCache, folder: Path, clas
             log_image_columns(writer, "label | style image | generated | real", [c[:4] for c in columns], done)
         if done % int(settings.checkpoint_every) == 0 and done < steps:
             save(done)
+        timer.tick()
     save(steps)
     if writer is not None:
         writer.close()
-    return runtime.summary(models)
+    return runtime.summary(models, timer)
 
 
 def ema_image_generator(folder: Path, device: torch.device) -> ImageGenerator:

@@ -20,7 +20,7 @@ from brainspade.engine.checkpoint import (
     save_checkpoint,
 )
 from brainspade.engine.logging import progress, tensorboard_writer
-from brainspade.engine.runtime import Runtime
+from brainspade.engine.runtime import Runtime, StepTimer
 from brainspade.errors import BrainspadeError
 from brainspade.generation.images import build_classifier
 
@@ -108,6 +108,7 @@ def train_classifier(cfg: DictConfig, cache: SliceCache, folder: Path, runtime: 
     batch_size = distributed.local_batch_size(int(settings.batch_size), "modisc.batch_size")
     augment = settings.augment
     trained.train()
+    timer = StepTimer(device)
     for step in progress(range(start, steps), initial=start, total=steps, desc="train-modisc"):
         distributed.seed_step(int(cfg.seed), step)
         batch = collate(dataset, torch.randint(len(train), (batch_size,)).numpy(), background)
@@ -126,10 +127,11 @@ def train_classifier(cfg: DictConfig, cache: SliceCache, folder: Path, runtime: 
                 writer.add_scalar("modisc/loss", mean_loss, step + 1)
         if (step + 1) % int(settings.checkpoint_every) == 0 and step + 1 < steps:
             save(step + 1)
+        timer.tick()
     save(steps)
     if writer is not None:
         writer.close()
-    run_info = runtime.summary({"classifier": network})
+    run_info = runtime.summary({"classifier": network}, timer)
     if not distributed.is_main():
         return None
     network.eval()

@@ -16,7 +16,7 @@ from brainspade.engine.atomic import write_json_atomic
 from brainspade.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from brainspade.engine.ema import make_ema, update_ema
 from brainspade.engine.logging import colourise_labels, log_image_columns, progress, tensorboard_writer
-from brainspade.engine.runtime import Runtime
+from brainspade.engine.runtime import Runtime, StepTimer
 from brainspade.engine.seeding import seed_everything
 from brainspade.engine.stage import StageFolder, config_fingerprint, finished_fingerprint, require_complete
 from brainspade.errors import BrainspadeError
@@ -113,6 +113,7 @@ def run(cfg: DictConfig) -> Path:
     steps = int(settings.steps)
     batch_size = distributed.local_batch_size(min(int(settings.batch_size), len(latents)), "label_ldm.batch_size")
     bar = progress(total=steps, initial=step, desc="train-label-ldm", unit="step")
+    timer = StepTimer(device)
     while step < steps:
         distributed.seed_step(int(cfg.seed), step)
         trained_unet.train()
@@ -133,11 +134,12 @@ def run(cfg: DictConfig) -> Path:
             _log_samples(writer, sampler, cache, step, int(settings.eval_steps))
         if step % int(settings.checkpoint_every) == 0 or step == steps:
             checkpoint()
+        timer.tick()
     bar.close()
     if not (folder.path / CHECKPOINT_NAME).is_file():
         checkpoint()
 
-    run_info = runtime.summary({"unet": unet})
+    run_info = runtime.summary({"unet": unet}, timer)
     if distributed.is_main():  # the other ranks wait in finish()
         metrics = validation_metrics(sampler, cache, sources, settings, int(cfg.seed))
         metrics["scale_factor"] = scale_factor

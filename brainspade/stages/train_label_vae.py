@@ -14,7 +14,7 @@ from brainspade.engine import distributed
 from brainspade.engine.atomic import write_json_atomic
 from brainspade.engine.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from brainspade.engine.logging import colourise_labels, log_image_columns, progress, tensorboard_writer
-from brainspade.engine.runtime import Runtime
+from brainspade.engine.runtime import Runtime, StepTimer
 from brainspade.engine.seeding import seed_everything
 from brainspade.engine.stage import StageFolder, config_fingerprint, finished_fingerprint, require_complete
 from brainspade.errors import BrainspadeError
@@ -107,6 +107,7 @@ def run(cfg: DictConfig) -> Path:
     steps = int(settings.steps)
     batch_size = distributed.local_batch_size(min(int(settings.batch_size), len(train_pv)), "label_vae.batch_size")
     bar = progress(total=steps, initial=step, desc="train-label-vae", unit="step")
+    timer = StepTimer(device)
     while step < steps:
         distributed.seed_step(int(cfg.seed), step)
         trained_vae.train()
@@ -130,11 +131,12 @@ def run(cfg: DictConfig) -> Path:
             _log_reconstructions(writer, vae, batch[:8], step)
         if step % int(settings.checkpoint_every) == 0 or step == steps:
             checkpoint()
+        timer.tick()
     bar.close()
     if not (folder.path / CHECKPOINT_NAME).is_file():
         checkpoint()  # steps=0: still leave a loadable model behind
 
-    run_info = runtime.summary({"vae": vae, "discriminator": discriminator})
+    run_info = runtime.summary({"vae": vae, "discriminator": discriminator}, timer)
     if distributed.is_main():  # the other ranks wait in finish()
         metrics = _validation_metrics(vae, cache, sources, int(settings.eval_batch_size), device)
         metrics["runtime"] = run_info
