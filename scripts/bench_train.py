@@ -7,25 +7,28 @@ Usage (a source workdir whose slice cache, label VAE and classifier are finished
 
 Each measurement is one real `brainspade train-...` run (under `torchrun --nproc_per_node K` for
 K > 1, gloo on the CPU, nccl on GPUs) of --steps steps in a scratch workdir whose inputs are
-links to the source workdir's finished stages; the step rate is the one the stage itself records
-in metrics.json (`runtime.steps_per_second`, timed from the end of the first step). Batches are
-global: K processes share each step's batch, so steps/s compare directly across K. Evaluation
-is cut to a minimum (it is not what is measured). Prints a markdown section; --out appends it.
+links to the source workdir's finished stages; the step rate is the one the stage itself reports
+when training ends (also `runtime.steps_per_second` in metrics.json; timed from the end of the
+first step, which pays lazy initialisation). The run is stopped there: the evaluation that
+follows is not measured. Batches are global: K processes share each step's batch, so steps/s
+compare directly across K. Prints a markdown section; --out appends it.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+RATE_LINE = re.compile(r"trained at ([0-9.]+) steps/s")
 STAGES = {  # command -> (config section, stage folder, finished inputs it reads, overrides that cut evaluation)
     "train-label-vae": ("label_vae", "label_vae", ["slices"], []),
     "train-label-ldm": ("label_ldm", "label_ldm", ["slices", "label_vae"],
@@ -40,7 +43,7 @@ STAGES = {  # command -> (config section, stage folder, finished inputs it reads
 
 def measure(source: Path, scratch: Path, command: str, profile: str, steps: int, precision: str,
             processes: int, threads: int) -> dict:
-    """One training run; its recorded runtime summary plus the global batch size and wall time."""
+    """One training run: its step rate (timed from the end of its first step), global batch size and wall time."""
     section, folder, inputs, extra = STAGES[command]
     workdir = scratch / f"{folder}_{precision}_{processes}"
     shutil.rmtree(workdir, ignore_errors=True)
@@ -56,13 +59,22 @@ def measure(source: Path, scratch: Path, command: str, profile: str, steps: int,
                 "-m", "brainspade", command, *overrides]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(threads)}
     start = time.time()
-    subprocess.run(argv, check=True, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wall = time.time() - start
-    metrics = json.loads((workdir / folder / "metrics.json").read_text())
-    config = (workdir / folder / "config.yaml").read_text()
-    batch = _batch_size(config, section)
+    # The stage prints its step rate when training ends; the evaluation after it is not measured: stop there.
+    process = subprocess.Popen(argv, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                               start_new_session=True)
+    rate = None
+    for line in process.stdout:
+        found = RATE_LINE.search(line)
+        if found:
+            rate = float(found.group(1))
+            break
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait()
+    if rate is None:
+        raise RuntimeError(f"{' '.join(argv)} ended without reporting its step rate (exit code {process.returncode})")
+    batch = _batch_size((workdir / folder / "config.yaml").read_text(), section)
     shutil.rmtree(workdir, ignore_errors=True)
-    return {**metrics["runtime"], "batch_size": batch, "wall_seconds": wall}
+    return {"steps_per_second": rate, "batch_size": batch, "wall_seconds": time.time() - start}
 
 
 def _batch_size(config_yaml: str, section: str) -> int:

@@ -59,7 +59,11 @@ def torchrun(*commands: str) -> str:
 
 def command(name: str, workdir: Path, steps: int) -> str:
     section = STEPS[name]
-    return f"{name} workdir={workdir} {TINY} {section}.steps={steps} {section}.checkpoint_every=2"
+    # The VAE's discriminator joins at step 2 (tiny: 20), so its second DDP module and the GAN path are covered;
+    # the GAN stages run under bf16 autocast (the LDM stays fp32: its exact-resume check compares with fp32).
+    extra = {"train-label-vae": " label_vae.adversarial_start=2 runtime.precision=bf16",
+             "train-image-generator": " runtime.precision=bf16"}.get(name, "")
+    return f"{name} workdir={workdir} {TINY} {section}.steps={steps} {section}.checkpoint_every=2{extra}"
 
 
 def checkpoint_digest(folder: Path, models: tuple[str, ...]) -> tuple[int, str]:

@@ -71,9 +71,15 @@ class Runtime:
                 "precision": "bf16" if self.bf16 else "fp32", "channels_last": self.channels_last,
                 "compile": self.compile}
 
-    def summary(self, models: Mapping[str, nn.Module], timer: StepTimer | None = None) -> dict:
-        """`describe()`, the measured step rate and every rank's parameter digest of `models` (all ranks call it)."""
+    def summary(self, models: Mapping[str, nn.Module], timer: StepTimer | None = None, command: str = "") -> dict:
+        """`describe()`, the measured step rate and every rank's parameter digest of `models` (all ranks call it).
+
+        Rank 0 prints the step rate as soon as training ends (before the evaluation).
+        """
         rate = {"steps_timed": timer.count, "steps_per_second": timer.rate()} if timer else {}
+        if rate.get("steps_per_second") and distributed.is_main():
+            print(f"[{command}] trained at {rate['steps_per_second']:.4f} steps/s over {timer.count} steps "
+                  f"({distributed.world_size()} process(es), {'bf16' if self.bf16 else 'fp32'})", flush=True)
         return {**self.describe(), **rate, "weight_digests": distributed.weight_digests(models)}
 
 

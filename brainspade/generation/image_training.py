@@ -274,7 +274,7 @@ def train_image_generator(cfg: DictConfig, cache: SliceCache, folder: Path, clas
     save(steps)
     if writer is not None:
         writer.close()
-    return runtime.summary(models, timer)
+    return runtime.summary(models, timer, "train-image-generator")
 
 
 def ema_image_generator(folder: Path, device: torch.device) -> ImageGenerator:

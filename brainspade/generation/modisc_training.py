@@ -131,7 +131,7 @@ def train_classifier(cfg: DictConfig, cache: SliceCache, folder: Path, runtime: 
     save(steps)
     if writer is not None:
         writer.close()
-    run_info = runtime.summary({"classifier": network}, timer)
+    run_info = runtime.summary({"classifier": network}, timer, "train-modisc")
     if not distributed.is_main():
         return None
     network.eval()

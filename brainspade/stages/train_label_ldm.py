@@ -139,7 +139,7 @@ def run(cfg: DictConfig) -> Path:
     if not (folder.path / CHECKPOINT_NAME).is_file():
         checkpoint()
 
-    run_info = runtime.summary({"unet": unet}, timer)
+    run_info = runtime.summary({"unet": unet}, timer, "train-label-ldm")
     if distributed.is_main():  # the other ranks wait in finish()
         metrics = validation_metrics(sampler, cache, sources, settings, int(cfg.seed))
         metrics["scale_factor"] = scale_factor

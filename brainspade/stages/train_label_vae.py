@@ -136,7 +136,7 @@ def run(cfg: DictConfig) -> Path:
     if not (folder.path / CHECKPOINT_NAME).is_file():
         checkpoint()  # steps=0: still leave a loadable model behind
 
-    run_info = runtime.summary({"vae": vae, "discriminator": discriminator}, timer)
+    run_info = runtime.summary({"vae": vae, "discriminator": discriminator}, timer, "train-label-vae")
     if distributed.is_main():  # the other ranks wait in finish()
         metrics = _validation_metrics(vae, cache, sources, int(settings.eval_batch_size), device)
         metrics["runtime"] = run_info
