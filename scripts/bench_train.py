@@ -55,7 +55,7 @@ def measure(source: Path, scratch: Path, command: str, profile: str, steps: int,
     if processes == 1:
         argv = [sys.executable, "-m", "brainspade", command, *overrides]
     else:
-        argv = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", str(processes), "--standalone",
+        argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--standalone",
                 "-m", "brainspade", command, *overrides]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(threads)}
     start = time.time()

@@ -33,7 +33,7 @@ from brainspade.models.label_diffusion_unet import ConditionedDiffusionUNet
 from brainspade.models.label_vae import LabelVAE
 
 REPO = Path(__file__).resolve().parents[1]
-TORCHRUN = Path(sys.executable).with_name("torchrun")
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]  # = the torchrun command, without relying on PATH
 TINY = "profile=tiny"
 STAGES = {  # command -> (stage folder, models whose weights DDP keeps in sync)
     "train-label-vae": ("label_vae", ("vae", "discriminator")),
@@ -50,7 +50,7 @@ def torchrun(*commands: str) -> str:
     """Run brainspade commands under `torchrun --nproc_per_node 2` (gloo, CPU); their combined output."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run(
-        [str(TORCHRUN), "--nproc_per_node", "2", "--standalone", str(REPO / "tests" / "torchrun_stages.py"), *commands],
+        [*TORCHRUN, "--nproc_per_node", "2", "--standalone", str(REPO / "tests" / "torchrun_stages.py"), *commands],
         capture_output=True, text=True, env=env, timeout=400, cwd=REPO,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -179,6 +179,15 @@ RFLOW = {"objective": "rflow", "num_train_timesteps": 1000}
 CHANNELS, SIZE = ["background", "csf", "gm", "wm", "tumour"], (32, 48)
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on a busy 2-core machine a second thread mostly waits (see benchmarks/RESULTS.md)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_models() -> tuple[LabelVAE, ConditionedDiffusionUNet]:
     torch.manual_seed(0)
     vae = LabelVAE(len(CHANNELS), channels=(8, 16, 16), num_res_blocks=1, latent_channels=3, norm_num_groups=4)
@@ -224,7 +233,7 @@ def test_samplers_share_one_signature():
     assert signatures["rflow"] == ["sample", "model_output", "timestep", "prev_timestep", "schedule", "noise", "eta"]
 
 
-def test_label_sampler_follows_the_checkpoint_objective_and_refuses_a_mismatched_sampler():
+def test_label_sampler_follows_the_checkpoint_objective_and_refuses_a_mismatched_sampler(one_thread):
     vae, unet = tiny_models()
     sampler = LabelSampler(vae, unet, make_scheduler(RFLOW), 1.0, CHANNELS, ["tumour"], SIZE, torch.device("cpu"))
     conditions = torch.tensor([[0.0, 0.3], [0.05, 0.5], [0.02, 0.6]])
@@ -238,7 +247,7 @@ def test_label_sampler_follows_the_checkpoint_objective_and_refuses_a_mismatched
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_rflow_training_steps_reduce_the_loss_on_a_fixed_batch(precision):
+def test_rflow_training_steps_reduce_the_loss_on_a_fixed_batch(precision, one_thread):
     _, unet = tiny_models()
     runtime = Runtime.from_config(runtime_config(precision=precision))
     scheduler = make_scheduler(RFLOW)
