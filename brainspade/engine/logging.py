@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from brainspade.engine.distributed import is_main
+
 T = TypeVar("T")
 
 # Distinct colours for argmax label maps (background black), repeated if there are more classes.
@@ -32,21 +34,21 @@ LABEL_COLOURS = np.array(
 
 
 def progress(iterable: Iterable[T] | None = None, *, total: int | None = None, desc: str = "", **kwargs) -> tqdm:
-    """A tqdm bar on stderr, quiet when stderr is not a terminal (CI logs stay readable)."""
+    """A tqdm bar on stderr, quiet when stderr is not a terminal (CI logs stay readable) and on ranks other than 0."""
     return tqdm(
         iterable,
         total=total,
         desc=desc,
         dynamic_ncols=True,
         mininterval=1.0,
-        disable=None if sys.stderr.isatty() else True,
+        disable=None if sys.stderr.isatty() and is_main() else True,
         **kwargs,
     )
 
 
 def tensorboard_writer(folder: str | Path, enabled: bool = True):
     """A SummaryWriter in `folder/tensorboard`, or None on non-zero ranks / when disabled."""
-    if not enabled:
+    if not enabled or not is_main():
         return None
     from torch.utils.tensorboard import SummaryWriter
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from brainspade.engine import distributed
 from brainspade.engine.atomic import write_json_atomic, write_text_atomic
 from brainspade.errors import BrainspadeError
 
@@ -67,19 +68,28 @@ class StageFolder:
         """Get the folder ready for a run; return False when a finished run can be reused.
 
         A finished folder made with another config is an error unless `force`, so that
-        results are never silently mixed across configs.
+        results are never silently mixed across configs. Under torchrun every rank decides
+        from the same files; rank 0 alone writes.
         """
         if self.reusable(force):
             return False
-        if self.is_complete():
-            self.manifest_path.unlink()
-        self.path.mkdir(parents=True, exist_ok=True)
-        if cfg is not None:
-            write_text_atomic(self.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        if distributed.is_main():
+            if self.is_complete():
+                self.manifest_path.unlink()
+            self.path.mkdir(parents=True, exist_ok=True)
+            if cfg is not None:
+                write_text_atomic(self.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        distributed.barrier()
         return True
 
     def finish(self, outputs: Mapping[str, Any] | None = None, **details: Any) -> Path:
-        """Write the manifest (last): the stage's outputs, its config fingerprint and a timestamp."""
+        """Write the manifest (last): the stage's outputs, its config fingerprint and a timestamp.
+
+        Under torchrun, once every rank got here (rank 0 may still be evaluating), by rank 0 only.
+        """
+        distributed.barrier()
+        if not distributed.is_main():
+            return self.path
         manifest = {
             "fingerprint": self.fingerprint,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),

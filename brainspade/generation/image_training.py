@@ -21,6 +21,7 @@ from torch import nn
 from brainspade.data.datasets import ImageSlices, generator_image_indices, style_image_indices
 from brainspade.data.slice_cache import SliceCache
 from brainspade.data.slicing import background_channel
+from brainspade.engine import distributed
 from brainspade.engine.checkpoint import (
     CHECKPOINT_NAME,
     load_checkpoint,
@@ -35,6 +36,7 @@ from brainspade.engine.logging import (
     progress,
     tensorboard_writer,
 )
+from brainspade.engine.runtime import Runtime, StepTimer
 from brainspade.errors import BrainspadeError
 from brainspade.generation.images import (
     ImageGenerator,
@@ -178,9 +180,15 @@ def model_arguments(settings: DictConfig, channels: list[str], size: tuple[int, 
 
 
 def train_image_generator(cfg: DictConfig, cache: SliceCache, folder: Path, classifier_folder: Path | None,
-                          device: torch.device) -> None:
-    """Train (resuming from folder's checkpoint) and leave the final checkpoint in folder."""
+                          runtime: Runtime) -> dict:
+    """Train (resuming from folder's checkpoint), leave the final checkpoint in folder; the runtime summary.
+
+    Under torchrun the generator side (style encoder, generator) and the discriminator are
+    DDP-wrapped separately (two optimisers, two backward passes per step); the frozen
+    classifier is not wrapped (it has no gradients to average).
+    """
     settings = cfg.image_generator
+    device = runtime.device
     validate_weights(settings.weights)
     source = list(cfg.data.source_datasets)
     train = generator_image_indices(cache, source)
@@ -193,8 +201,6 @@ def train_image_generator(cfg: DictConfig, cache: SliceCache, folder: Path, clas
 
     args = model_arguments(settings, cache.channels, cache.size)
     style_encoder, generator, discriminator = (m.to(device) for m in build_image_models(args))
-    networks = Networks(style_encoder, generator, discriminator, classifier.network if classifier else None)
-    losses = GeneratorLosses(networks, settings, device)
     betas = tuple(float(b) for b in settings.betas)
     # Two time-scale update rule (Heusel et al. 2017): the discriminator learns faster.
     generator_optimizer = torch.optim.Adam([*style_encoder.parameters(), *generator.parameters()],
@@ -210,27 +216,41 @@ def train_image_generator(cfg: DictConfig, cache: SliceCache, folder: Path, clas
     if checkpoint.is_file():
         state = load_checkpoint(checkpoint, expected_signature=signature)
         start = restore_training_state(state, models=models, optimizers=optimizers, ema_models=ema)
-        print(f"[train-image-generator] resuming at step {start}")
+        if distributed.is_main():
+            print(f"[train-image-generator] resuming at step {start}")
+    trained = {name: runtime.prepare(model) for name, model in models.items()}
+    networks = Networks(trained["style_encoder"], trained["generator"], trained["discriminator"],
+                        classifier.network if classifier else None)
+    losses = GeneratorLosses(networks, settings, device)
 
     def save(at: int) -> None:
+        if not distributed.is_main():
+            return
         save_checkpoint(checkpoint, step=at, models=models, optimizers=optimizers, ema_models=ema,
                         signature=signature, config=OmegaConf.to_container(cfg, resolve=True),
                         extra={"model_args": args, "modalities": modalities, "datasets": datasets})
 
     writer = tensorboard_writer(folder)
-    steps, batch_size = int(settings.steps), int(settings.batch_size)
+    steps = int(settings.steps)
+    batch_size = distributed.local_batch_size(int(settings.batch_size), "image_generator.batch_size")
+    timer = StepTimer(device)
     for step in progress(range(start, steps), initial=start, total=steps, desc="train-image-generator"):
-        batch = {k: v.to(device) for k, v in pairs.batch(batch_size).items()}
-        terms, fake = losses.terms(batch)
+        distributed.seed_step(int(cfg.seed), step)
+        batch = {k: runtime.inputs(v) for k, v in pairs.batch(batch_size).items()}
+        with runtime.autocast():
+            terms, fake = losses.terms(batch)
+            terms = {k: v.float() for k, v in terms.items()}
+            total = losses.total(terms)
         generator_optimizer.zero_grad(set_to_none=True)
-        losses.total(terms).backward()
+        total.backward()
         generator_optimizer.step()
 
         discriminator_loss = torch.zeros(())
         if losses.weighted("adversarial") or losses.weighted("feature_matching"):
-            real_scores, _ = discriminator(torch.cat([batch["pv_map"], batch["image"]], dim=1))
-            fake_scores, _ = discriminator(torch.cat([batch["pv_map"], fake.detach()], dim=1))
-            discriminator_loss = hinge_discriminator_loss(real_scores, fake_scores)
+            with runtime.autocast():
+                real_scores, _ = trained["discriminator"](torch.cat([batch["pv_map"], batch["image"]], dim=1))
+                fake_scores, _ = trained["discriminator"](torch.cat([batch["pv_map"], fake.detach()], dim=1))
+                discriminator_loss = hinge_discriminator_loss(real_scores, fake_scores).float()
             discriminator_optimizer.zero_grad(set_to_none=True)
             discriminator_loss.backward()
             discriminator_optimizer.step()
@@ -238,19 +258,23 @@ def train_image_generator(cfg: DictConfig, cache: SliceCache, folder: Path, clas
             update_ema(average, models[name], float(settings.ema_decay))
 
         done = step + 1
-        if writer is not None and done % int(settings.log_every) == 0:
-            for name, value in terms.items():
-                writer.add_scalar(f"generator/{name}", value.item(), done)
-            writer.add_scalar("discriminator/hinge", discriminator_loss.item(), done)
+        if done % int(settings.log_every) == 0:
+            logged = distributed.mean_over_ranks({**{f"generator/{k}": v.item() for k, v in terms.items()},
+                                                  "discriminator/hinge": discriminator_loss.item()})
+            if writer is not None:
+                for name, value in logged.items():
+                    writer.add_scalar(name, value, done)
         if writer is not None and (done % int(settings.image_every) == 0 or done == steps):
             columns = [colourise_labels(batch["pv_map"]), grey_to_rgb(batch["style"]), grey_to_rgb(fake),
                        grey_to_rgb(batch["image"])]
             log_image_columns(writer, "label | style image | generated | real", [c[:4] for c in columns], done)
         if done % int(settings.checkpoint_every) == 0 and done < steps:
             save(done)
+        timer.tick()
     save(steps)
     if writer is not None:
         writer.close()
+    return runtime.summary(models, timer, "train-image-generator")
 
 
 def ema_image_generator(folder: Path, device: torch.device) -> ImageGenerator:

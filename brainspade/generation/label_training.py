@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +11,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.losses import PatchAdversarialLoss
-from monai.networks.schedulers import DDPMScheduler
+from monai.networks.schedulers import DDPMScheduler, RFlowScheduler
 from scipy.stats import wasserstein_distance
 from torch import nn
 
 from brainspade.data.slice_cache import SliceCache
+from brainspade.diffusion.objectives import noisy_latents_and_target
 from brainspade.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint, restore_training_state
 from brainspade.models.label_diffusion_unet import ConditionedDiffusionUNet
 from brainspade.models.label_vae import LabelVAE
@@ -94,6 +96,7 @@ def vae_training_step(
     adversarial: bool,
     grad_clip: float,
     channel_weights: torch.Tensor | None = None,
+    autocast: Callable[[], AbstractContextManager] = nullcontext,
 ) -> dict[str, float]:
     """One step of L1 + KL + perceptual (+ least-squares PatchGAN) for the VAE, then one for the discriminator.
 
@@ -101,24 +104,28 @@ def vae_training_step(
     `weights["cross_entropy"]` adds the soft cross-entropy between the PV target and the decoded
     distribution: not in the paper, but its gradient does not vanish on thin or rare structures
     (CSF, lesions) the way an L1 on softmax outputs does, so short trainings learn them.
+    `autocast` opens the mixed-precision context of the forward passes (losses are taken in fp32).
+    `vae` and `discriminator` may be DDP-wrapped: every parameter gets a gradient in each backward.
     """
-    logits, mu, sigma = vae(pv_maps)
+    with autocast():
+        logits, mu, sigma = vae(pv_maps)
+    logits, mu, sigma = logits.float(), mu.float(), sigma.float()
     reconstruction = torch.softmax(logits, dim=1)
     l1 = (reconstruction - pv_maps).abs()
     if channel_weights is not None:
         l1 = l1 * channel_weights.view(1, -1, 1, 1)
-    terms = {
-        "l1": l1.mean(),
-        "kl": kl_loss(mu, sigma),
-        "perceptual": perceptual(reconstruction, pv_maps) if weights["perceptual"] > 0 else pv_maps.new_zeros(()),
-    }
+    terms = {"l1": l1.mean(), "kl": kl_loss(mu, sigma), "perceptual": pv_maps.new_zeros(())}
+    if weights["perceptual"] > 0:
+        with autocast():
+            terms["perceptual"] = perceptual(reconstruction, pv_maps).float()
     cross_entropy_weight = weights.get("cross_entropy", 0.0)
     if cross_entropy_weight > 0:
         terms["cross_entropy"] = -(pv_maps * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
-    terms["generator"] = (
-        ADVERSARIAL(discriminator(reconstruction)[-1], target_is_real=True, for_discriminator=False)
-        if adversarial else pv_maps.new_zeros(())
-    )
+    terms["generator"] = pv_maps.new_zeros(())
+    if adversarial:
+        with autocast():
+            scores = discriminator(reconstruction)[-1]
+        terms["generator"] = ADVERSARIAL(scores.float(), target_is_real=True, for_discriminator=False)
     loss = terms["l1"] + weights["kl"] * terms["kl"] + weights["perceptual"] * terms["perceptual"]
     loss = loss + weights["adversarial"] * terms["generator"]
     if cross_entropy_weight > 0:
@@ -129,8 +136,11 @@ def vae_training_step(
     vae_optimizer.step()
     terms["total"] = loss.detach()
     if adversarial:
-        fake = ADVERSARIAL(discriminator(reconstruction.detach())[-1], target_is_real=False, for_discriminator=True)
-        real = ADVERSARIAL(discriminator(pv_maps)[-1], target_is_real=True, for_discriminator=True)
+        with autocast():
+            fake_scores = discriminator(reconstruction.detach())[-1]
+            real_scores = discriminator(pv_maps)[-1]
+        fake = ADVERSARIAL(fake_scores.float(), target_is_real=False, for_discriminator=True)
+        real = ADVERSARIAL(real_scores.float(), target_is_real=True, for_discriminator=True)
         terms["discriminator"] = 0.5 * (fake + real)
         discriminator_optimizer.zero_grad(set_to_none=True)
         terms["discriminator"].backward()
@@ -142,20 +152,24 @@ def vae_training_step(
 def ldm_training_step(
     unet: ConditionedDiffusionUNet,
     optimizer: torch.optim.Optimizer,
-    scheduler: DDPMScheduler,
+    scheduler: DDPMScheduler | RFlowScheduler,
     latents: torch.Tensor,
     conditions: torch.Tensor,
     condition_dropout: float,
     loss_name: str,
     grad_clip: float,
+    autocast: Callable[[], AbstractContextManager] = nullcontext,
 ) -> float:
-    """One ε-prediction step on scaled latents; conditions are dropped with p = `condition_dropout` (CFG)."""
-    noise = torch.randn_like(latents)
-    timesteps = torch.randint(0, scheduler.num_train_timesteps, (len(latents),), device=latents.device)
-    noisy = scheduler.add_noise(original_samples=latents, noise=noise, timesteps=timesteps)
+    """One denoising step on scaled latents; conditions are dropped with p = `condition_dropout` (CFG).
+
+    The target follows the scheduler: the added noise ε for DDPM, the velocity for rectified flow.
+    """
+    noisy, timesteps, target = noisy_latents_and_target(scheduler, latents, torch.randn_like(latents))
     dropped = torch.rand(len(latents), device=latents.device) < condition_dropout
-    prediction = unet(noisy, timesteps, conditions, dropped)
-    loss = F.l1_loss(prediction, noise) if loss_name == "l1" else F.mse_loss(prediction, noise)
+    with autocast():
+        prediction = unet(noisy, timesteps, conditions, dropped)
+    prediction = prediction.float()
+    loss = F.l1_loss(prediction, target) if loss_name == "l1" else F.mse_loss(prediction, target)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     nn.utils.clip_grad_norm_(unet.parameters(), grad_clip)

@@ -12,26 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.networks.schedulers import DDPMScheduler
+from monai.networks.schedulers import DDPMScheduler, RFlowScheduler
 
 from brainspade.data.slice_cache import SliceCache
-from brainspade.diffusion.samplers import SAMPLERS, sampling_timesteps
+from brainspade.diffusion.objectives import make_scheduler, objective_of, schedule_table
+from brainspade.diffusion.samplers import DEFAULT_SAMPLER, SAMPLERS, sampling_timesteps
 from brainspade.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from brainspade.engine.stage import finished_fingerprint, require_complete
 from brainspade.errors import BrainspadeError
 from brainspade.models.label_diffusion_unet import ConditionedDiffusionUNet
 from brainspade.models.label_vae import LabelVAE
-
-
-def make_scheduler(scheduler_args: Mapping) -> DDPMScheduler:
-    """MONAI's DDPM scheduler (its alphas drive training noise and our own sampling steps)."""
-    return DDPMScheduler(
-        num_train_timesteps=int(scheduler_args["num_train_timesteps"]),
-        schedule=str(scheduler_args["schedule"]),
-        beta_start=float(scheduler_args["beta_start"]),
-        beta_end=float(scheduler_args["beta_end"]),
-        prediction_type="epsilon",
-    )
 
 
 def postprocess_pv_maps(pv_maps: torch.Tensor, background_index: int = 0, threshold: float = 0.075) -> torch.Tensor:
@@ -53,7 +43,7 @@ class LabelSampler:
         self,
         vae: LabelVAE,
         unet: ConditionedDiffusionUNet,
-        scheduler: DDPMScheduler,
+        scheduler: DDPMScheduler | RFlowScheduler,
         scale_factor: float,
         channels: Sequence[str],
         lesion_channels: Sequence[str],
@@ -63,7 +53,8 @@ class LabelSampler:
     ):
         self.vae = vae.to(device).eval()
         self.unet = unet.to(device).eval()
-        self.alphas_cumprod = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
+        self.objective = objective_of(scheduler)  # which samplers fit the network's output (ε or velocity)
+        self.schedule = schedule_table(scheduler).to(device)
         self.num_train_timesteps = int(scheduler.num_train_timesteps)
         self.scale_factor = float(scale_factor)
         self.channels = list(channels)
@@ -104,13 +95,24 @@ class LabelSampler:
         noise_seeds: Sequence[int],
         *,
         steps: int = 50,
-        sampler: str = "ddim",
+        sampler: str = "auto",
         guidance_scale: float = 1.0,
         eta: float = 1.0,
     ) -> torch.Tensor:
-        """PV maps (B, C, H, W) for conditions (B, L+1) = [lesion proportion per lesion channel..., slice position]."""
+        """PV maps (B, C, H, W) for conditions (B, L+1) = [lesion proportion per lesion channel..., slice position].
+
+        `sampler="auto"` takes the one matching the LDM's training objective (ddim for ddpm, rflow for rflow).
+        """
+        sampler = DEFAULT_SAMPLER[self.objective] if sampler == "auto" else sampler
         if sampler not in SAMPLERS:
-            raise BrainspadeError(f"sampler={sampler!r}: use one of {sorted(SAMPLERS)}")
+            raise BrainspadeError(f"sampler={sampler!r}: use auto or one of {sorted(SAMPLERS)}")
+        step_function, objective = SAMPLERS[sampler]
+        if objective != self.objective:
+            fitting = sorted(name for name, (_, needs) in SAMPLERS.items() if needs == self.objective)
+            raise BrainspadeError(
+                f"sampler={sampler!r} needs an LDM trained with objective {objective}, this one was trained with "
+                f"{self.objective}; use sampler=auto or one of {fitting}"
+            )
         if conditions.ndim != 2 or conditions.shape[1] != len(self.lesion_channels) + 1:
             raise BrainspadeError(
                 f"conditions of shape {tuple(conditions.shape)}: expected (B, {len(self.lesion_channels) + 1}) = "
@@ -118,16 +120,16 @@ class LabelSampler:
             )
         if len(noise_seeds) != len(conditions):
             raise BrainspadeError(f"{len(noise_seeds)} noise seeds for {len(conditions)} conditions")
-        step_function = SAMPLERS[sampler]
         generators = [torch.Generator().manual_seed(int(seed)) for seed in noise_seeds]
         conditions = conditions.to(self.device, torch.float32)
         latents = self._noise(generators)
-        timesteps = sampling_timesteps(self.num_train_timesteps, steps)
+        timesteps = sampling_timesteps(self.num_train_timesteps, steps, sampler)
         for index, timestep in enumerate(timesteps):
             prev_timestep = timesteps[index + 1] if index + 1 < len(timesteps) else -1
             prediction = self._guided_noise(latents, timestep, conditions, guidance_scale)
-            noise = self._noise(generators) if prev_timestep >= 0 and (sampler == "ddpm" or eta > 0) else None
-            latents = step_function(latents, prediction, timestep, prev_timestep, self.alphas_cumprod, noise, eta)
+            stochastic = sampler == "ddpm" or (sampler == "ddim" and eta > 0)
+            noise = self._noise(generators) if prev_timestep >= 0 and stochastic else None
+            latents = step_function(latents, prediction, timestep, prev_timestep, self.schedule, noise, eta)
         pv_maps = self.vae.decode(latents / self.scale_factor)
         return postprocess_pv_maps(pv_maps, self.background_index, self.background_threshold).cpu()
 
@@ -136,7 +138,10 @@ class LabelSampler:
         return torch.stack([torch.randn(self.latent_shape, generator=g) for g in generators]).to(self.device)
 
     def _guided_noise(self, latents: torch.Tensor, timestep: int, conditions: torch.Tensor, guidance_scale: float):
-        """Classifier-free guidance (Ho & Salimans 2022): ε_null + s (ε_cond − ε_null); s = 1 is plain conditional."""
+        """Classifier-free guidance (Ho & Salimans 2022): ε_null + s (ε_cond − ε_null); s = 1 is plain conditional.
+
+        The same combination applies to a velocity output (rflow): both are linear in the score.
+        """
         batch = len(latents)
         timesteps = torch.full((batch,), timestep, device=self.device, dtype=torch.long)
         if guidance_scale == 1.0:

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from brainspade.data.datasets import ImageSlices, generator_image_indices
 from brainspade.data.slice_cache import SliceCache
 from brainspade.data.slicing import background_channel
+from brainspade.engine import distributed
 from brainspade.engine.checkpoint import (
     CHECKPOINT_NAME,
     load_checkpoint,
@@ -19,6 +20,7 @@ from brainspade.engine.checkpoint import (
     save_checkpoint,
 )
 from brainspade.engine.logging import progress, tensorboard_writer
+from brainspade.engine.runtime import Runtime, StepTimer
 from brainspade.errors import BrainspadeError
 from brainspade.generation.images import build_classifier
 
@@ -64,9 +66,10 @@ def zscore_in_mask(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (images - mean) / std
 
 
-def train_classifier(cfg: DictConfig, cache: SliceCache, folder: Path, device: torch.device) -> dict:
-    """Train (resuming from folder's checkpoint) and return the held-out metrics."""
+def train_classifier(cfg: DictConfig, cache: SliceCache, folder: Path, runtime: Runtime) -> dict | None:
+    """Train (resuming from folder's checkpoint) and return the held-out metrics (None on ranks other than 0)."""
     settings = cfg.modisc
+    device = runtime.device
     source = list(cfg.data.source_datasets)
     train = generator_image_indices(cache, source)
     if len(train) == 0:
@@ -89,36 +92,51 @@ def train_classifier(cfg: DictConfig, cache: SliceCache, folder: Path, device: t
     if checkpoint.is_file():
         state = load_checkpoint(checkpoint, expected_signature=signature)
         start = restore_training_state(state, models={"classifier": network}, optimizers={"classifier": optimizer})
-        print(f"[train-modisc] resuming at step {start}")
+        if distributed.is_main():
+            print(f"[train-modisc] resuming at step {start}")
+    trained = runtime.prepare(network)
 
     def save(at: int) -> None:
+        if not distributed.is_main():
+            return
         save_checkpoint(checkpoint, step=at, models={"classifier": network}, optimizers={"classifier": optimizer},
                         signature=signature, config=OmegaConf.to_container(cfg, resolve=True),
                         extra={"model_args": model_args, "modalities": modalities, "datasets": source})
 
     writer = tensorboard_writer(folder)
-    steps, batch_size = int(settings.steps), int(settings.batch_size)
+    steps = int(settings.steps)
+    batch_size = distributed.local_batch_size(int(settings.batch_size), "modisc.batch_size")
     augment = settings.augment
-    network.train()
+    trained.train()
+    timer = StepTimer(device)
     for step in progress(range(start, steps), initial=start, total=steps, desc="train-modisc"):
+        distributed.seed_step(int(cfg.seed), step)
         batch = collate(dataset, torch.randint(len(train), (batch_size,)).numpy(), background)
-        images = augment_intensity(batch["image"], batch["brain"], float(augment.bias_field), float(augment.gamma),
-                                   float(augment.noise)).to(device)
-        modality_logits, dataset_logits = network(images)
-        loss = F.cross_entropy(modality_logits, batch["modality"].to(device)) + F.cross_entropy(
-            dataset_logits, batch["dataset"].to(device))
+        images = runtime.inputs(augment_intensity(batch["image"], batch["brain"], float(augment.bias_field),
+                                                  float(augment.gamma), float(augment.noise)))
+        with runtime.autocast():
+            modality_logits, dataset_logits = trained(images)
+        loss = F.cross_entropy(modality_logits.float(), batch["modality"].to(device)) + F.cross_entropy(
+            dataset_logits.float(), batch["dataset"].to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if writer is not None and (step + 1) % int(settings.log_every) == 0:
-            writer.add_scalar("modisc/loss", loss.item(), step + 1)
+        if (step + 1) % int(settings.log_every) == 0:
+            mean_loss = distributed.mean_over_ranks({"loss": loss.item()})["loss"]
+            if writer is not None:
+                writer.add_scalar("modisc/loss", mean_loss, step + 1)
         if (step + 1) % int(settings.checkpoint_every) == 0 and step + 1 < steps:
             save(step + 1)
+        timer.tick()
     save(steps)
     if writer is not None:
         writer.close()
+    run_info = runtime.summary({"classifier": network}, timer, "train-modisc")
+    if not distributed.is_main():
+        return None
     network.eval()
-    return evaluate_classifier(network, cache, modalities, source, int(settings.batch_size), device)
+    metrics = evaluate_classifier(network, cache, modalities, source, int(settings.batch_size), device)
+    return {**metrics, "runtime": run_info}
 
 
 @torch.no_grad()

@@ -44,7 +44,7 @@ class PairSynthesiser:
         style_bank: where style slices come from.
         draw_conditions: maps per-sample seeds to conditions (B, L+1) for the label LDM.
         seed: the run's seed.
-        label_steps: diffusion sampling steps; label_sampler_name: "ddim" or "ddpm"; guidance_scale: CFG scale;
+        label_steps: diffusion sampling steps; label_sampler_name: "auto", "ddim", "ddpm" or "rflow"; guidance_scale: CFG scale;
             eta: DDIM eta.
         classifier: `ModalityClassifier` used as the modality filter, or None to accept every image.
         max_retries: how often a rejected image is regenerated with another style image.

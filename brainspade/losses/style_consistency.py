@@ -49,7 +49,9 @@ class StyleConsistencyLoss(nn.Module):
             padding_mode="border",
         )
         affine.set_random_state(seed=int(torch.randint(0, 2**31 - 1, ()).item()))
-        copies = [convert_to_tensor(affine(image.detach()), track_meta=False) for image in images]
+        # An augmentation, not a network: fp32 even under bf16 autocast (MONAI converts its matrices to numpy).
+        with torch.autocast(images.device.type, enabled=False):
+            copies = [convert_to_tensor(affine(image.detach().float()), track_meta=False) for image in images]
         return torch.stack(copies).to(images)
 
     def forward(

@@ -10,10 +10,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from brainspade.data.datasets import generator_label_indices
 from brainspade.data.slice_cache import SliceCache
+from brainspade.diffusion.objectives import OBJECTIVES, make_scheduler
+from brainspade.engine import distributed
 from brainspade.engine.atomic import write_json_atomic
 from brainspade.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from brainspade.engine.ema import make_ema, update_ema
 from brainspade.engine.logging import colourise_labels, log_image_columns, progress, tensorboard_writer
+from brainspade.engine.runtime import Runtime, StepTimer
 from brainspade.engine.seeding import seed_everything
 from brainspade.engine.stage import StageFolder, config_fingerprint, finished_fingerprint, require_complete
 from brainspade.errors import BrainspadeError
@@ -27,29 +30,37 @@ from brainspade.generation.label_training import (
     tissue_volumes,
     volume_distances,
 )
-from brainspade.generation.labels import LabelSampler, label_conditions, make_scheduler
+from brainspade.generation.labels import LabelSampler, label_conditions
 from brainspade.models.label_diffusion_unet import ConditionedDiffusionUNet
 from brainspade.models.label_vae import LabelVAE
-from brainspade.stages.common import select_device, stage_path
+from brainspade.stages.common import stage_path
 
 
 def run(cfg: DictConfig) -> Path:
-    """Train (or resume, or reuse) the label LDM; write checkpoint.pt (with EMA), metrics.json and the manifest."""
+    """Train (or resume, or reuse) the label LDM; write checkpoint.pt (with EMA), metrics.json and the manifest.
+
+    Under torchrun: DDP over the ranks, rank 0 checkpoints, logs and evaluates.
+    """
     slices = require_complete(stage_path(cfg, "slices"), "slice cache", "prepare-data")
     vae_folder = require_complete(stage_path(cfg, "label_vae"), "label VAE", "train-label-vae")
     settings = cfg.label_ldm
+    objective = str(settings.objective)
+    if objective not in OBJECTIVES:
+        raise BrainspadeError(f"label_ldm.objective={objective}: use one of {', '.join(OBJECTIVES)}")
     sources = list(cfg.data.source_datasets)
     vae_fingerprint = finished_fingerprint(vae_folder)
     fingerprint = config_fingerprint(settings, sources, finished_fingerprint(slices), vae_fingerprint, int(cfg.seed))
     folder = StageFolder(stage_path(cfg, "label_ldm"), fingerprint)
+    runtime = Runtime.from_config(cfg)
     if not folder.prepare(cfg, force=bool(cfg.force)):
         print(f"[train-label-ldm] {folder.path} is up to date")
         return folder.path
-    if cfg.force:
+    if cfg.force and distributed.is_main():
         (folder.path / CHECKPOINT_NAME).unlink(missing_ok=True)
+    distributed.barrier()
 
     seed_everything(int(cfg.seed))
-    device = select_device(cfg)
+    device = runtime.device
     cache = SliceCache.open(slices)
     vae_state = load_checkpoint(vae_folder / CHECKPOINT_NAME)
     vae = LabelVAE(**vae_state["extra"]["model_args"]).to(device).eval()
@@ -76,17 +87,18 @@ def run(cfg: DictConfig) -> Path:
         "norm_num_groups": int(settings.norm_num_groups),
         "condition_dim": int(settings.condition_dim),
     }
-    scheduler_args = {key: settings[key] for key in ("num_train_timesteps", "schedule", "beta_start", "beta_end")}
+    scheduler_args = {key: settings[key] for key in ("objective", "num_train_timesteps", "schedule", "beta_start", "beta_end")}
     scheduler_args = OmegaConf.to_container(OmegaConf.create(scheduler_args), resolve=True)
     scheduler = make_scheduler(scheduler_args)
     unet = ConditionedDiffusionUNet(**model_args).to(device)
     ema = make_ema(unet)
     optimizer = torch.optim.Adam(unet.parameters(), lr=float(settings.lr))
     signature = {"channels": cache.channels, "lesion_channels": cache.lesion_channels, "size": list(cache.size),
-                 "vae_fingerprint": vae_fingerprint}
+                 "vae_fingerprint": vae_fingerprint, "objective": objective}
     step = resume(folder.path, signature, {"unet": unet}, {"unet": optimizer}, {"unet": ema})
-    if step:
+    if step and distributed.is_main():
         print(f"[train-label-ldm] resuming at step {step}")
+    trained_unet = runtime.prepare(unet)
     extra = {
         "model_args": model_args, "scheduler": scheduler_args, "scale_factor": scale_factor,
         "channels": cache.channels, "lesion_channels": cache.lesion_channels, "size": list(cache.size),
@@ -94,6 +106,8 @@ def run(cfg: DictConfig) -> Path:
     }
 
     def checkpoint() -> None:
+        if not distributed.is_main():
+            return
         save_checkpoint(
             folder.path / CHECKPOINT_NAME, step=step, models={"unet": unet}, optimizers={"unet": optimizer},
             ema_models={"unet": ema}, signature=signature, config=OmegaConf.to_container(cfg, resolve=True), extra=extra,
@@ -102,36 +116,45 @@ def run(cfg: DictConfig) -> Path:
     sampler = LabelSampler(vae, ema, scheduler, scale_factor, cache.channels, cache.lesion_channels, cache.size, device)
     writer = tensorboard_writer(folder.path)
     steps = int(settings.steps)
+    batch_size = distributed.local_batch_size(min(int(settings.batch_size), len(latents)), "label_ldm.batch_size")
     bar = progress(total=steps, initial=step, desc="train-label-ldm", unit="step")
+    timer = StepTimer(device)
     while step < steps:
-        unet.train()
-        index = batch_indices(len(latents), int(settings.batch_size), lesion_slices, lesion_fraction)
+        distributed.seed_step(int(cfg.seed), step)
+        trained_unet.train()
+        index = batch_indices(len(latents), batch_size, lesion_slices, lesion_fraction)
         loss = ldm_training_step(
-            unet, optimizer, scheduler, latents[index].to(device), conditions[index].to(device),
-            float(settings.condition_dropout), str(settings.loss), float(settings.grad_clip),
+            trained_unet, optimizer, scheduler, runtime.inputs(latents[index]), conditions[index].to(device),
+            float(settings.condition_dropout), str(settings.loss), float(settings.grad_clip), runtime.autocast,
         )
         update_ema(ema, unet, float(settings.ema_decay))
         step += 1
         bar.update(1)
-        if writer is not None and (step % int(settings.log_every) == 0 or step == steps):
-            writer.add_scalar("loss/noise", loss, step)
-            writer.add_scalar("lr/unet", optimizer.param_groups[0]["lr"], step)
+        if step % int(settings.log_every) == 0 or step == steps:
+            loss = distributed.mean_over_ranks({"loss": loss})["loss"]
+            if writer is not None:
+                writer.add_scalar(f"loss/{'noise' if objective == 'ddpm' else 'velocity'}", loss, step)
+                writer.add_scalar("lr/unet", optimizer.param_groups[0]["lr"], step)
         if step % int(settings.image_every) == 0 or step == steps:
             _log_samples(writer, sampler, cache, step, int(settings.eval_steps))
         if step % int(settings.checkpoint_every) == 0 or step == steps:
             checkpoint()
+        timer.tick()
     bar.close()
     if not (folder.path / CHECKPOINT_NAME).is_file():
         checkpoint()
 
-    metrics = validation_metrics(sampler, cache, sources, settings, int(cfg.seed),
-                                 float(cfg.label_sampling.guidance_scale))
-    metrics["scale_factor"] = scale_factor
-    write_json_atomic(folder.path / "metrics.json", metrics)
-    if writer is not None:
-        writer.close()
-    print(f"[train-label-ldm] lesion rate with / without lesion condition: "
-          f"{metrics['lesion_rate_conditioned_on_lesion']} / {metrics['lesion_rate_conditioned_healthy']}")
+    run_info = runtime.summary({"unet": unet}, timer, "train-label-ldm")
+    if distributed.is_main():  # the other ranks wait in finish()
+        metrics = validation_metrics(sampler, cache, sources, settings, int(cfg.seed),
+                                     float(cfg.label_sampling.guidance_scale))
+        metrics["scale_factor"] = scale_factor
+        metrics["runtime"] = run_info
+        write_json_atomic(folder.path / "metrics.json", metrics)
+        if writer is not None:
+            writer.close()
+        print(f"[train-label-ldm] lesion rate with / without lesion condition: "
+              f"{metrics['lesion_rate_conditioned_on_lesion']} / {metrics['lesion_rate_conditioned_healthy']}")
     return folder.finish({"checkpoint": CHECKPOINT_NAME, "metrics": "metrics.json"}, steps=step)
 
 

@@ -10,9 +10,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from brainspade.data.datasets import generator_label_indices
 from brainspade.data.slice_cache import SliceCache
+from brainspade.engine import distributed
 from brainspade.engine.atomic import write_json_atomic
 from brainspade.engine.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from brainspade.engine.logging import colourise_labels, log_image_columns, progress, tensorboard_writer
+from brainspade.engine.runtime import Runtime, StepTimer
 from brainspade.engine.seeding import seed_everything
 from brainspade.engine.stage import StageFolder, config_fingerprint, finished_fingerprint, require_complete
 from brainspade.errors import BrainspadeError
@@ -28,24 +30,29 @@ from brainspade.generation.label_training import (
 )
 from brainspade.losses.label_perceptual import make_label_perceptual_loss
 from brainspade.models.label_vae import LabelVAE
-from brainspade.stages.common import select_device, stage_path
+from brainspade.stages.common import stage_path
 
 
 def run(cfg: DictConfig) -> Path:
-    """Train (or resume, or reuse) the label VAE; write checkpoint.pt, metrics.json and the manifest."""
+    """Train (or resume, or reuse) the label VAE; write checkpoint.pt, metrics.json and the manifest.
+
+    Under torchrun: VAE and discriminator each in DDP, rank 0 checkpoints, logs and evaluates.
+    """
     slices = require_complete(stage_path(cfg, "slices"), "slice cache", "prepare-data")
     settings = cfg.label_vae
     sources = list(cfg.data.source_datasets)
     fingerprint = config_fingerprint(settings, sources, finished_fingerprint(slices), int(cfg.seed))
     folder = StageFolder(stage_path(cfg, "label_vae"), fingerprint)
+    runtime = Runtime.from_config(cfg)
     if not folder.prepare(cfg, force=bool(cfg.force)):
         print(f"[train-label-vae] {folder.path} is up to date")
         return folder.path
-    if cfg.force:
+    if cfg.force and distributed.is_main():
         (folder.path / CHECKPOINT_NAME).unlink(missing_ok=True)
+    distributed.barrier()
 
     seed_everything(int(cfg.seed))
-    device = select_device(cfg)
+    device = runtime.device
     cache = SliceCache.open(slices)
     train_pv = load_pv_maps(cache, generator_label_indices(cache, sources))
     model_args = {
@@ -70,10 +77,13 @@ def run(cfg: DictConfig) -> Path:
     }
     signature = {"channels": cache.channels, "size": list(cache.size)}
     step = resume(folder.path, signature, models, optimizers)
-    if step:
+    if step and distributed.is_main():
         print(f"[train-label-vae] resuming at step {step}")
+    trained_vae, trained_discriminator = runtime.prepare(vae), runtime.prepare(discriminator)
 
     def checkpoint() -> None:
+        if not distributed.is_main():
+            return
         save_checkpoint(
             folder.path / CHECKPOINT_NAME, step=step, models=models, optimizers=optimizers, signature=signature,
             config=OmegaConf.to_container(cfg, resolve=True),
@@ -95,38 +105,46 @@ def run(cfg: DictConfig) -> Path:
         )
     writer = tensorboard_writer(folder.path)
     steps = int(settings.steps)
+    batch_size = distributed.local_batch_size(min(int(settings.batch_size), len(train_pv)), "label_vae.batch_size")
     bar = progress(total=steps, initial=step, desc="train-label-vae", unit="step")
+    timer = StepTimer(device)
     while step < steps:
-        vae.train()
-        discriminator.train()
-        batch = random_batch(train_pv, int(settings.batch_size), device, lesion_slices, lesion_fraction)
+        distributed.seed_step(int(cfg.seed), step)
+        trained_vae.train()
+        trained_discriminator.train()
+        batch = runtime.inputs(random_batch(train_pv, batch_size, device, lesion_slices, lesion_fraction))
         losses = vae_training_step(
-            vae, discriminator, perceptual, optimizers["vae"], optimizers["discriminator"], batch, weights,
-            adversarial=weights["adversarial"] > 0 and step >= int(settings.adversarial_start),
-            grad_clip=float(settings.grad_clip),
-            channel_weights=channel_weights,
+            trained_vae, trained_discriminator, perceptual, optimizers["vae"], optimizers["discriminator"], batch,
+            weights, adversarial=weights["adversarial"] > 0 and step >= int(settings.adversarial_start),
+            grad_clip=float(settings.grad_clip), channel_weights=channel_weights, autocast=runtime.autocast,
         )
         step += 1
         bar.update(1)
-        if writer is not None and (step % int(settings.log_every) == 0 or step == steps):
-            for name, value in losses.items():
-                writer.add_scalar(f"loss/{name}", value, step)
-            writer.add_scalar("lr/vae", optimizers["vae"].param_groups[0]["lr"], step)
-            writer.add_scalar("lr/discriminator", optimizers["discriminator"].param_groups[0]["lr"], step)
+        if step % int(settings.log_every) == 0 or step == steps:
+            losses = distributed.mean_over_ranks(losses)
+            if writer is not None:
+                for name, value in losses.items():
+                    writer.add_scalar(f"loss/{name}", value, step)
+                writer.add_scalar("lr/vae", optimizers["vae"].param_groups[0]["lr"], step)
+                writer.add_scalar("lr/discriminator", optimizers["discriminator"].param_groups[0]["lr"], step)
         if step % int(settings.image_every) == 0 or step == steps:
             _log_reconstructions(writer, vae, batch[:8], step)
         if step % int(settings.checkpoint_every) == 0 or step == steps:
             checkpoint()
+        timer.tick()
     bar.close()
     if not (folder.path / CHECKPOINT_NAME).is_file():
         checkpoint()  # steps=0: still leave a loadable model behind
 
-    metrics = _validation_metrics(vae, cache, sources, int(settings.eval_batch_size), device)
-    write_json_atomic(folder.path / "metrics.json", metrics)
-    if writer is not None:
-        writer.close()
-    dice = ", ".join(f"{k} {v:.3f}" for k, v in metrics["dice"].items() if v is not None)
-    print(f"[train-label-vae] held-out reconstruction Dice: {dice}")
+    run_info = runtime.summary({"vae": vae, "discriminator": discriminator}, timer, "train-label-vae")
+    if distributed.is_main():  # the other ranks wait in finish()
+        metrics = _validation_metrics(vae, cache, sources, int(settings.eval_batch_size), device)
+        metrics["runtime"] = run_info
+        write_json_atomic(folder.path / "metrics.json", metrics)
+        if writer is not None:
+            writer.close()
+        dice = ", ".join(f"{k} {v:.3f}" for k, v in metrics["dice"].items() if v is not None)
+        print(f"[train-label-vae] held-out reconstruction Dice: {dice}")
     return folder.finish({"checkpoint": CHECKPOINT_NAME, "metrics": "metrics.json"}, steps=step)
 
 

@@ -1,0 +1,114 @@
+"""How a training stage runs: device, torchrun rank, bf16 autocast, channels_last and torch.compile.
+
+The `runtime` config section switches each one; "auto" means on for CUDA and off for the CPU
+(bf16 autocast only where the GPU supports bf16). Networks are built as usual, then passed
+through `Runtime.prepare` (memory format -> DDP -> compile); forward passes and losses run in
+`with runtime.autocast():`, backward passes outside it. bf16 keeps fp32's exponent range, so no
+loss scaling is needed (unlike fp16).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from brainspade.engine import distributed
+from brainspade.errors import BrainspadeError
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    bf16: bool
+    channels_last: bool
+    compile: bool
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> Runtime:
+        """Resolve `cfg.runtime` for `cfg.device` and join torchrun's process group when started by torchrun."""
+        wanted = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else str(cfg.device).replace("auto", "cpu")
+        device = distributed.device_for(torch.device(wanted))
+        distributed.setup(device.type)
+        settings = cfg.runtime
+        cuda = device.type == "cuda"
+        precision = str(settings.precision)
+        if precision not in {"auto", "fp32", "bf16"}:
+            raise BrainspadeError(f"runtime.precision={precision}: use auto, fp32 or bf16")
+        bf16 = precision == "bf16" or (precision == "auto" and cuda and torch.cuda.is_bf16_supported())
+        return cls(device, bf16, _switch(settings.channels_last, "channels_last", cuda),
+                   _switch(settings.compile, "compile", cuda))
+
+    def autocast(self) -> torch.autocast:
+        """bf16 autocast on this device (a no-op context when precision is fp32)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """A trained network moved to the device, in channels_last, DDP-wrapped under torchrun, compiled if asked.
+
+        Keep the bare `model` for anything but the training forward (EMA, checkpoints, sampling):
+        `engine.checkpoint.unwrap` recovers it from the wrappers.
+        """
+        model = model.to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        model = distributed.wrap(model, self.device)
+        return torch.compile(model) if self.compile else model
+
+    def inputs(self, batch: torch.Tensor) -> torch.Tensor:
+        """A batch on the device, channels_last for 4-D images when that is on."""
+        batch = batch.to(self.device, non_blocking=True)
+        if self.channels_last and batch.ndim == 4:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+
+    def describe(self) -> dict:
+        return {"device": str(self.device), "processes": distributed.world_size(),
+                "precision": "bf16" if self.bf16 else "fp32", "channels_last": self.channels_last,
+                "compile": self.compile}
+
+    def summary(self, models: Mapping[str, nn.Module], timer: StepTimer | None = None, command: str = "") -> dict:
+        """`describe()`, the measured step rate and every rank's parameter digest of `models` (all ranks call it).
+
+        Rank 0 prints the step rate as soon as training ends (before the evaluation).
+        """
+        rate = {"steps_timed": timer.count, "steps_per_second": timer.rate()} if timer else {}
+        if rate.get("steps_per_second") and distributed.is_main():
+            print(f"[{command}] trained at {rate['steps_per_second']:.4f} steps/s over {timer.count} steps "
+                  f"({distributed.world_size()} process(es), {'bf16' if self.bf16 else 'fp32'})", flush=True)
+        return {**self.describe(), **rate, "weight_digests": distributed.weight_digests(models)}
+
+
+@dataclass
+class StepTimer:
+    """Training steps per second, counted from the end of the first step (which pays lazy initialisation)."""
+
+    device: torch.device
+    count: int = 0
+    _first: float | None = field(default=None, repr=False)
+    _last: float = field(default=0.0, repr=False)
+
+    def tick(self) -> None:
+        """Call once at the end of every step."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # kernels run asynchronously; time them, not their launch
+        self._last = time.perf_counter()
+        if self._first is None:
+            self._first = self._last
+        else:
+            self.count += 1
+
+    def rate(self) -> float | None:
+        return self.count / (self._last - self._first) if self.count else None
+
+
+def _switch(value, name: str, cuda: bool) -> bool:
+    if str(value) == "auto":
+        return cuda
+    if isinstance(value, bool):
+        return value
+    raise BrainspadeError(f"runtime.{name}={value}: use auto, true or false")
