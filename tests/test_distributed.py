@@ -156,7 +156,7 @@ def test_single_process_runs_unchanged_without_torchrun_environment():
 
 
 def runtime_config(**runtime) -> OmegaConf:
-    defaults = {"precision": "auto", "channels_last": "auto", "compile": False}
+    defaults = {"precision": "auto", "channels_last": "auto", "compile": "auto"}
     return OmegaConf.create({"device": "cpu", "runtime": {**defaults, **runtime}})
 
 
