@@ -237,3 +237,15 @@ def test_style_code_keeps_the_intensity_statistics_that_normalised_features_lose
     with torch.no_grad():
         codes, _ = encoder(torch.cat([image, 3 * image]))
     assert (codes[0] - codes[1]).norm() > 0.1 * codes[0].norm()
+
+
+def test_mean_code_generator_is_deterministic_in_the_seed_and_sampled_one_is_not():
+    nets = networks()
+    batch = fake_batch(2)
+    sampled = ImageGenerator(nets.style_encoder, nets.generator, ["a"] * CHANNELS, SIZE, torch.device("cpu"))
+    mean = ImageGenerator(nets.style_encoder, nets.generator, ["a"] * CHANNELS, SIZE, torch.device("cpu"),
+                          sampled_code=False)
+    a, b = (sampled.generate(batch["pv_map"], batch["style"], seeds) for seeds in ([1, 2], [3, 4]))
+    assert not torch.allclose(a, b)  # the sampled code draws from the posterior per seed
+    c, d = (mean.generate(batch["pv_map"], batch["style"], seeds) for seeds in ([1, 2], [3, 4]))
+    torch.testing.assert_close(c, d)  # the mean code: the style image alone decides

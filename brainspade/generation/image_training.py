@@ -87,6 +87,7 @@ class GeneratorLosses:
     def __init__(self, networks: Networks, settings: DictConfig, device: torch.device):
         self.networks = networks
         self.weights = {k: float(v) for k, v in settings.weights.items()}
+        self.sampled_code = bool(settings.sampled_code)
         self.perceptual = (make_perceptual_loss(str(settings.perceptual_network), networks.classifier).to(device)
                            if self.weights["perceptual"] > 0 else None)
         affine = settings.style_affine
@@ -102,7 +103,10 @@ class GeneratorLosses:
 
     def forward_generator(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mu, logvar = self.networks.style_encoder(batch["style"])
-        code = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        # A sampled code (the paper's VAE) can drown a weak mean in noise early on, and the generator
+        # then learns to ignore it (posterior collapse, benchmarks/image_generator.md); `sampled_code:
+        # false` trains on the mean.
+        code = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu) if self.sampled_code else mu
         return self.networks.generator(batch["pv_map"], code), mu, logvar
 
     def terms(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -166,6 +170,7 @@ class StylePairs:
 
 def model_arguments(settings: DictConfig, channels: list[str], size: tuple[int, int]) -> dict:
     return {
+        "sampled_code": bool(settings.sampled_code),
         "style_encoder": {"z_dim": int(settings.z_dim), "channels": [int(c) for c in settings.encoder_channels]},
         "generator": {
             "label_channels": len(channels), "z_dim": int(settings.z_dim), "size": list(size),
@@ -284,7 +289,7 @@ def ema_image_generator(folder: Path, device: torch.device) -> ImageGenerator:
     style_encoder.load_state_dict(state["ema"]["style_encoder"])
     generator.load_state_dict(state["ema"]["generator"])
     return ImageGenerator(style_encoder, generator, state["signature"]["channels"], tuple(state["signature"]["size"]),
-                          device)
+                          device, bool(state["extra"]["model_args"].get("sampled_code", True)))
 
 
 # ---------------------------------------------------------------- evaluation

@@ -43,7 +43,8 @@ class ImageGenerator:
     """The EMA SPADE generator and style encoder of a finished `train-image-generator` folder."""
 
     def __init__(self, style_encoder: StyleEncoder, generator: SpadeGenerator, channels: list[str],
-                 size: tuple[int, int], device: torch.device):
+                 size: tuple[int, int], device: torch.device, sampled_code: bool = True):
+        self.sampled_code = sampled_code  # False: the code is the encoder mean, as it was in training
         self.style_encoder = style_encoder.to(device).eval().requires_grad_(False)
         self.generator = generator.to(device).eval().requires_grad_(False)
         self.channels = list(channels)
@@ -57,7 +58,8 @@ class ImageGenerator:
         style_encoder, generator, _ = build_image_models(state["extra"]["model_args"])
         style_encoder.load_state_dict(state["ema"]["style_encoder"])
         generator.load_state_dict(state["ema"]["generator"])
-        return cls(style_encoder, generator, state["signature"]["channels"], tuple(state["signature"]["size"]), device)
+        return cls(style_encoder, generator, state["signature"]["channels"], tuple(state["signature"]["size"]), device,
+                   bool(state["extra"]["model_args"].get("sampled_code", True)))
 
     @torch.no_grad()
     def generate(self, pv_maps: torch.Tensor, style_images: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
@@ -69,7 +71,8 @@ class ImageGenerator:
             raise ValueError(f"{len(pv_maps)} PV maps, {len(style_images)} style images and {len(seeds)} seeds")
         pv_maps = pv_maps.to(self.device, torch.float32)
         mu, logvar = self.style_encoder(style_images.to(self.device, torch.float32))
-        return self.generator(pv_maps, sample_style_codes(mu, logvar, seeds))
+        codes = sample_style_codes(mu, logvar, seeds) if self.sampled_code else mu
+        return self.generator(pv_maps, codes)
 
 
 class ModalityClassifier:
