@@ -12,7 +12,7 @@ from brainspade.engine.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from brainspade.errors import BrainspadeError
 from brainspade.generation.label_training import (
     dice_per_channel,
-    lesion_slice_indices,
+    lesion_positions,
     random_batch,
     resume,
     vae_training_step,
@@ -208,15 +208,21 @@ def test_inverse_frequency_weights_favour_rare_channels():
 
 
 def test_lesion_enriched_batches_hold_the_requested_share_of_lesion_slices():
+    from types import SimpleNamespace
+
     data = disc_pv_maps(40)
     data[:, CHANNELS.index("tumour")] = 0
     data[1::2, :, 10:13, 10:13] = torch.eye(len(CHANNELS))[CHANNELS.index("tumour")].view(-1, 1, 1)  # odd: a tumour
-    lesion = lesion_slice_indices(data, [CHANNELS.index("tumour")])
+    proportions = np.tile([0.0, 0.02], 25)  # the cache's lesion proportions of 50 slices; we train on the first 40
+    cache = SimpleNamespace(lesion_columns=["lesion_tumour"], label_table={"lesion_tumour": proportions})
+    lesion = lesion_positions(cache, np.arange(40), 0.6, "label_vae.lesion_batch_fraction")
     assert lesion.tolist() == list(range(1, 40, 2))
     torch.manual_seed(0)
     batch = random_batch(data, 10, torch.device("cpu"), lesion, enriched_fraction=0.6)
     has_tumour = (batch.argmax(dim=1) == CHANNELS.index("tumour")).flatten(1).any(dim=1)
     assert has_tumour[:6].all()  # the enriched share comes first, every one with a lesion
+    with pytest.raises(BrainspadeError, match="label_vae.lesion_batch_fraction=1.5"):
+        lesion_positions(cache, np.arange(40), 1.5, "label_vae.lesion_batch_fraction")
 
 
 def test_cross_entropy_term_is_reported_and_steepens_the_rare_channel_gradient():

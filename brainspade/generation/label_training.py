@@ -18,6 +18,7 @@ from torch import nn
 from brainspade.data.slice_cache import SliceCache
 from brainspade.diffusion.objectives import noisy_latents_and_target
 from brainspade.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint, restore_training_state
+from brainspade.errors import BrainspadeError
 from brainspade.models.label_diffusion_unet import ConditionedDiffusionUNet
 from brainspade.models.label_vae import LabelVAE
 
@@ -57,15 +58,18 @@ def random_batch(pv_maps: torch.Tensor, batch_size: int, device: torch.device,
     return as_pv(pv_maps[batch_indices(len(pv_maps), batch_size, enriched, enriched_fraction)]).to(device)
 
 
-def lesion_slice_indices(pv_maps: torch.Tensor, lesion_channels: Sequence[int], min_pixels: float = 1.0) -> torch.Tensor:
-    """Positions of the slices holding at least `min_pixels` pixels' worth of lesion (summed PV of lesion channels)."""
-    if not lesion_channels:
+def lesion_positions(cache: SliceCache, indices: np.ndarray, fraction: float, setting: str) -> torch.Tensor:
+    """Positions within `indices` of the slices with any lesion (from the cache's lesion proportions).
+
+    They are the enriched share of each batch (`batch_indices`); `fraction` is that share, checked here
+    for both label stages and named by `setting` in the error.
+    """
+    if not 0 <= fraction <= 1:
+        raise BrainspadeError(f"{setting}={fraction}: use a share between 0 and 1")
+    if not cache.lesion_columns:
         return torch.zeros(0, dtype=torch.long)
-    found = torch.zeros(len(pv_maps), dtype=torch.bool)
-    for start in range(0, len(pv_maps), 256):  # chunks: a float copy of every slice at once would double memory
-        chunk = pv_maps[start : start + 256, list(lesion_channels)].float()
-        found[start : start + 256] = chunk.flatten(1).sum(dim=1) >= min_pixels
-    return torch.nonzero(found).flatten()
+    proportions = np.stack([cache.label_table[c][indices] for c in cache.lesion_columns], axis=1)
+    return torch.from_numpy(np.flatnonzero(proportions.sum(axis=1) > 0))
 
 
 def kl_loss(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ from brainspade.generation.label_training import (
     batch_indices,
     encode_means,
     ldm_training_step,
+    lesion_positions,
     lesion_present,
     load_pv_maps,
     resume,
@@ -73,9 +74,7 @@ def run(cfg: DictConfig) -> Path:
     latents = latents * scale_factor
     conditions = torch.from_numpy(label_conditions(cache, train))
     lesion_fraction = float(settings.lesion_batch_fraction)
-    if not 0 <= lesion_fraction <= 1:
-        raise BrainspadeError(f"label_ldm.lesion_batch_fraction={lesion_fraction}: use a share between 0 and 1")
-    lesion_slices = torch.nonzero(conditions[:, : len(cache.lesion_channels)].sum(dim=1) > 0).flatten()
+    lesion_slices = lesion_positions(cache, train, lesion_fraction, "label_ldm.lesion_batch_fraction")
 
     model_args = {
         "latent_channels": int(latents.shape[1]),

@@ -21,7 +21,7 @@ from brainspade.errors import BrainspadeError
 from brainspade.generation.label_training import (
     dice_per_channel,
     inverse_frequency_weights,
-    lesion_slice_indices,
+    lesion_positions,
     load_pv_maps,
     random_batch,
     reconstruct,
@@ -54,7 +54,8 @@ def run(cfg: DictConfig) -> Path:
     seed_everything(int(cfg.seed))
     device = runtime.device
     cache = SliceCache.open(slices)
-    train_pv = load_pv_maps(cache, generator_label_indices(cache, sources))
+    train = generator_label_indices(cache, sources)
+    train_pv = load_pv_maps(cache, train)
     model_args = {
         "num_channels": len(cache.channels),
         "channels": list(settings.channels),
@@ -93,9 +94,7 @@ def run(cfg: DictConfig) -> Path:
     weights = {"kl": float(settings.kl_weight), "perceptual": float(settings.perceptual_weight),
                "adversarial": float(settings.adversarial_weight), "cross_entropy": float(settings.cross_entropy_weight)}
     lesion_fraction = float(settings.lesion_batch_fraction)
-    if not 0 <= lesion_fraction <= 1:
-        raise BrainspadeError(f"label_vae.lesion_batch_fraction={lesion_fraction}: use a share between 0 and 1")
-    lesion_slices = lesion_slice_indices(train_pv, [cache.channels.index(c) for c in cache.lesion_channels])
+    lesion_slices = lesion_positions(cache, train, lesion_fraction, "label_vae.lesion_batch_fraction")
     channel_weights = None
     if settings.l1_channel_weights == "inverse_frequency":
         channel_weights = inverse_frequency_weights(train_pv).to(device)
