@@ -62,7 +62,8 @@ def test_sample_writes_an_nnunet_data_set(full_run):
 
 def test_killed_run_resumes_to_identical_files(full_run, trained_workdir):
     name = "killed"
-    command = [sys.executable, "-m", "brainspade", *_sample_args(trained_workdir, name)]
+    # Not sharing full's label maps, so the LDM itself must draw the same maps again.
+    command = [sys.executable, "-m", "brainspade", *_sample_args(trained_workdir, name, "sampling.share_label_maps=false")]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     blocks = trained_workdir / "samples" / name / "blocks"
     deadline = time.time() + 120
@@ -83,7 +84,8 @@ def test_killed_run_resumes_to_identical_files(full_run, trained_workdir):
 
 def test_two_shards_make_the_same_files_as_one_run(capsys, full_run, trained_workdir):
     for shard in ("0/2", "1/2"):
-        code, _, err = run_cli(capsys, *_sample_args(trained_workdir, "sharded", f"shard={shard}"))
+        code, _, err = run_cli(capsys, *_sample_args(trained_workdir, "sharded", f"shard={shard}",
+                                                     "sampling.share_label_maps=false"))
         assert code == 0, err
     assert _files(trained_workdir / "samples" / "sharded") == _files(full_run)
 
@@ -96,6 +98,25 @@ def test_samples_do_not_depend_on_batch_size(capsys, full_run, trained_workdir):
         a = np.load(full_run / "pv" / f"{case}.npy").astype(np.float32)
         b = np.load(trained_workdir / "samples" / "big_batches" / "pv" / f"{case}.npy").astype(np.float32)
         np.testing.assert_allclose(a, b, atol=2e-3)
+
+
+def test_runs_differing_only_in_style_share_label_maps(capsys, monkeypatch, full_run, trained_workdir):
+    from brainspade.generation.labels import LabelSampler
+
+    def no_ldm(*args, **kwargs):
+        raise AssertionError("the label maps should have been read from the run with the same label settings")
+
+    monkeypatch.setattr(LabelSampler, "sample", no_ldm)
+    code, _, err = run_cli(capsys, *_sample_args(trained_workdir, "siteB_styles", "style.dataset=siteB"))
+    assert code == 0, err
+    styled = _files(trained_workdir / "samples" / "siteB_styles")
+    reference = _files(full_run)
+    pv_files = [k for k in reference if k.startswith("pv/")]
+    assert len(pv_files) == N and all(styled[k] == reference[k] for k in pv_files)
+    image_files = [k for k in reference if k.startswith("imagesTr/")]
+    assert sum(styled[k] != reference[k] for k in image_files) == N  # other styles, other images
+    rows = list(csv.DictReader((trained_workdir / "samples" / "siteB_styles" / "samples.csv").open()))
+    assert all(r["style"].startswith("siteB/") for r in rows)
 
 
 def test_shard_syntax_and_torchrun_ranks(monkeypatch):

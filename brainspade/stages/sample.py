@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from brainspade.data.slice_cache import SliceCache
@@ -31,6 +32,7 @@ from brainspade.generation.styles import StyleBank, style_bank_from_cache, style
 from brainspade.stages.common import select_device, stage_path
 
 BLOCKS = "blocks"
+LABEL_KEY = "label_key.txt"
 
 
 def run(cfg: DictConfig) -> Path:
@@ -86,6 +88,11 @@ def make_samples(
         print(f"[sample] {folder.path} is up to date")
         return folder.path
     _check_same_run(folder.path, settings, bool(cfg.force))
+    # Everything the label maps depend on; runs that differ only in style share their maps.
+    label_key = config_fingerprint({k: settings[k] for k in ("seed", "conditions", "label_sampling")},
+                                   settings["models"][:2], settings["sampling"]["batch_size"],
+                                   finished_fingerprint(workdir_slices), list(cfg.data.source_datasets))
+    write_text_atomic(folder.path / LABEL_KEY, label_key + "\n")
     for sub in ("imagesTr", "labelsTr", "pv", BLOCKS):
         (folder.path / sub).mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(folder.path)  # an earlier run killed mid-write leaves only these behind
@@ -95,6 +102,8 @@ def make_samples(
     bank = _style_bank(cache, style_dataset, style_modality, style_folder)
     synthesiser = _synthesiser(cfg, cache, bank, conditions, label_vae, label_ldm, image_generator_folder,
                                modisc if use_filter else None, device)
+    if bool(cfg.sampling.share_label_maps):
+        synthesiser.known_label_maps = SharedLabelMaps(folder.path, label_key).load
     batch_size = int(cfg.sampling.batch_size)
     blocks = [b for b in range(_block_count(n, batch_size)) if b % shard_count == shard_index]
     missing = [b for b in blocks if not _block_record(folder.path, b).is_file()]
@@ -113,6 +122,30 @@ def make_samples(
         return folder.path
     _finish(folder, n, total_blocks, cache.channels, style_modality)
     return folder.path
+
+
+class SharedLabelMaps:
+    """PV maps that sibling sample runs (W/samples/*) made with the same label key.
+
+    S_iod, S_n-ood and S_f-ood differ only in their style source: with the same seed and
+    conditions their label maps are the same, so only the first run samples them (the LDM is
+    most of the cost of a pair), and the arms then differ in style alone.
+    """
+
+    def __init__(self, own_folder: Path, label_key: str):
+        self.folders = [
+            sibling for sibling in sorted(own_folder.parent.iterdir())
+            if sibling != own_folder and (sibling / LABEL_KEY).is_file()
+            and (sibling / LABEL_KEY).read_text().strip() == label_key
+        ]
+
+    def load(self, ids: Sequence[int]) -> torch.Tensor | None:
+        """The maps of all `ids` from one sibling that has every one of them, else None."""
+        for folder in self.folders:
+            files = [folder / "pv" / f"{case_id(i)}.npy" for i in ids]
+            if all(f.is_file() for f in files):  # written atomically: present means complete
+                return torch.from_numpy(np.stack([np.load(f) for f in files]).astype(np.float32))
+        return None
 
 
 def release_freed_memory() -> None:
