@@ -249,3 +249,31 @@ def test_mean_code_generator_is_deterministic_in_the_seed_and_sampled_one_is_not
     assert not torch.allclose(a, b)  # the sampled code draws from the posterior per seed
     c, d = (mean.generate(batch["pv_map"], batch["style"], seeds) for seeds in ([1, 2], [3, 4]))
     torch.testing.assert_close(c, d)  # the mean code: the style image alone decides
+
+
+def test_generator_fed_the_classifier_modality_depends_on_it_and_is_saved_with_it(tmp_path):
+    """style_modality_input: the classifier's modality of the style image reaches the image, and the
+    checkpoint alone rebuilds the same generator (classifier included)."""
+    torch.manual_seed(0)
+    args = {**model_args(), "sampled_code": False, "style_modality_input": True}
+    args["generator"] = {**args["generator"], "z_dim": 8 + 2, "style_at_every_scale": True}
+    style_encoder, generator, discriminator = build_image_models(args)
+    classifier_args = {"n_modalities": 2, "n_datasets": 2, "init_features": 8, "growth_rate": 4, "block_config": [2, 2]}
+    classifier = ModalityDatasetClassifier(**classifier_args).eval()
+    model = ImageGenerator(style_encoder, generator, ["a"] * CHANNELS, SIZE, torch.device("cpu"), sampled_code=False,
+                           style_classifier=classifier)
+    batch = fake_batch(2)
+    images = model.generate(batch["pv_map"], batch["style"], [1, 2])
+
+    with torch.no_grad():  # another modality verdict for the same style images: other images
+        classifier.modality_head.bias.copy_(torch.tensor([20.0, -20.0]))
+    assert not torch.allclose(model.generate(batch["pv_map"], batch["style"], [1, 2]), images)
+
+    ema = {"style_encoder": style_encoder, "generator": generator}
+    save_checkpoint(tmp_path / "checkpoint.pt", step=1, models={"discriminator": discriminator}, optimizers={},
+                    ema_models=ema, signature={"channels": ["a"] * CHANNELS, "size": list(SIZE)},
+                    extra={"model_args": args, "style_classifier": {"model_args": classifier_args,
+                                                                    "weights": classifier.state_dict()}})
+    loaded = ImageGenerator.from_checkpoint(tmp_path / "checkpoint.pt", torch.device("cpu"))
+    torch.testing.assert_close(loaded.generate(batch["pv_map"], batch["style"], [1, 2]),
+                               model.generate(batch["pv_map"], batch["style"], [1, 2]))

@@ -42,6 +42,7 @@ from brainspade.generation.images import (
     ImageGenerator,
     ModalityClassifier,
     build_image_models,
+    with_style_modality,
 )
 from brainspade.generation.modisc_training import collate
 from brainspade.losses.gan import feature_matching_loss, hinge_discriminator_loss, hinge_generator_loss
@@ -69,7 +70,7 @@ def validate_weights(weights: Mapping[str, float]) -> None:
 
 def needs_classifier(settings: DictConfig) -> bool:
     weights = settings.weights
-    return bool(float(weights.modality) or float(weights.dataset)) or (
+    return bool(float(weights.modality) or float(weights.dataset) or settings.style_modality_input) or (
         float(weights.perceptual) > 0 and str(settings.perceptual_network) == "classifier")
 
 
@@ -88,6 +89,7 @@ class GeneratorLosses:
         self.networks = networks
         self.weights = {k: float(v) for k, v in settings.weights.items()}
         self.sampled_code = bool(settings.sampled_code)
+        self.style_modality_input = bool(settings.style_modality_input)
         self.perceptual = (make_perceptual_loss(str(settings.perceptual_network), networks.classifier).to(device)
                            if self.weights["perceptual"] > 0 else None)
         affine = settings.style_affine
@@ -107,6 +109,7 @@ class GeneratorLosses:
         # then learns to ignore it (posterior collapse, benchmarks/image_generator.md); `sampled_code:
         # false` trains on the mean.
         code = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu) if self.sampled_code else mu
+        code = with_style_modality(code, batch["style"], self.networks.classifier if self.style_modality_input else None)
         return self.networks.generator(batch["pv_map"], code), mu, logvar
 
     def terms(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -168,12 +171,18 @@ class StylePairs:
         return target
 
 
-def model_arguments(settings: DictConfig, channels: list[str], size: tuple[int, int]) -> dict:
+def model_arguments(settings: DictConfig, channels: list[str], size: tuple[int, int], modalities: int = 0) -> dict:
+    """Constructor arguments of the three networks; `modalities` counts the classifier's modality outputs."""
+    style_modality_input = bool(settings.get("style_modality_input", False))
+    if style_modality_input and modalities < 1:
+        raise BrainspadeError("image_generator.style_modality_input=true needs a trained modality classifier (train-modisc)")
+    generator_code = int(settings.z_dim) + (modalities if style_modality_input else 0)
     return {
         "sampled_code": bool(settings.sampled_code),
+        "style_modality_input": style_modality_input,
         "style_encoder": {"z_dim": int(settings.z_dim), "channels": [int(c) for c in settings.encoder_channels]},
         "generator": {
-            "label_channels": len(channels), "z_dim": int(settings.z_dim), "size": list(size),
+            "label_channels": len(channels), "z_dim": generator_code, "size": list(size),
             "channels": [int(c) for c in settings.generator_channels], "spade_hidden": int(settings.spade_hidden),
             "style_at_every_scale": bool(settings.style_at_every_scale),
         },
@@ -204,7 +213,7 @@ def train_image_generator(cfg: DictConfig, cache: SliceCache, folder: Path, clas
     datasets = classifier.datasets if classifier else source
     pairs = StylePairs(cache, train, modalities, datasets)
 
-    args = model_arguments(settings, cache.channels, cache.size)
+    args = model_arguments(settings, cache.channels, cache.size, len(classifier.modalities) if classifier else 0)
     style_encoder, generator, discriminator = (m.to(device) for m in build_image_models(args))
     betas = tuple(float(b) for b in settings.betas)
     # Two time-scale update rule (Heusel et al. 2017): the discriminator learns faster.
@@ -227,13 +236,17 @@ def train_image_generator(cfg: DictConfig, cache: SliceCache, folder: Path, clas
     networks = Networks(trained["style_encoder"], trained["generator"], trained["discriminator"],
                         classifier.network if classifier else None)
     losses = GeneratorLosses(networks, settings, device)
+    # A generator fed the classifier's modality needs that classifier to generate: it is saved with it.
+    style_classifier = ({"style_classifier": {"model_args": classifier.model_args,
+                                              "weights": classifier.network.state_dict()}}
+                        if args["style_modality_input"] else {})
 
     def save(at: int) -> None:
         if not distributed.is_main():
             return
         save_checkpoint(checkpoint, step=at, models=models, optimizers=optimizers, ema_models=ema,
                         signature=signature, config=OmegaConf.to_container(cfg, resolve=True),
-                        extra={"model_args": args, "modalities": modalities, "datasets": datasets})
+                        extra={"model_args": args, "modalities": modalities, "datasets": datasets, **style_classifier})
 
     writer = tensorboard_writer(folder)
     steps = int(settings.steps)
@@ -284,12 +297,7 @@ def train_image_generator(cfg: DictConfig, cache: SliceCache, folder: Path, clas
 
 def ema_image_generator(folder: Path, device: torch.device) -> ImageGenerator:
     """The EMA networks of a (possibly unfinished) training folder, for evaluation before the manifest exists."""
-    state = load_checkpoint(folder / CHECKPOINT_NAME)
-    style_encoder, generator, _ = build_image_models(state["extra"]["model_args"])
-    style_encoder.load_state_dict(state["ema"]["style_encoder"])
-    generator.load_state_dict(state["ema"]["generator"])
-    return ImageGenerator(style_encoder, generator, state["signature"]["channels"], tuple(state["signature"]["size"]),
-                          device, bool(state["extra"]["model_args"].get("sampled_code", True)))
+    return ImageGenerator.from_checkpoint(folder / CHECKPOINT_NAME, device)
 
 
 # ---------------------------------------------------------------- evaluation

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from brainspade.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from brainspade.engine.stage import require_complete
@@ -39,14 +40,26 @@ def sample_style_codes(mu: torch.Tensor, logvar: torch.Tensor, seeds: Sequence[i
     return mu + torch.exp(0.5 * logvar) * noise
 
 
+def with_style_modality(codes: torch.Tensor, style_images: torch.Tensor, classifier: nn.Module | None) -> torch.Tensor:
+    """The style codes, followed by the frozen classifier's modality probabilities for the style images if given."""
+    if classifier is None:
+        return codes
+    modality_logits, _ = classifier(style_images)
+    return torch.cat([codes, modality_logits.softmax(dim=1).to(codes)], dim=1)
+
+
 class ImageGenerator:
     """The EMA SPADE generator and style encoder of a finished `train-image-generator` folder."""
 
     def __init__(self, style_encoder: StyleEncoder, generator: SpadeGenerator, channels: list[str],
-                 size: tuple[int, int], device: torch.device, sampled_code: bool = True):
+                 size: tuple[int, int], device: torch.device, sampled_code: bool = True,
+                 style_classifier: nn.Module | None = None):
         self.sampled_code = sampled_code  # False: the code is the encoder mean, as it was in training
         self.style_encoder = style_encoder.to(device).eval().requires_grad_(False)
         self.generator = generator.to(device).eval().requires_grad_(False)
+        # Set when the generator was trained with the classifier's modality of the style image next to the code.
+        self.style_classifier = (style_classifier.to(device).eval().requires_grad_(False)
+                                 if style_classifier is not None else None)
         self.channels = list(channels)
         self.size = tuple(size)
         self.device = device
@@ -54,12 +67,23 @@ class ImageGenerator:
     @classmethod
     def load(cls, folder: Path, device: torch.device) -> ImageGenerator:
         folder = require_complete(folder, "image generator", "train-image-generator")
-        state = load_checkpoint(Path(folder) / CHECKPOINT_NAME)
-        style_encoder, generator, _ = build_image_models(state["extra"]["model_args"])
+        return cls.from_checkpoint(Path(folder) / CHECKPOINT_NAME, device)
+
+    @classmethod
+    def from_checkpoint(cls, path: Path, device: torch.device) -> ImageGenerator:
+        """The EMA networks of a checkpoint (also of an unfinished training, for its evaluation)."""
+        state = load_checkpoint(path)
+        args = state["extra"]["model_args"]
+        style_encoder, generator, _ = build_image_models(args)
         style_encoder.load_state_dict(state["ema"]["style_encoder"])
         generator.load_state_dict(state["ema"]["generator"])
+        style_classifier = None
+        if args.get("style_modality_input", False):
+            saved = state["extra"]["style_classifier"]
+            style_classifier = build_classifier(saved["model_args"])
+            style_classifier.load_state_dict(saved["weights"])
         return cls(style_encoder, generator, state["signature"]["channels"], tuple(state["signature"]["size"]), device,
-                   bool(state["extra"]["model_args"].get("sampled_code", True)))
+                   bool(args.get("sampled_code", True)), style_classifier)
 
     @torch.no_grad()
     def generate(self, pv_maps: torch.Tensor, style_images: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
@@ -72,6 +96,7 @@ class ImageGenerator:
         pv_maps = pv_maps.to(self.device, torch.float32)
         mu, logvar = self.style_encoder(style_images.to(self.device, torch.float32))
         codes = sample_style_codes(mu, logvar, seeds) if self.sampled_code else mu
+        codes = with_style_modality(codes, style_images.to(self.device, torch.float32), self.style_classifier)
         return self.generator(pv_maps, codes)
 
 
@@ -79,8 +104,9 @@ class ModalityClassifier:
     """The frozen modality / data-set classifier of a finished `train-modisc` folder."""
 
     def __init__(self, network: ModalityDatasetClassifier, modalities: list[str], datasets: list[str],
-                 device: torch.device):
+                 device: torch.device, model_args: dict | None = None):
         self.network = network.to(device).eval().requires_grad_(False)
+        self.model_args = model_args  # to rebuild the network (the image generator saves a copy when it uses it)
         self.modalities = list(modalities)
         self.datasets = list(datasets)
         self.device = device
@@ -91,7 +117,8 @@ class ModalityClassifier:
         state = load_checkpoint(Path(folder) / CHECKPOINT_NAME)
         network = build_classifier(state["extra"]["model_args"])
         network.load_state_dict(state["models"]["classifier"])
-        return cls(network, state["extra"]["modalities"], state["extra"]["datasets"], device)
+        return cls(network, state["extra"]["modalities"], state["extra"]["datasets"], device,
+                   state["extra"]["model_args"])
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
