@@ -131,7 +131,7 @@ def flops_per_pair(profile: str) -> list[str]:
         int(vae_settings.latent_channels), 2, list(ldm_settings.channels), list(ldm_settings.attention_levels),
         int(ldm_settings.num_res_blocks), int(ldm_settings.num_head_channels), int(ldm_settings.norm_num_groups),
         int(ldm_settings.condition_dim)).eval()
-    style_encoder, generator, _ = build_image_models(model_arguments(cfg.image_generator, channels, size))
+    style_encoder, generator, _ = build_image_models(model_arguments(cfg.image_generator, channels, size, modalities=2))
     modisc = cfg.modisc
     classifier = build_classifier({"n_modalities": 2, "n_datasets": 2, "init_features": int(modisc.init_features),
                                    "growth_rate": int(modisc.growth_rate),
@@ -151,9 +151,11 @@ def flops_per_pair(profile: str) -> list[str]:
             lambda: unet(latent, torch.tensor([500]), torch.zeros(1, 3))),
         "label VAE decode": count(lambda: vae.decode(latent)),
         "style encoder": count(lambda: style_encoder(image)),
-        "SPADE generator": count(lambda: generator(pv_map, torch.zeros(1, int(cfg.image_generator.z_dim)))),
+        "SPADE generator": count(lambda: generator(pv_map, torch.zeros(1, generator.fc.in_features))),
         "modality filter (classifier)": count(lambda: classifier(image)),
     }
+    if bool(cfg.image_generator.style_modality_input):  # the classifier also reads each style image
+        parts["style modality (classifier)"] = parts["modality filter (classifier)"]
     total = sum(parts.values())
     lines = [f"| part of one pair (profile={profile}, {size[0]} x {size[1]}) | GFLOP |", "|---|---|"]
     lines += [f"| {name} | {flops / 1e9:.2f} |" for name, flops in parts.items()]

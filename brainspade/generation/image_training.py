@@ -173,7 +173,7 @@ class StylePairs:
 
 def model_arguments(settings: DictConfig, channels: list[str], size: tuple[int, int], modalities: int = 0) -> dict:
     """Constructor arguments of the three networks; `modalities` counts the classifier's modality outputs."""
-    style_modality_input = bool(settings.get("style_modality_input", False))
+    style_modality_input = bool(settings.style_modality_input)
     if style_modality_input and modalities < 1:
         raise BrainspadeError("image_generator.style_modality_input=true needs a trained modality classifier (train-modisc)")
     generator_code = int(settings.z_dim) + (modalities if style_modality_input else 0)

@@ -94,9 +94,10 @@ class ImageGenerator:
         if len(seeds) != len(pv_maps) or len(style_images) != len(pv_maps):
             raise ValueError(f"{len(pv_maps)} PV maps, {len(style_images)} style images and {len(seeds)} seeds")
         pv_maps = pv_maps.to(self.device, torch.float32)
-        mu, logvar = self.style_encoder(style_images.to(self.device, torch.float32))
+        style_images = style_images.to(self.device, torch.float32)
+        mu, logvar = self.style_encoder(style_images)
         codes = sample_style_codes(mu, logvar, seeds) if self.sampled_code else mu
-        codes = with_style_modality(codes, style_images.to(self.device, torch.float32), self.style_classifier)
+        codes = with_style_modality(codes, style_images, self.style_classifier)
         return self.generator(pv_maps, codes)
 
 

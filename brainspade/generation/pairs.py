@@ -67,7 +67,7 @@ class PairSynthesiser:
         classifier=None,
         max_retries: int = 3,
         device: torch.device | None = None,
-        known_label_maps: Callable[[Sequence[int]], torch.Tensor | None] = lambda ids: None,
+        known_label_maps: Callable[[Sequence[int]], torch.Tensor | None] | None = None,
     ):
         self.label_sampler = label_sampler
         self.image_generator = image_generator
@@ -93,7 +93,7 @@ class PairSynthesiser:
     def make(self, ids: Sequence[int]) -> PairBatch:
         ids = list(ids)
         conditions = self.draw_conditions([derived_seed(self.seed, i, CONDITION) for i in ids]).to(self.device)
-        pv_maps = self.known_label_maps(ids)
+        pv_maps = self.known_label_maps(ids) if self.known_label_maps else None
         if pv_maps is None:
             pv_maps = self.label_sampler.sample(
                 conditions,

@@ -100,10 +100,9 @@ def make_samples(
     device = select_device(cfg)
     cache = SliceCache.open(workdir_slices)
     bank = _style_bank(cache, style_dataset, style_modality, style_folder)
+    shared = SharedLabelMaps(folder.path, label_key) if bool(cfg.sampling.share_label_maps) else None
     synthesiser = _synthesiser(cfg, cache, bank, conditions, label_vae, label_ldm, image_generator_folder,
-                               modisc if use_filter else None, device)
-    if bool(cfg.sampling.share_label_maps):
-        synthesiser.known_label_maps = SharedLabelMaps(folder.path, label_key).load
+                               modisc if use_filter else None, device, shared)
     batch_size = int(cfg.sampling.batch_size)
     blocks = [b for b in range(_block_count(n, batch_size)) if b % shard_count == shard_index]
     missing = [b for b in blocks if not _block_record(folder.path, b).is_file()]
@@ -202,7 +201,8 @@ def _style_bank(cache: SliceCache, dataset: str | None, modality: str, folder: s
     return style_bank_from_cache(cache, dataset, modality)
 
 
-def _synthesiser(cfg, cache, bank, conditions, label_vae, label_ldm, image_generator_folder, modisc, device):
+def _synthesiser(cfg, cache, bank, conditions, label_vae, label_ldm, image_generator_folder, modisc, device,
+                 shared_label_maps: SharedLabelMaps | None = None):
     from brainspade.generation.images import ImageGenerator, ModalityClassifier
     from brainspade.generation.labels import LabelSampler
 
@@ -224,6 +224,7 @@ def _synthesiser(cfg, cache, bank, conditions, label_vae, label_ldm, image_gener
         classifier=ModalityClassifier.load(modisc, device) if modisc is not None else None,
         max_retries=int(cfg.sampling.max_retries),
         device=device,
+        known_label_maps=shared_label_maps.load if shared_label_maps else None,
     )
 
 
