@@ -244,3 +244,29 @@ def test_cross_entropy_term_is_reported_and_steepens_the_rare_channel_gradient()
     with_ce, terms_with = tumour_logit_gradient(1.0)
     assert "cross_entropy" not in terms_without and np.isfinite(terms_with["cross_entropy"])
     assert with_ce > 2 * without
+
+
+@pytest.mark.parametrize("absent", [0.0, 1e-24])  # exact zero, and a confident softmax's underflowing share
+def test_perceptual_gradient_stays_finite_where_a_channel_vanishes(absent):
+    perceptual = make_label_perceptual_loss("random_conv")
+    reconstruction = disc_pv_maps(2)
+    reconstruction[:, CHANNELS.index("tumour")] = absent
+    reconstruction.requires_grad_(True)
+    perceptual(reconstruction, disc_pv_maps(2, seed=1)).backward()
+    assert torch.isfinite(reconstruction.grad).all()
+
+
+def test_non_finite_gradients_stop_training_before_the_weights_change():
+    torch.manual_seed(0)
+    vae = tiny_vae()
+    discriminator = PatchDiscriminator(spatial_dims=2, channels=8, in_channels=len(CHANNELS), num_layers_d=2)
+    optimizers = torch.optim.Adam(vae.parameters(), lr=1e-3), torch.optim.Adam(discriminator.parameters(), lr=1e-3)
+    before = {name: value.clone() for name, value in vae.state_dict().items()}
+    weights = {"kl": 1e-6, "perceptual": 0.0, "adversarial": 0.0, "cross_entropy": 1.0}
+    broken = disc_pv_maps(2)
+    broken[0, 0, 0, 0] = float("nan")
+    with pytest.raises(BrainspadeError, match="label VAE: the gradients are not finite.*last checkpoint is intact"):
+        vae_training_step(vae, discriminator, make_label_perceptual_loss("random_conv"), *optimizers, broken,
+                          weights, False, 1.0)
+    for name, value in vae.state_dict().items():
+        assert torch.equal(value, before[name]), name

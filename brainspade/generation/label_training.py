@@ -18,6 +18,7 @@ from torch import nn
 from brainspade.data.slice_cache import SliceCache
 from brainspade.diffusion.objectives import noisy_latents_and_target
 from brainspade.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint, restore_training_state
+from brainspade.engine.gradients import clip_finite_gradients
 from brainspade.errors import BrainspadeError
 from brainspade.models.label_diffusion_unet import ConditionedDiffusionUNet
 from brainspade.models.label_vae import LabelVAE
@@ -136,7 +137,7 @@ def vae_training_step(
         loss = loss + cross_entropy_weight * terms["cross_entropy"]
     vae_optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    nn.utils.clip_grad_norm_(vae.parameters(), grad_clip)
+    clip_finite_gradients(vae.parameters(), grad_clip, "label VAE")
     vae_optimizer.step()
     terms["total"] = loss.detach()
     if adversarial:
@@ -148,7 +149,7 @@ def vae_training_step(
         terms["discriminator"] = 0.5 * (fake + real)
         discriminator_optimizer.zero_grad(set_to_none=True)
         terms["discriminator"].backward()
-        nn.utils.clip_grad_norm_(discriminator.parameters(), grad_clip)
+        clip_finite_gradients(discriminator.parameters(), grad_clip, "label VAE discriminator")
         discriminator_optimizer.step()
     return {name: float(value.detach()) for name, value in terms.items()}
 
@@ -176,7 +177,7 @@ def ldm_training_step(
     loss = F.l1_loss(prediction, target) if loss_name == "l1" else F.mse_loss(prediction, target)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    nn.utils.clip_grad_norm_(unet.parameters(), grad_clip)
+    clip_finite_gradients(unet.parameters(), grad_clip, "label LDM")
     optimizer.step()
     return float(loss.detach())
 
