@@ -137,7 +137,7 @@ def run(cfg: DictConfig) -> Path:
 
     run_info = runtime.summary({"vae": vae, "discriminator": discriminator}, timer, "train-label-vae")
     if distributed.is_main():  # the other ranks wait in finish()
-        metrics = _validation_metrics(vae, cache, sources, int(settings.eval_batch_size), device)
+        metrics = validation_metrics(vae, cache, sources, int(settings.eval_batch_size), device)
         metrics["runtime"] = run_info
         write_json_atomic(folder.path / "metrics.json", metrics)
         if writer is not None:
@@ -147,7 +147,7 @@ def run(cfg: DictConfig) -> Path:
     return folder.finish({"checkpoint": CHECKPOINT_NAME, "metrics": "metrics.json"}, steps=step)
 
 
-def _validation_metrics(vae: LabelVAE, cache: SliceCache, sources: list[str], batch_size: int, device) -> dict:
+def validation_metrics(vae: LabelVAE, cache: SliceCache, sources: list[str], batch_size: int, device) -> dict:
     """Reconstruction Dice per channel on the held-out (test split) slices of the source data sets."""
     test = cache.label_indices(split="test", datasets=sources)
     real = load_pv_maps(cache, test).float()
