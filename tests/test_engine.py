@@ -50,6 +50,19 @@ def test_resume_continues_at_the_saved_step_with_the_same_optimiser_state(tmp_pa
     torch.testing.assert_close(resumed.weight, model.weight)
 
 
+def test_resume_with_another_learning_rate_keeps_the_moments_and_uses_the_new_rate(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    _train(model, optimizer, 5)
+    save_checkpoint(tmp_path / "c.pt", step=5, models={"net": model}, optimizers={"net": optimizer}, signature={})
+    resumed = torch.nn.Linear(3, 2)
+    lowered = torch.optim.Adam(resumed.parameters(), lr=1e-3)  # the rerun's config lowers the rate
+    restore_training_state(load_checkpoint(tmp_path / "c.pt"), models={"net": resumed}, optimizers={"net": lowered})
+    assert lowered.param_groups[0]["lr"] == 1e-3
+    torch.testing.assert_close(lowered.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
+
+
 def test_checkpoint_for_another_schema_is_refused(tmp_path):
     model = torch.nn.Linear(3, 2)
     save_checkpoint(tmp_path / "c.pt", step=1, models={"net": model}, signature={"channels": ["bg", "wm"]})

@@ -265,7 +265,7 @@ def test_non_finite_gradients_stop_training_before_the_weights_change():
     weights = {"kl": 1e-6, "perceptual": 0.0, "adversarial": 0.0, "cross_entropy": 1.0}
     broken = disc_pv_maps(2)
     broken[0, 0, 0, 0] = float("nan")
-    with pytest.raises(BrainspadeError, match="label VAE: the gradients are not finite.*last checkpoint is intact"):
+    with pytest.raises(BrainspadeError, match="label VAE: the gradients are not finite.*checkpoint is intact: rerun with a lower label_vae.lr"):
         vae_training_step(vae, discriminator, make_label_perceptual_loss("random_conv"), *optimizers, broken,
                           weights, False, 1.0)
     for name, value in vae.state_dict().items():

@@ -115,11 +115,19 @@ def restore_training_state(
     ema_models: Mapping[str, nn.Module] | None = None,
     restore_rng: bool = True,
 ) -> int:
-    """Load weights, optimiser moments, EMA and RNG state into live objects; return the step."""
+    """Load weights, optimiser moments, EMA and RNG state into live objects; return the step.
+
+    The learning rates stay those the optimisers were built with from this run's config (no
+    stage schedules them), so a rerun with another rate resumes the moments at the new rate;
+    the saved ones would silently override it.
+    """
     for name, model in models.items():
         unwrap(model).load_state_dict(state["models"][name])
     for name, optimizer in (optimizers or {}).items():
+        configured_rates = [group["lr"] for group in optimizer.param_groups]
         optimizer.load_state_dict(state["optimizers"][name])
+        for group, rate in zip(optimizer.param_groups, configured_rates, strict=True):
+            group["lr"] = rate
     for name, model in (ema_models or {}).items():
         unwrap(model).load_state_dict(state["ema"][name])
     if restore_rng:

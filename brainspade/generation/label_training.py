@@ -137,7 +137,7 @@ def vae_training_step(
         loss = loss + cross_entropy_weight * terms["cross_entropy"]
     vae_optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    clip_finite_gradients(vae.parameters(), grad_clip, "label VAE")
+    clip_finite_gradients(vae.parameters(), grad_clip, "label VAE", "label_vae.lr")
     vae_optimizer.step()
     terms["total"] = loss.detach()
     if adversarial:
@@ -149,7 +149,8 @@ def vae_training_step(
         terms["discriminator"] = 0.5 * (fake + real)
         discriminator_optimizer.zero_grad(set_to_none=True)
         terms["discriminator"].backward()
-        clip_finite_gradients(discriminator.parameters(), grad_clip, "label VAE discriminator")
+        clip_finite_gradients(discriminator.parameters(), grad_clip, "label VAE discriminator",
+                              "label_vae.discriminator_lr")
         discriminator_optimizer.step()
     return {name: float(value.detach()) for name, value in terms.items()}
 
@@ -177,7 +178,7 @@ def ldm_training_step(
     loss = F.l1_loss(prediction, target) if loss_name == "l1" else F.mse_loss(prediction, target)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    clip_finite_gradients(unet.parameters(), grad_clip, "label LDM")
+    clip_finite_gradients(unet.parameters(), grad_clip, "label LDM", "label_ldm.lr")
     optimizer.step()
     return float(loss.detach())
 
