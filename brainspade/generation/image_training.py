@@ -295,11 +295,6 @@ def train_image_generator(cfg: DictConfig, cache: SliceCache, folder: Path, clas
     return runtime.summary(models, timer, "train-image-generator")
 
 
-def ema_image_generator(folder: Path, device: torch.device) -> ImageGenerator:
-    """The EMA networks of a (possibly unfinished) training folder, for evaluation before the manifest exists."""
-    return ImageGenerator.from_checkpoint(folder / CHECKPOINT_NAME, device)
-
-
 # ---------------------------------------------------------------- evaluation
 
 

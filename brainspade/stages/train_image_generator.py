@@ -9,17 +9,17 @@ from omegaconf import DictConfig
 from brainspade.data.slice_cache import SliceCache
 from brainspade.engine import distributed
 from brainspade.engine.atomic import write_json_atomic
+from brainspade.engine.checkpoint import CHECKPOINT_NAME
 from brainspade.engine.runtime import Runtime
 from brainspade.engine.seeding import seed_everything
 from brainspade.engine.stage import StageFolder, config_fingerprint, finished_fingerprint, require_complete
 from brainspade.generation.image_training import (
-    ema_image_generator,
     evaluate_image_generator,
     needs_classifier,
     train_image_generator,
     validate_weights,
 )
-from brainspade.generation.images import ModalityClassifier
+from brainspade.generation.images import ImageGenerator, ModalityClassifier
 from brainspade.stages.common import stage_path
 
 
@@ -47,8 +47,9 @@ def run(cfg: DictConfig) -> Path:
         return folder.finish()
     # The evaluation's judge is the classifier whenever one is trained, even if no loss used it.
     judge = ModalityClassifier.load(classifier_folder, device) if StageFolder(classifier_folder, "").is_complete() else None
+    generator = ImageGenerator.from_checkpoint(folder.path / CHECKPOINT_NAME, device)  # the manifest comes after
     metrics = evaluate_image_generator(
-        ema_image_generator(folder.path, device), judge, cache, list(cfg.data.source_datasets),
+        generator, judge, cache, list(cfg.data.source_datasets),
         int(settings.evaluation.max_images), int(settings.evaluation.batch_size), int(cfg.seed))
     metrics["weights"] = {k: float(v) for k, v in settings.weights.items()}
     metrics["classifier_fingerprint"] = inputs[1] if use_classifier else None
