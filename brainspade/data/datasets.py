@@ -52,25 +52,6 @@ def real_training_indices(cache: SliceCache, dataset: str, modality: str, volume
     return indices
 
 
-class LabelSlices(Dataset):
-    """PV maps with their conditions: {'pv_map': (C,H,W), 'lesion': (L,), 'slice_position': ()}."""
-
-    def __init__(self, cache: SliceCache, indices: np.ndarray):
-        self.cache = cache
-        self.indices = np.asarray(indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
-        index = int(self.indices[item])
-        return {
-            "pv_map": torch.from_numpy(self.cache.pv_map(index)),
-            "lesion": torch.from_numpy(self.cache.lesion_proportions(index)),
-            "slice_position": torch.tensor(float(self.cache.label_table["slice_position"][index])),
-        }
-
-
 class ImageSlices(Dataset):
     """Images with their PV map and categorical labels.
 
