@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,9 +16,12 @@ from brainspade.data.datasets import real_training_indices
 from brainspade.data.slice_cache import SliceCache
 from brainspade.errors import BrainspadeError
 from brainspade.segmentation import raw_dataset
+from brainspade.segmentation.arms import ArmSpec, RealSource, SyntheticSource, ensure_arm
+from brainspade.segmentation.evaluation import Evaluation
 from brainspade.segmentation.metrics import dice, mean_sd, precision, recall, stack_volumes, volume_metrics
 from brainspade.segmentation.nnunet import link_raw_dataset
 from brainspade.segmentation.statistics import PairedTest, paired_tests
+from brainspade.settings import SegmentationSettings
 
 CHANNELS = ["background", "csf", "gm", "wm", "tumour", "edema"]
 
@@ -131,6 +137,40 @@ def test_dice_precision_recall_on_known_arrays():
     assert set(volume_metrics(prediction, truth, {"csf": 1}, lesion_metrics=False)[0]) == {"class", "dice"}
 
 
+def _old_dice(prediction, truth, label):
+    """metrics.dice before it used MONAI (kept to show the values did not move)."""
+    predicted, true = prediction == label, truth == label
+    total = int(predicted.sum()) + int(true.sum())
+    return float("nan") if total == 0 else 2.0 * int((predicted & true).sum()) / total
+
+
+def _old_precision(prediction, truth, label):
+    predicted = prediction == label
+    count = int(predicted.sum())
+    return float("nan") if count == 0 else int((predicted & (truth == label)).sum()) / count
+
+
+def _old_recall(prediction, truth, label):
+    true = truth == label
+    count = int(true.sum())
+    return float("nan") if count == 0 else int(((prediction == label) & true).sum()) / count
+
+
+def test_monai_metrics_equal_the_hand_written_ones_including_absent_classes():
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 4, size=(7, 20, 24)).astype(np.uint8)  # labels 4, 5 absent from the truth
+    prediction = np.where(rng.random(truth.shape) < 0.7, truth, rng.integers(0, 6, size=truth.shape)).astype(np.uint8)
+    prediction[prediction == 3] = 0  # label 3: only in the truth
+    compared = 0
+    for label in range(7):  # 6: in neither
+        for new, old in ((dice, _old_dice), (precision, _old_precision), (recall, _old_recall)):
+            got, expected = new(prediction, truth, label), old(prediction, truth, label)
+            assert (np.isnan(got) and np.isnan(expected)) or got == pytest.approx(expected, abs=1e-12), (new, label)
+            compared += not np.isnan(expected)
+    assert compared >= 15 and np.isnan(dice(prediction, truth, 6)) and dice(prediction, truth, 3) == 0.0
+    assert dice(prediction, truth, 4) == 0.0 and np.isnan(recall(prediction, truth, 4))
+
+
 def test_mean_sd_skips_undefined_values():
     assert mean_sd([0.5, 0.7, float("nan")]) == (pytest.approx(0.6), pytest.approx(np.std([0.5, 0.7], ddof=1)), 2)
     assert mean_sd([0.4]) == (0.4, 0.0, 1)
@@ -184,8 +224,8 @@ def test_interrupted_nnunet_training_resumes_at_its_last_epoch(cache, tmp_path, 
 
     raw_dataset.export_real_slices(cache, cache.image_indices(split="train", datasets=["siteA"])[:8],
                                    tmp_path / "real", cache.channels)
-    settings = nnunet.TrainSettings(epochs=2, iterations_per_epoch=2, val_iterations_per_epoch=1, batch_size=2,
-                                    processes=1, augmentation_processes=0)
+    settings = SegmentationSettings(epochs=2, iterations_per_epoch=2, val_iterations_per_epoch=1, batch_size=2,
+                                    test_time_mirroring=False, processes=1, augmentation_processes=0)
     root, log = tmp_path / "nnunet", io.StringIO()
     finish_epoch = BrainspadeTrainer.on_epoch_end
 
@@ -214,7 +254,7 @@ def test_interrupted_nnunet_training_resumes_at_its_last_epoch(cache, tmp_path, 
     # The loss history continues the interrupted run's (one epoch before the stop, one after).
     assert checkpoint["current_epoch"] == 2
     assert len(checkpoint["logging"]["train_losses"]) == 2
-    segmenter = nnunet.Segmenter(root, "arm", torch.device("cpu"), mirroring=False)
+    segmenter = nnunet.Segmenter(root, "arm", torch.device("cpu"), settings)
     labels = segmenter.segment(cache.image(0))
     assert labels.shape == cache.size and labels.dtype == np.uint8 and labels.max() < len(cache.channels)
 
@@ -232,3 +272,83 @@ def test_demo_prints_each_evaluations_tables_without_models_or_figures(tmp_path)
     assert printed.startswith("## iod: tested on siteA T1")
     assert "| R_iod | 0.9 ± 0.1 |" in printed and "| S | 0.8 |" in printed
     assert "real |" not in printed and "![" not in printed
+
+
+def test_segmentation_imports_neither_stages_nor_config_objects_and_trainer_not_nnunet():
+    """arms.py once imported `brainspade.stages` (upward) and nnunet.py / trainer.py imported each other."""
+    code = (
+        "import sys\n"
+        "import brainspade.segmentation.trainer as trainer\n"
+        "assert 'brainspade.segmentation.nnunet' not in sys.modules, 'trainer imports nnunet'\n"
+        "import brainspade.segmentation.arms, brainspade.segmentation.experiment\n"
+        "from brainspade.segmentation import nnunet\n"
+        "assert nnunet.TRAINER == trainer.BrainspadeTrainer.__name__\n"
+        "print(sorted(m for m in sys.modules if m.startswith('brainspade.stages')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+    package = Path(__file__).parents[1] / "brainspade" / "segmentation"
+    for source in package.glob("*.py"):
+        text = source.read_text()
+        assert "omegaconf" not in text and "DictConfig" not in text, source
+
+
+def test_arm_and_evaluation_specs_parse_plain_config_and_refuse_malformed_ones(cache):
+    both = {"real": {"dataset": "siteT", "modality": "FLAIR", "volumes": None},
+            "synthetic": {"samples": "S_les", "style_dataset": "siteT", "style_modality": "FLAIR",
+                          "conditions": "lesion"}}
+    spec = ArmSpec.from_dict("H_les", both)
+    assert spec.real == RealSource("siteT", "FLAIR") and spec.synthetic.conditions == "lesion"
+    assert spec.as_dict() == both  # the arm's fingerprint sees the config as written (trained arms stay valid)
+    assert ArmSpec.from_dict("R", {"real": both["real"]}).as_dict() == {"real": both["real"]}
+    with pytest.raises(BrainspadeError, match=r"experiments.arms.X: give `real` and/or `synthetic`"):
+        ArmSpec.from_dict("X", {"reel": {}})
+    with pytest.raises(BrainspadeError, match=r"experiments.arms.X.real: give dataset, modality, volumes"):
+        ArmSpec.from_dict("X", {"real": {"dataset": "siteA", "modality": "T1", "subjects": 2}})
+
+    node = {"name": "iod", "test": {"dataset": "siteA", "modality": "T1"}, "arms": ["R_iod", "S_iod"],
+            "classes": ["csf", "gm"], "lesion_metrics": False}
+    evaluation = Evaluation.from_dict(node)
+    assert evaluation.arms == ("R_iod", "S_iod") and evaluation.metrics == ["dice"]
+    evaluation.check_classes(cache.channels)
+    with pytest.raises(BrainspadeError, match="not foreground channels"):
+        Evaluation.from_dict({**node, "classes": ["background"]}).check_classes(cache.channels)
+    with pytest.raises(BrainspadeError, match="lacks 'test'"):
+        Evaluation.from_dict({k: v for k, v in node.items() if k != "test"})
+
+
+def test_ensure_arm_reuses_a_finished_arm_and_force_retrains_it_from_scratch(cache, tmp_path, monkeypatch):
+    """The typed arm API end to end, with nnU-Net's preprocessing and training replaced by stand-ins."""
+    import torch
+
+    from brainspade.segmentation import nnunet
+
+    trained = []
+
+    def fake_train(root, arm, settings, device, log, tensorboard_folder):
+        assert (root / "raw" / nnunet.dataset_name(arm) / "dataset.json").is_file()
+        final = nnunet.final_checkpoint(root, arm)
+        assert not final.is_file()  # a forced run never sees the previous run's checkpoint
+        final.parent.mkdir(parents=True)
+        final.write_bytes(b"weights")
+        trained.append(settings.epochs)
+        return final
+
+    monkeypatch.setattr(nnunet, "plan_and_preprocess", lambda root, processes, log: None)
+    monkeypatch.setattr(nnunet, "train", fake_train)
+    spec = ArmSpec("R", real=RealSource("siteB", "T1", volumes=1))
+    settings = SegmentationSettings(epochs=3)
+
+    def no_samples(source: SyntheticSource) -> Path:
+        raise AssertionError("a real arm needs no synthetic samples")
+
+    def ensure(force: bool):
+        return ensure_arm(spec, tmp_path / "R", cache, settings, no_samples, seed=0, force=force,
+                          device=torch.device("cpu"), config_yaml="seed: 0\n")
+
+    first = ensure(force=False)
+    assert trained == [3] and first.training["real"]["volumes"] == ["siteB_train_000"]
+    assert (tmp_path / "R" / "config.yaml").read_text() == "seed: 0\n"
+    assert ensure(force=False).fingerprint == first.fingerprint and trained == [3]  # reused
+    assert ensure(force=True).fingerprint == first.fingerprint and trained == [3, 3]  # retrained

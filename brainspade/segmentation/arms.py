@@ -13,14 +13,16 @@ style bank).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+import torch
 
 from brainspade.data.datasets import real_training_indices
 from brainspade.data.slice_cache import SliceCache
@@ -30,9 +32,58 @@ from brainspade.engine.stage import StageFolder, config_fingerprint, finished_fi
 from brainspade.errors import BrainspadeError
 from brainspade.segmentation import nnunet
 from brainspade.segmentation.raw_dataset import export_real_slices
-from brainspade.stages.common import select_device, stage_path
+from brainspade.settings import SegmentationSettings
 
 TRAINING_KEYS = ("epochs", "iterations_per_epoch", "val_iterations_per_epoch", "batch_size")
+
+
+@dataclass(frozen=True)
+class RealSource:
+    """Train-split slices of one data set and modality; only its first `volumes` subjects when given."""
+
+    dataset: str
+    modality: str
+    volumes: int | None = None
+
+
+@dataclass(frozen=True)
+class SyntheticSource:
+    """A synthetic sample set made by `brainspade sample` (its name, style images and label conditions)."""
+
+    samples: str
+    style_dataset: str
+    style_modality: str
+    conditions: str
+
+
+@dataclass(frozen=True)
+class ArmSpec:
+    """What one arm trains on: real slices, a synthetic sample set, or both."""
+
+    name: str
+    real: RealSource | None = None
+    synthetic: SyntheticSource | None = None
+
+    @classmethod
+    def from_dict(cls, name: str, spec: Mapping[str, Any] | None) -> ArmSpec:
+        """An arm of `experiments.arms` (plain containers), refused in one line when malformed."""
+        if not spec or set(spec) - {"real", "synthetic"}:
+            raise BrainspadeError(f"experiments.arms.{name}: give `real` and/or `synthetic`, got {sorted(spec or {})}")
+        parts = {}
+        for key, source in (("real", RealSource), ("synthetic", SyntheticSource)):
+            if key in spec:
+                wanted = [f.name for f in dataclasses.fields(source)]
+                try:
+                    parts[key] = source(**spec[key])
+                except TypeError:
+                    raise BrainspadeError(f"experiments.arms.{name}.{key}: give {', '.join(wanted)}, "
+                                          f"got {sorted(spec[key] or {})}") from None
+        return cls(name, **parts)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The spec as written in the config (the arm's fingerprint and report read this)."""
+        return {key: dataclasses.asdict(part) for key, part in (("real", self.real), ("synthetic", self.synthetic))
+                if part is not None}
 
 
 @dataclass(frozen=True)
@@ -49,117 +100,92 @@ class TrainedArm:
         return self.folder / "nnunet"
 
 
-def model_folder(cfg: DictConfig, arm: str) -> Path:
-    return stage_path(cfg, "segmentation") / "models" / arm
+def ensure_arm(
+    arm: ArmSpec,
+    folder: Path,
+    cache: SliceCache,
+    settings: SegmentationSettings,
+    synthetic_samples: Callable[[SyntheticSource], Path],
+    *,
+    seed: int,
+    force: bool,
+    device: torch.device,
+    config_yaml: str | None = None,
+) -> TrainedArm:
+    """Train the arm's nnU-Net in `folder` unless a finished one with the same inputs exists; resume a partial one.
 
-
-def arm_spec(cfg: DictConfig, arm: str) -> dict[str, Any]:
-    arms = cfg.experiments.arms
-    if arm not in arms:
-        raise BrainspadeError(f"arm {arm!r} is not defined; experiments.arms has {sorted(arms)}")
-    spec = OmegaConf.to_container(arms[arm], resolve=True)
-    if not spec or set(spec) - {"real", "synthetic"}:
-        raise BrainspadeError(f"experiments.arms.{arm}: give `real` and/or `synthetic`, got {sorted(spec or {})}")
-    return spec
-
-
-def synthetic_samples(cfg: DictConfig, synthetic: dict[str, Any]) -> Path:
-    """The finished raw data set of a synthetic sample set (made by the sample stage when missing)."""
-    from brainspade.stages.sample import make_samples  # heavy (generators); only for synthetic arms
-
-    folder = make_samples(
-        cfg,
-        name=str(synthetic["samples"]),
-        n=int(cfg.experiments.n_synthetic),
-        style_dataset=str(synthetic["style_dataset"]),
-        style_modality=str(synthetic["style_modality"]),
-        conditions=str(synthetic["conditions"]),
-    )
-    return require_complete(folder, "synthetic sample set", "sample")
-
-
-def train_settings(cfg: DictConfig) -> nnunet.TrainSettings:
-    seg = cfg.segmentation
-    return nnunet.TrainSettings(
-        epochs=int(seg.epochs),
-        iterations_per_epoch=int(seg.iterations_per_epoch),
-        val_iterations_per_epoch=int(seg.val_iterations_per_epoch),
-        batch_size=None if seg.batch_size is None else int(seg.batch_size),
-        processes=int(seg.processes),
-        augmentation_processes=int(seg.augmentation_processes),
-    )
-
-
-def ensure_arm(cfg: DictConfig, cache: SliceCache, arm: str) -> TrainedArm:
-    """Train the arm's nnU-Net unless a finished one with the same inputs exists; resume a partial one."""
-    spec = arm_spec(cfg, arm)
-    samples = synthetic_samples(cfg, spec["synthetic"]) if "synthetic" in spec else None
+    `synthetic_samples(source)` returns the finished raw data set of a synthetic source (the
+    stage makes it when missing). `force` retrains from scratch; `config_yaml`, the run's
+    resolved config, is saved in the folder.
+    """
+    samples = None
+    if arm.synthetic is not None:
+        samples = require_complete(synthetic_samples(arm.synthetic), "synthetic sample set", "sample")
     inputs = {
-        "arm": spec,
+        "arm": arm.as_dict(),
         "slices": finished_fingerprint(cache.folder),
         "samples": None if samples is None else finished_fingerprint(samples),
-        "training": {key: cfg.segmentation[key] for key in TRAINING_KEYS},
+        "training": {key: getattr(settings, key) for key in TRAINING_KEYS},
     }
     fingerprint = config_fingerprint(inputs)
-    folder = StageFolder(model_folder(cfg, arm), fingerprint)
-    if folder.reusable(bool(cfg.force)):
-        return TrainedArm(arm, folder.path, fingerprint, folder.read_manifest()["training"])
-    training = _describe(spec, cache, samples)
-    _discard_other_runs(folder.path, fingerprint)
-    folder.prepare(cfg, force=bool(cfg.force))
-    write_text_atomic(folder.path / "fingerprint.txt", fingerprint + "\n")
+    stage = StageFolder(folder, fingerprint)
+    if stage.reusable(force):
+        return TrainedArm(arm.name, folder, fingerprint, stage.read_manifest()["training"])
+    training = _describe(arm, cache, samples)
+    _discard_partial_run(folder, fingerprint, force)
+    stage.prepare(config_yaml, force=force)
+    write_text_atomic(folder / "fingerprint.txt", fingerprint + "\n")
 
     start = time.time()
-    root = folder.path / "nnunet"
-    settings = train_settings(cfg)
-    with nnunet.nnunet_environment(root), (folder.path / "nnunet.log").open("a") as log:
-        final = nnunet.final_checkpoint(root, arm)
+    root = folder / "nnunet"
+    with nnunet.nnunet_environment(root), (folder / "nnunet.log").open("a") as log:
+        final = nnunet.final_checkpoint(root, arm.name)
         if not (final.is_file() or final.with_name("checkpoint_latest.pth").is_file()):
-            print(f"[run-experiment] {arm}: nnU-Net data set, fingerprint, plan and preprocessing")
+            print(f"[run-experiment] {arm.name}: nnU-Net data set, fingerprint, plan and preprocessing")
             sources = []
-            if "real" in spec:
-                real = folder.path / "real"
+            if arm.real is not None:
+                real = folder / "real"
                 shutil.rmtree(real, ignore_errors=True)
                 export_real_slices(cache, training["real"]["image_indices"], real, cache.channels)
                 sources.append(real)
             if samples is not None:
                 sources.append(samples)
-            nnunet.link_raw_dataset(sources, root / "raw" / nnunet.dataset_name(arm))
+            nnunet.link_raw_dataset(sources, root / "raw" / nnunet.dataset_name(arm.name))
             nnunet.plan_and_preprocess(root, settings.processes, log)
-        print(f"[run-experiment] {arm}: training nnU-Net ({settings.epochs} epochs x {settings.iterations_per_epoch} "
-              f"iterations) on {training['slices']} slices; log in {folder.path / 'nnunet.log'}")
-        seed_everything(int(cfg.seed))  # nnU-Net draws patches and augmentations from the global generators
-        final = nnunet.train(root, arm, settings, select_device(cfg), log, folder.path)
+        print(f"[run-experiment] {arm.name}: training nnU-Net ({settings.epochs} epochs x "
+              f"{settings.iterations_per_epoch} iterations) on {training['slices']} slices; log in {folder / 'nnunet.log'}")
+        seed_everything(seed)  # nnU-Net draws patches and augmentations from the global generators
+        final = nnunet.train(root, arm.name, settings, device, log, folder)
     for part in training.values():
         if isinstance(part, dict):
             part.pop("image_indices", None)
-    write_json_atomic(folder.path / "training.json", training)
-    folder.finish({"checkpoint": str(final.relative_to(folder.path))}, training=training,
-                  minutes=round((time.time() - start) / 60, 2))
-    return TrainedArm(arm, folder.path, fingerprint, training)
+    write_json_atomic(folder / "training.json", training)
+    stage.finish({"checkpoint": str(final.relative_to(folder))}, training=training,
+                 minutes=round((time.time() - start) / 60, 2))
+    return TrainedArm(arm.name, folder, fingerprint, training)
 
 
-def _describe(spec: dict[str, Any], cache: SliceCache, samples: Path | None) -> dict[str, Any]:
+def _describe(arm: ArmSpec, cache: SliceCache, samples: Path | None) -> dict[str, Any]:
     """What the arm trains on, for the report (and, for real slices, which cache slices)."""
     training: dict[str, Any] = {"slices": 0}
-    if "real" in spec:
-        real = spec["real"]
-        volumes = None if real.get("volumes") is None else int(real["volumes"])
-        indices = real_training_indices(cache, str(real["dataset"]), str(real["modality"]), volumes)
+    if arm.real is not None:
+        real = arm.real
+        indices = real_training_indices(cache, real.dataset, real.modality, real.volumes)
         subjects = sorted(set(cache.image_table["subject"][indices].tolist()))
-        training["real"] = {"dataset": real["dataset"], "modality": real["modality"], "split": "train",
+        training["real"] = {"dataset": real.dataset, "modality": real.modality, "split": "train",
                             "volumes": subjects, "slices": int(indices.size), "image_indices": indices.tolist()}
         training["slices"] += int(indices.size)
     if samples is not None:
         header = json.loads((samples / "dataset.json").read_text())
-        training["synthetic"] = {**spec["synthetic"], "folder": str(samples), "slices": int(header["numTraining"])}
+        training["synthetic"] = {**dataclasses.asdict(arm.synthetic), "folder": str(samples),
+                                 "slices": int(header["numTraining"])}
         training["slices"] += int(header["numTraining"])
     return training
 
 
-def _discard_other_runs(path: Path, fingerprint: str) -> None:
-    """An unfinished run with other inputs cannot be resumed: drop its nnU-Net tree and exports."""
+def _discard_partial_run(path: Path, fingerprint: str, force: bool) -> None:
+    """Drop the nnU-Net tree and exports of a run that must not be resumed: forced, or made with other inputs."""
     marker = path / "fingerprint.txt"
-    if marker.is_file() and marker.read_text().strip() != fingerprint:
+    if force or (marker.is_file() and marker.read_text().strip() != fingerprint):
         for part in ("nnunet", "real", "tensorboard"):
             shutil.rmtree(path / part, ignore_errors=True)

@@ -9,8 +9,10 @@ slice order in `slices.csv`, so every number of a report can be recomputed from 
 from __future__ import annotations
 
 import csv
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -24,6 +26,39 @@ from brainspade.segmentation.nnunet import Segmenter
 from brainspade.segmentation.raw_dataset import labels_from_pv
 
 RESULT_COLUMNS = ("evaluation", "arm", "subject", "class", "dice", "precision", "recall")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One test set of an experiment: the test split of a data set and modality, the arms tested, the classes scored."""
+
+    name: str
+    test_dataset: str
+    test_modality: str
+    arms: tuple[str, ...]
+    classes: tuple[str, ...]
+    lesion_metrics: bool  # precision and recall besides Dice
+
+    @classmethod
+    def from_dict(cls, node: Mapping[str, Any]) -> Evaluation:
+        """An entry of `experiments.evaluations.<experiment>` (plain containers), refused in one line when malformed."""
+        try:
+            return cls(str(node["name"]), str(node["test"]["dataset"]), str(node["test"]["modality"]),
+                       tuple(map(str, node["arms"])), tuple(map(str, node["classes"])), bool(node["lesion_metrics"]))
+        except (KeyError, TypeError) as error:
+            raise BrainspadeError(f"experiments.evaluations: {dict(node)} lacks {error}; give name, test: {{dataset, "
+                                  "modality}, arms, classes and lesion_metrics") from None
+
+    @property
+    def metrics(self) -> list[str]:
+        return ["dice", "precision", "recall"] if self.lesion_metrics else ["dice"]
+
+    def check_classes(self, channels: Sequence[str]) -> None:
+        """Classes must be foreground channels of the data (background is never scored)."""
+        unknown = [c for c in self.classes if c not in channels[1:]]
+        if unknown:
+            raise BrainspadeError(f"experiments.evaluations: classes {unknown} of {self.name!r} are not "
+                                  f"foreground channels of the data ({list(channels[1:])})")
 
 
 @dataclass

@@ -3,6 +3,10 @@
 Undefined values are NaN, never a made-up 0 or 1: Dice when neither the prediction nor the
 ground truth has the class, precision when nothing was predicted, recall when the class is
 absent from the ground truth. Summaries and tests skip NaNs.
+
+The scores are MONAI's confusion-matrix metrics (Dice is the F1 score). MONAI's DiceMetric is
+not used: it scores an empty ground truth NaN (ignore_empty) or 1/0, not "NaN only when both
+are empty", which the F1 score gives as is.
 """
 
 from __future__ import annotations
@@ -10,27 +14,35 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
+from monai.metrics import compute_confusion_matrix_metric, get_confusion_matrix
+
+
+def confusion(prediction: np.ndarray, truth: np.ndarray, label: int) -> torch.Tensor:
+    """MONAI's (tp, fp, tn, fn) of one label id, pooled over a whole volume.
+
+    MONAI counts per batch item in float32; counting per slice (first axis) and summing in
+    float64 keeps the counts exact for any volume size.
+    """
+    rows = prediction.shape[0] if prediction.ndim > 1 else 1
+    predicted = torch.from_numpy(np.asarray(prediction == label, dtype=np.float32)).reshape(rows, 1, -1)
+    true = torch.from_numpy(np.asarray(truth == label, dtype=np.float32)).reshape(rows, 1, -1)
+    return get_confusion_matrix(predicted, true).double().sum(dim=0)
 
 
 def dice(prediction: np.ndarray, truth: np.ndarray, label: int) -> float:
-    """Dice overlap of one label id between two label arrays of the same shape."""
-    predicted, true = prediction == label, truth == label
-    total = int(predicted.sum()) + int(true.sum())
-    return float("nan") if total == 0 else 2.0 * int((predicted & true).sum()) / total
+    """Dice overlap of one label id between two label arrays of the same shape (MONAI's F1 score)."""
+    return float(compute_confusion_matrix_metric("f1 score", confusion(prediction, truth, label)))
 
 
 def precision(prediction: np.ndarray, truth: np.ndarray, label: int) -> float:
     """Share of predicted voxels of the label that are truly that label."""
-    predicted = prediction == label
-    count = int(predicted.sum())
-    return float("nan") if count == 0 else int((predicted & (truth == label)).sum()) / count
+    return float(compute_confusion_matrix_metric("precision", confusion(prediction, truth, label)))
 
 
 def recall(prediction: np.ndarray, truth: np.ndarray, label: int) -> float:
     """Share of true voxels of the label that were predicted as that label (sensitivity)."""
-    true = truth == label
-    count = int(true.sum())
-    return float("nan") if count == 0 else int(((prediction == label) & true).sum()) / count
+    return float(compute_confusion_matrix_metric("sensitivity", confusion(prediction, truth, label)))
 
 
 def stack_volumes(
@@ -64,10 +76,11 @@ def volume_metrics(
         raise ValueError(f"prediction {prediction.shape} and ground truth {truth.shape} differ in shape")
     rows = []
     for name, label in classes.items():
-        row: dict[str, float | str] = {"class": name, "dice": dice(prediction, truth, label)}
+        counts = confusion(prediction, truth, label)
+        row: dict[str, float | str] = {"class": name, "dice": float(compute_confusion_matrix_metric("f1 score", counts))}
         if lesion_metrics:
-            row["precision"] = precision(prediction, truth, label)
-            row["recall"] = recall(prediction, truth, label)
+            row["precision"] = float(compute_confusion_matrix_metric("precision", counts))
+            row["recall"] = float(compute_confusion_matrix_metric("sensitivity", counts))
         rows.append(row)
     return rows
 

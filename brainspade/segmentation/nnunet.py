@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,24 +25,14 @@ import torch
 
 from brainspade.errors import BrainspadeError
 from brainspade.segmentation.raw_dataset import case_ids, image_path, label_path
+from brainspade.settings import SegmentationSettings
 
 DATASET_ID = 1
 CONFIGURATION = "2d"
 PLANS = "nnUNetPlans"
 FOLD = "all"
 SPACING_2D = [999.0, 1.0, 1.0]  # what nnU-Net's SimpleITKIO reports for a 2D file of 1 x 1 pixels
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """How long and how nnU-Net trains (segmentation config section)."""
-
-    epochs: int
-    iterations_per_epoch: int
-    val_iterations_per_epoch: int
-    batch_size: int | None  # None: nnU-Net's planned batch size
-    processes: int  # spawned workers for fingerprint and preprocessing
-    augmentation_processes: int  # nnU-Net's data-augmentation workers (0: in this process)
+TRAINER = "BrainspadeTrainer"  # trainer.BrainspadeTrainer: nnU-Net names the results folder after the class
 
 
 def dataset_name(arm: str) -> str:
@@ -134,7 +123,7 @@ def plan_and_preprocess(root: Path, processes: int, log: io.TextIOBase) -> None:
 
 
 def results_folder(root: Path, arm: str) -> Path:
-    return root / "results" / dataset_name(arm) / f"BrainspadeTrainer__{PLANS}__{CONFIGURATION}"
+    return root / "results" / dataset_name(arm) / f"{TRAINER}__{PLANS}__{CONFIGURATION}"
 
 
 def final_checkpoint(root: Path, arm: str) -> Path:
@@ -142,9 +131,14 @@ def final_checkpoint(root: Path, arm: str) -> Path:
 
 
 def train(
-    root: Path, arm: str, settings: TrainSettings, device: torch.device, log: io.TextIOBase, tensorboard_folder: Path
+    root: Path, arm: str, settings: SegmentationSettings, device: torch.device, log: io.TextIOBase,
+    tensorboard_folder: Path,
 ) -> Path:
-    """Train (or resume) the arm's 2D nnU-Net on every preprocessed case; return the final checkpoint."""
+    """Train (or resume) the arm's 2D nnU-Net on every preprocessed case; return the final checkpoint.
+
+    `settings` gives the length (epochs x iterations), the batch size (None: nnU-Net's plan) and
+    the data-augmentation workers (0: in this process).
+    """
     from batchgenerators.utilities.file_and_folder_operations import load_json
 
     from brainspade.segmentation.trainer import BrainspadeTrainer
@@ -171,9 +165,9 @@ def train(
 
 
 class Segmenter:
-    """A trained arm's nnU-Net, ready to segment 2D slices."""
+    """A trained arm's nnU-Net, ready to segment 2D slices (test-time mirroring as `settings` say)."""
 
-    def __init__(self, root: Path, arm: str, device: torch.device, mirroring: bool = True):
+    def __init__(self, root: Path, arm: str, device: torch.device, settings: SegmentationSettings):
         from batchgenerators.utilities.file_and_folder_operations import load_json
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
         from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
@@ -200,7 +194,8 @@ class Segmenter:
         network.load_state_dict(checkpoint["network_weights"])
         with contextlib.redirect_stdout(io.StringIO()):
             self.predictor = nnUNetPredictor(
-                use_mirroring=mirroring, perform_everything_on_device=False, device=device, allow_tqdm=False
+                use_mirroring=settings.test_time_mirroring, perform_everything_on_device=False, device=device,
+                allow_tqdm=False,
             )
         self.predictor.manual_initialization(
             network, plans_manager, configuration, [checkpoint["network_weights"]], dataset_json,

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from brainspade.engine.logging import LABEL_COLOURS
-from brainspade.segmentation.evaluation import RESULT_COLUMNS, TestVolume
+from brainspade.segmentation.evaluation import RESULT_COLUMNS, Evaluation, TestVolume
 from brainspade.segmentation.metrics import mean_sd
 from brainspade.segmentation.statistics import paired_tests
 
@@ -69,16 +69,14 @@ def format_p(p: float) -> str:
 
 
 def evaluation_section(
-    evaluation: dict[str, Any], rows: Sequence[dict[str, Any]], volumes: list[TestVolume], figures: dict[str, str]
+    evaluation: Evaluation, rows: Sequence[dict[str, Any]], volumes: list[TestVolume], figures: dict[str, str]
 ) -> list[str]:
     """Markdown of one evaluation: a mean ± sd table and a p-value table per metric."""
-    name, arms, classes = evaluation["name"], list(evaluation["arms"]), list(evaluation["classes"])
-    test = evaluation["test"]
-    metrics = ["dice", "precision", "recall"] if evaluation["lesion_metrics"] else ["dice"]
+    name, arms, classes, metrics = evaluation.name, evaluation.arms, evaluation.classes, evaluation.metrics
     lines = [
-        f"## {name}: tested on {test['dataset']} {test['modality']}",
+        f"## {name}: tested on {evaluation.test_dataset} {evaluation.test_modality}",
         "",
-        f"Test split of {test['dataset']}: {len(volumes)} volumes, {sum(len(v.images) for v in volumes)} slices "
+        f"Test split of {evaluation.test_dataset}: {len(volumes)} volumes, {sum(len(v.images) for v in volumes)} slices "
         f"({', '.join(v.subject for v in volumes)}). Arms: {', '.join(arms)}.",
         "",
     ]
@@ -121,12 +119,11 @@ def models_section(trained: dict[str, dict[str, Any]], folders: dict[str, str]) 
 
 
 @_in_plain_style
-def plot_scores(path: Path, evaluation: dict[str, Any], rows: Sequence[dict[str, Any]]) -> None:
+def plot_scores(path: Path, evaluation: Evaluation, rows: Sequence[dict[str, Any]]) -> None:
     """Box plots of per-volume scores: one panel per metric, classes on x, one box per arm."""
     import matplotlib.pyplot as plt
 
-    name, arms, classes = evaluation["name"], list(evaluation["arms"]), list(evaluation["classes"])
-    metrics = ["dice", "precision", "recall"] if evaluation["lesion_metrics"] else ["dice"]
+    name, arms, classes, metrics = evaluation.name, evaluation.arms, evaluation.classes, evaluation.metrics
     panel_width = 1.5 + 0.45 * len(classes) * len(arms)
     figure, axes = plt.subplots(1, len(metrics), figsize=(panel_width * len(metrics), 3.6), squeeze=False)
     colours = plt.get_cmap("tab10")
@@ -152,13 +149,13 @@ def plot_scores(path: Path, evaluation: dict[str, Any], rows: Sequence[dict[str,
 
 @_in_plain_style
 def plot_slices(
-    path: Path, evaluation: dict[str, Any], volumes: list[TestVolume], predictions: dict[str, dict[str, np.ndarray]],
+    path: Path, evaluation: Evaluation, volumes: list[TestVolume], predictions: dict[str, dict[str, np.ndarray]],
     classes: dict[str, int], count: int,
 ) -> None:
     """A grid: rows are test slices (spread over the volumes), columns image, ground truth, each arm."""
     import matplotlib.pyplot as plt
 
-    arms = list(evaluation["arms"])
+    arms = evaluation.arms
     labels = list(classes.values())
     candidates = [(v, k) for v in volumes for k in range(len(v.images)) if np.isin(v.truth[k], labels).any()]
     candidates = candidates or [(v, k) for v in volumes for k in range(len(v.images))]

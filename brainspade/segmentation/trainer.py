@@ -1,7 +1,7 @@
 """The nnU-Net trainer brainspade trains with: nnU-Net's defaults, the length from the profile.
 
 Importing this module imports nnunetv2's trainer (heavy); `segmentation.nnunet` imports it
-only when a model is trained or loaded.
+only when a model is trained or loaded. It imports nothing of `segmentation.nnunet` (one direction only).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from brainspade.engine.logging import progress, tensorboard_writer
-from brainspade.segmentation.nnunet import TrainSettings
+from brainspade.settings import SegmentationSettings
 
 LOGGED = ("train_losses", "val_losses", "mean_fg_dice", "ema_fg_dice")  # nnU-Net's per-epoch values
 
@@ -23,7 +23,7 @@ class BrainspadeTrainer(nnUNetTrainer):
     `configure` sets the length before training starts.
     """
 
-    def configure(self, settings: TrainSettings, tensorboard_folder: Path | None) -> None:
+    def configure(self, settings: SegmentationSettings, tensorboard_folder: Path | None) -> None:
         self.num_epochs = settings.epochs
         self.num_iterations_per_epoch = settings.iterations_per_epoch
         self.num_val_iterations_per_epoch = settings.val_iterations_per_epoch

@@ -8,41 +8,70 @@ results.csv, figures/ and predictions/, and is replaced as a whole when it is re
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from brainspade.data.slice_cache import SliceCache
 from brainspade.engine.atomic import atomic_folder
+from brainspade.engine.runtime import select_device
 from brainspade.engine.stage import StageFolder, config_fingerprint, require_complete
 from brainspade.errors import BrainspadeError
-from brainspade.segmentation import evaluation as ev
-from brainspade.segmentation import report
-from brainspade.segmentation.arms import TrainedArm, ensure_arm
-from brainspade.segmentation.nnunet import Segmenter
-from brainspade.stages.common import select_device, stage_path, workdir
+from brainspade.segmentation.arms import ArmSpec, SyntheticSource, ensure_arm
+from brainspade.segmentation.evaluation import Evaluation
+from brainspade.segmentation.experiment import evaluate
+from brainspade.settings import SegmentationSettings
+from brainspade.stages.config import plain, run_settings, section, stage_path, workdir
 
 
 def run(cfg: DictConfig) -> Path:
     """Run the experiment named by `experiment`; return its folder."""
     name = str(cfg.experiment)
-    evaluations = _evaluations(cfg, name)
+    known = cfg.experiments.evaluations
+    if name not in known:
+        raise BrainspadeError(f"experiment={name!r} is not defined; choose one of {sorted(known)}")
+    evaluations_config = plain(known[name])
+    evaluations = [Evaluation.from_dict(node) for node in evaluations_config]
+    settings: SegmentationSettings = section(cfg, "segmentation")
+    run_config = run_settings(cfg)
+    device = select_device(run_config.device)
     cache = SliceCache.open(require_complete(stage_path(cfg, "slices"), "slice cache", "prepare-data"))
-    _check(evaluations, cache)
-    arm_names = list(dict.fromkeys(arm for e in evaluations for arm in e["arms"]))
-    arms = {arm: ensure_arm(cfg, cache, arm) for arm in arm_names}
+    for evaluation in evaluations:
+        evaluation.check_classes(cache.channels)
+    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
 
-    settings = {"evaluations": evaluations, "figure_slices": int(cfg.experiments.figure_slices),
-                "mirroring": bool(cfg.segmentation.test_time_mirroring),
-                "models": {arm: trained.fingerprint for arm, trained in arms.items()}}
+    def synthetic_samples(source: SyntheticSource) -> Path:
+        from brainspade.stages import sample  # heavy (generators); only for synthetic arms
+
+        return sample.make_samples(cfg, name=source.samples, n=int(cfg.experiments.n_synthetic),
+                                   style_dataset=source.style_dataset, style_modality=source.style_modality,
+                                   conditions=source.conditions)
+
+    specs = [_arm_spec(cfg, arm) for arm in dict.fromkeys(arm for e in evaluations for arm in e.arms)]
+    arms = {spec.name: ensure_arm(spec, stage_path(cfg, "segmentation") / "models" / spec.name, cache, settings,
+                                  synthetic_samples, seed=run_config.seed, force=run_config.force, device=device,
+                                  config_yaml=config_yaml)
+            for spec in specs}
+
+    figure_slices = int(cfg.experiments.figure_slices)
+    fingerprint = config_fingerprint({"evaluations": evaluations_config, "figure_slices": figure_slices,
+                                      "mirroring": settings.test_time_mirroring,
+                                      "models": {arm: trained.fingerprint for arm, trained in arms.items()}})
     target = stage_path(cfg, "experiments") / name
-    fingerprint = config_fingerprint(settings)
-    if StageFolder(target, fingerprint).reusable(bool(cfg.force)):
+    if StageFolder(target, fingerprint).reusable(run_config.force):
         print(f"[run-experiment] {target} is up to date")
         return target
+    header = [
+        f"# Experiment {name}",
+        "",
+        f"Workdir {workdir(cfg)}, profile {cfg.get('profile_name', '?')}, seed {run_config.seed}. 2D nnU-Net v2 per "
+        f"arm ({settings.epochs} epochs x {settings.iterations_per_epoch} iterations). Per-volume "
+        "scores are in results.csv, predicted volumes in predictions/. Dice is undefined (n/a, skipped) where "
+        "a class is absent from both prediction and ground truth.",
+        "",
+    ]
     with atomic_folder(target) as building:
-        (building / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        counts = evaluate(cfg, name, evaluations, cache, arms, building)
+        (building / "config.yaml").write_text(config_yaml)
+        counts = evaluate(evaluations, cache, arms, settings, device, figure_slices, building, header, workdir(cfg))
         StageFolder(building, fingerprint).finish(
             {"report": "report.md", "results": "results.csv", "figures": "figures/", "predictions": "predictions/"},
             volumes=counts,
@@ -51,67 +80,8 @@ def run(cfg: DictConfig) -> Path:
     return target
 
 
-def evaluate(
-    cfg: DictConfig, name: str, evaluations: list[dict[str, Any]], cache: SliceCache, arms: dict[str, TrainedArm],
-    folder: Path,
-) -> dict[str, int]:
-    """Predict every evaluation's test set with its arms, then write results.csv, figures and report.md."""
-    device = select_device(cfg)
-    rows: list[dict[str, Any]] = []
-    sections: list[str] = []
-    counts = {}
-    segmenters: dict[str, Segmenter] = {}
-    (folder / "figures").mkdir()
-    for evaluation in evaluations:
-        test = evaluation["test"]
-        volumes = ev.load_test_set(cache, str(test["dataset"]), str(test["modality"]))
-        counts[evaluation["name"]] = len(volumes)
-        classes = {c: cache.channels.index(c) for c in evaluation["classes"]}
-        predicted = folder / "predictions" / evaluation["name"]
-        predicted.mkdir(parents=True)
-        ev.write_slice_table(predicted / "slices.csv", volumes)
-        predictions = {}
-        for arm in evaluation["arms"]:
-            if arm not in segmenters:
-                segmenters[arm] = Segmenter(arms[arm].nnunet_root, arm, device, bool(cfg.segmentation.test_time_mirroring))
-            predictions[arm] = ev.predict_test_set(segmenters[arm], volumes, f"{evaluation['name']} {arm}")
-            for subject, labels in predictions[arm].items():
-                ev.save_volume(predicted / arm / f"{subject}.nii.gz", labels)
-            rows += ev.score(evaluation["name"], arm, volumes, predictions[arm], classes, evaluation["lesion_metrics"])
-        figures = {"scores": f"figures/{evaluation['name']}_scores.png",
-                   "slices": f"figures/{evaluation['name']}_slices.png"}
-        report.plot_scores(folder / figures["scores"], evaluation, rows)
-        report.plot_slices(folder / figures["slices"], evaluation, volumes, predictions, classes,
-                           int(cfg.experiments.figure_slices))
-        sections += report.evaluation_section(evaluation, rows, volumes, figures)
-    report.write_results_csv(folder / "results.csv", rows)
-    base = workdir(cfg)
-    header = [
-        f"# Experiment {name}",
-        "",
-        f"Workdir {base}, profile {cfg.get('profile_name', '?')}, seed {cfg.seed}. 2D nnU-Net v2 per arm "
-        f"({cfg.segmentation.epochs} epochs x {cfg.segmentation.iterations_per_epoch} iterations). Per-volume "
-        "scores are in results.csv, predicted volumes in predictions/. Dice is undefined (n/a, skipped) where "
-        "a class is absent from both prediction and ground truth.",
-        "",
-    ]
-    models = report.models_section({arm: arms[arm].training for arm in arms},
-                                   {arm: str(arms[arm].folder.relative_to(base)) for arm in arms})
-    (folder / "report.md").write_text("\n".join(header + models + sections))
-    return counts
-
-
-def _evaluations(cfg: DictConfig, name: str) -> list[dict[str, Any]]:
-    known = cfg.experiments.evaluations
-    if name not in known:
-        raise BrainspadeError(f"experiment={name!r} is not defined; choose one of {sorted(known)}")
-    return OmegaConf.to_container(known[name], resolve=True)
-
-
-def _check(evaluations: list[dict[str, Any]], cache: SliceCache) -> None:
-    """Classes must be channels of the data; background is never scored."""
-    for evaluation in evaluations:
-        unknown = [c for c in evaluation["classes"] if c not in cache.channels[1:]]
-        if unknown:
-            raise BrainspadeError(f"experiments.evaluations: classes {unknown} of {evaluation['name']!r} are not "
-                                  f"foreground channels of the data ({cache.channels[1:]})")
+def _arm_spec(cfg: DictConfig, arm: str) -> ArmSpec:
+    known = cfg.experiments.arms
+    if arm not in known:
+        raise BrainspadeError(f"arm {arm!r} is not defined; experiments.arms has {sorted(known)}")
+    return ArmSpec.from_dict(arm, plain(known[arm]))
