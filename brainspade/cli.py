@@ -19,21 +19,20 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 @dataclass(frozen=True)
 class Command:
-    module: str | None  # stage module with run(cfg) -> Path; None while not built yet
+    module: str  # stage module with run(cfg) -> Path
     summary: str
-    issue: int = 0  # where an unbuilt command is tracked
 
 
 COMMANDS: dict[str, Command] = {
     "make-phantom": Command("brainspade.stages.make_phantom", "write the embedded multi-site MNI152 phantom data set"),
     "prepare-data": Command("brainspade.stages.prepare_data", "validate a NIfTI data set and write the 2D slice cache"),
-    "train-label-vae": Command("brainspade.stages.train_label_vae", "train the KL-VAE over partial-volume label maps", 3),
-    "train-label-ldm": Command("brainspade.stages.train_label_ldm", "train the conditioned latent diffusion model over label latents", 3),
-    "sample-labels": Command("brainspade.stages.sample_labels", "sample synthetic PV label maps (--n N) from the label LDM", 3),
-    "train-modisc": Command("brainspade.stages.train_modisc", "train the modality/data-set classifier on real slices", 4),
-    "train-image-generator": Command("brainspade.stages.train_image_generator", "train the SPADE VAE-GAN image generator", 4),
-    "sample": Command("brainspade.stages.sample", "synthesise (image, label) pairs as an nnU-Net data set (--n N)", 5),
-    "run-experiment": Command("brainspade.stages.run_experiment", "train nnU-Nets on real/synthetic data and compare them (iod|ood|lesion)", 6),
+    "train-label-vae": Command("brainspade.stages.train_label_vae", "train the KL-VAE over partial-volume label maps"),
+    "train-label-ldm": Command("brainspade.stages.train_label_ldm", "train the conditioned latent diffusion model over label latents"),
+    "sample-labels": Command("brainspade.stages.sample_labels", "sample synthetic PV label maps (--n N) from the label LDM"),
+    "train-modisc": Command("brainspade.stages.train_modisc", "train the modality/data-set classifier on real slices"),
+    "train-image-generator": Command("brainspade.stages.train_image_generator", "train the SPADE VAE-GAN image generator"),
+    "sample": Command("brainspade.stages.sample", "synthesise (image, label) pairs as an nnU-Net data set (--n N)"),
+    "run-experiment": Command("brainspade.stages.run_experiment", "train nnU-Nets on real/synthetic data and compare them (iod|ood|lesion)"),
     "demo": Command("brainspade.stages.demo", "run the whole method on the embedded phantom"),
 }
 
@@ -60,8 +59,6 @@ def main(argv: list[str] | None = None) -> int:
         args = expand_short_forms(name, args)
     except BrainspadeError as error:
         _fail(f"{name}: {error}", code=2)
-    if command.module is None:
-        _fail(f"{name}: not built yet (tracked in issue {command.issue})", code=3)
     if not any(a in {"--multirun", "-m"} for a in args):
         _check_overrides(name, [a for a in args if "=" in a and not a.startswith("-")])
     return _run_with_hydra(name, command, args)
@@ -102,6 +99,12 @@ def _check_overrides(name: str, overrides: list[str]) -> None:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         _fail(f"{name}: {missing[0]} is required; add {missing[0]}=VALUE (see `brainspade {name} --help`)", code=2)
+    from brainspade.stages.config import check_config
+
+    try:  # every section as its typed settings: a wrong type or an out-of-range value fails here
+        check_config(cfg)
+    except BrainspadeError as error:
+        _fail(f"{name}: {error} (see `brainspade {name} --help`)", code=2)
 
 
 def _one_line(error: Exception) -> str:
@@ -150,8 +153,7 @@ def commands_help() -> str:
         "commands:",
     ]
     for name, command in COMMANDS.items():
-        status = "" if command.module else "  [not built yet]"
-        lines.append(f"  {name:<{width}}  {command.summary}{status}")
+        lines.append(f"  {name:<{width}}  {command.summary}")
     lines += [
         "",
         "keys every command takes: workdir=PATH  profile=tiny|cpu|paper  data=phantom|folder  data.root=PATH  seed=INT",

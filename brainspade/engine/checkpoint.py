@@ -133,3 +133,18 @@ def restore_training_state(
     if restore_rng:
         restore_rng_state(state["rng"])
     return int(state["step"])
+
+
+def schema_signature(channels: list[str], lesion_channels: list[str], size: list[int] | tuple[int, int],
+                     model_args: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """What every brainspade checkpoint was made for: the channel schema, the slice size and its networks'
+    constructor arguments by name (checked on resume, and when a later stage loads the folder)."""
+    return {"channels": list(channels), "lesion_channels": list(lesion_channels), "size": [int(s) for s in size],
+            "model_args": {name: dict(args) for name, args in model_args.items()}}
+
+
+def build_model(state: Mapping[str, Any], name: str, cls: type[nn.Module], *, ema: bool = False) -> nn.Module:
+    """Network `name` of a loaded checkpoint, rebuilt from its saved constructor arguments (EMA weights if asked)."""
+    model = cls(**state["signature"]["model_args"][name])
+    model.load_state_dict(state["ema" if ema else "models"][name])
+    return model

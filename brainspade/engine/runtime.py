@@ -14,11 +14,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
 from brainspade.engine import distributed
 from brainspade.errors import BrainspadeError
+from brainspade.settings import RuntimeSettings
 
 
 @dataclass(frozen=True)
@@ -29,19 +29,13 @@ class Runtime:
     compile: bool
 
     @classmethod
-    def from_config(cls, cfg: DictConfig) -> Runtime:
-        """Resolve `cfg.runtime` for `cfg.device` and join torchrun's process group when started by torchrun."""
-        wanted = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else str(cfg.device).replace("auto", "cpu")
-        device = distributed.device_for(torch.device(wanted))
-        distributed.setup(device.type)
-        settings = cfg.runtime
-        cuda = device.type == "cuda"
-        precision = str(settings.precision)
-        if precision not in {"auto", "fp32", "bf16"}:
-            raise BrainspadeError(f"runtime.precision={precision}: use auto, fp32 or bf16")
-        bf16 = precision == "bf16" or (precision == "auto" and cuda and torch.cuda.is_bf16_supported())
-        return cls(device, bf16, _switch(settings.channels_last, "channels_last", cuda),
-                   _switch(settings.compile, "compile", cuda))
+    def create(cls, settings: RuntimeSettings, device: str = "auto") -> Runtime:
+        """Resolve the runtime settings for a device name and join torchrun's process group when started by it."""
+        device_ = distributed.device_for(select_device(device))
+        distributed.setup(device_.type)
+        cuda = device_.type == "cuda"
+        bf16 = settings.precision == "bf16" or (settings.precision == "auto" and cuda and torch.cuda.is_bf16_supported())
+        return cls(device_, bf16, _switch(settings.channels_last, cuda), _switch(settings.compile, cuda))
 
     def autocast(self) -> torch.autocast:
         """bf16 autocast on this device (a no-op context when precision is fp32)."""
@@ -106,9 +100,17 @@ class StepTimer:
         return self.count / (self._last - self._first) if self.count else None
 
 
-def _switch(value, name: str, cuda: bool) -> bool:
-    if str(value) == "auto":
-        return cuda
-    if isinstance(value, bool):
-        return value
-    raise BrainspadeError(f"runtime.{name}={value}: use auto, true or false")
+def _switch(value: str, cuda: bool) -> bool:
+    """auto | true | false (checked by RuntimeSettings) -> on or off."""
+    return cuda if value == "auto" else value == "true"
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """The device a command runs on: auto (CUDA when available), cpu or cuda (refused without CUDA)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise BrainspadeError("device=cuda: this torch build sees no CUDA GPU; use device=cpu or device=auto")
+    if name not in {"cpu", "cuda"}:
+        raise BrainspadeError(f"device={name}: use auto, cpu or cuda")
+    return torch.device(name)

@@ -51,3 +51,13 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def derived_seed(seed: int, sample_id: int, purpose: int, attempt: int = 0) -> int:
+    """A 63-bit seed that depends only on its arguments (NumPy's SeedSequence hashing).
+
+    Every random draw of a synthetic sample comes from one of these, so sample i depends only
+    on (seed, i, models, settings): not on its batch, shard or whether the run was interrupted.
+    """
+    state = np.random.SeedSequence([seed, sample_id, purpose, attempt]).generate_state(2, dtype=np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1]))

@@ -6,6 +6,7 @@ stage promised and a folder without it is unfinished (it may hold a checkpoint t
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -13,20 +14,22 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
 from brainspade.engine import distributed
 from brainspade.engine.atomic import write_json_atomic, write_text_atomic
+from brainspade.engine.checkpoint import CHECKPOINT_NAME
 from brainspade.errors import BrainspadeError
 
 MANIFEST_NAME = "manifest.json"
 
 
 def config_fingerprint(*sections: Any) -> str:
-    """A short hash of config sections (resolved), to tell whether a finished stage is still valid."""
-    plain = [OmegaConf.to_container(s, resolve=True) if isinstance(s, DictConfig) else s for s in sections]
-    text = json.dumps(plain, sort_keys=True, default=str)
+    """A short hash of settings and plain values, to tell whether a finished stage is still valid."""
+    text = json.dumps(sections, sort_keys=True, default=_plain)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _plain(value: Any) -> Any:
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else str(value)
 
 
 class StageFolder:
@@ -64,21 +67,24 @@ class StageFolder:
             f"{self.path}: finished with another config; pass force=true to redo it or use another workdir"
         )
 
-    def prepare(self, cfg: DictConfig | None = None, *, force: bool = False) -> bool:
+    def prepare(self, config_yaml: str | None = None, *, force: bool = False) -> bool:
         """Get the folder ready for a run; return False when a finished run can be reused.
 
         A finished folder made with another config is an error unless `force`, so that
-        results are never silently mixed across configs. Under torchrun every rank decides
-        from the same files; rank 0 alone writes.
+        results are never silently mixed across configs. `force` means "redo from scratch"
+        in every stage: a training stage's checkpoint is deleted too, so it starts at step 0.
+        Under torchrun every rank decides from the same files; rank 0 alone writes.
         """
         if self.reusable(force):
             return False
         if distributed.is_main():
             if self.is_complete():
                 self.manifest_path.unlink()
+            if force:
+                (self.path / CHECKPOINT_NAME).unlink(missing_ok=True)
             self.path.mkdir(parents=True, exist_ok=True)
-            if cfg is not None:
-                write_text_atomic(self.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+            if config_yaml is not None:
+                write_text_atomic(self.path / "config.yaml", config_yaml)
         distributed.barrier()
         return True
 
@@ -111,3 +117,21 @@ def require_complete(path: str | Path, what: str, command: str) -> Path:
     if not (path / MANIFEST_NAME).is_file():
         raise BrainspadeError(f"{path}: no finished {what} here; run `brainspade {command}` with this workdir first")
     return path
+
+
+def load_stage_checkpoint(path: str | Path, what: str, command: str, *, channels: list[str] | None = None) -> dict:
+    """The checkpoint of a finished stage folder, refused in one line when made for other channels."""
+    from brainspade.engine.checkpoint import load_checkpoint
+
+    folder = require_complete(path, what, command)
+    state = load_checkpoint(folder / CHECKPOINT_NAME)
+    saved = list(state.get("signature", {}).get("channels", []))
+    if "model_args" not in state.get("signature", {}):
+        raise BrainspadeError(f"{folder}: {what} checkpoint of an older brainspade (no saved model arguments); "
+                              f"re-run `brainspade {command} force=true`")
+    if channels is not None and saved != list(channels):
+        raise BrainspadeError(
+            f"{folder}: this {what} was trained for channels {saved}, this data has {list(channels)}; "
+            f"re-run `brainspade {command} force=true` or use another workdir"
+        )
+    return state

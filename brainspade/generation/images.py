@@ -11,25 +11,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from brainspade.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from brainspade.engine.stage import require_complete
+from brainspade.engine.checkpoint import build_model, load_checkpoint
+from brainspade.engine.stage import load_stage_checkpoint
 from brainspade.models.modality_classifier import ModalityDatasetClassifier
-from brainspade.models.multiscale_patchgan import MultiScalePatchGAN
 from brainspade.models.spade_generator import SpadeGenerator
 from brainspade.models.style_encoder import StyleEncoder
-
-
-def build_classifier(args: dict) -> ModalityDatasetClassifier:
-    return ModalityDatasetClassifier(**args)
-
-
-def build_image_models(args: dict) -> tuple[StyleEncoder, SpadeGenerator, MultiScalePatchGAN]:
-    """Style encoder, generator and discriminator from the constructor arguments saved in a checkpoint."""
-    return (
-        StyleEncoder(**args["style_encoder"]),
-        SpadeGenerator(**args["generator"]),
-        MultiScalePatchGAN(**args["discriminator"]),
-    )
 
 
 def sample_style_codes(mu: torch.Tensor, logvar: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
@@ -65,25 +51,27 @@ class ImageGenerator:
         self.device = device
 
     @classmethod
-    def load(cls, folder: Path, device: torch.device) -> ImageGenerator:
-        folder = require_complete(folder, "image generator", "train-image-generator")
-        return cls.from_checkpoint(Path(folder) / CHECKPOINT_NAME, device)
+    def from_folder(cls, folder: Path, device: torch.device, channels: Sequence[str] | None = None) -> ImageGenerator:
+        """The generator of a finished stage folder; with `channels`, one made for other channels is refused."""
+        state = load_stage_checkpoint(folder, "image generator", "train-image-generator", channels=channels)
+        return cls._from_state(state, device)
 
     @classmethod
     def from_checkpoint(cls, path: Path, device: torch.device) -> ImageGenerator:
         """The EMA networks of a checkpoint (also of an unfinished training, for its evaluation)."""
-        state = load_checkpoint(path)
-        args = state["extra"]["model_args"]
-        style_encoder, generator, _ = build_image_models(args)
-        style_encoder.load_state_dict(state["ema"]["style_encoder"])
-        generator.load_state_dict(state["ema"]["generator"])
+        return cls._from_state(load_checkpoint(path), device)
+
+    @classmethod
+    def _from_state(cls, state: dict, device: torch.device) -> ImageGenerator:
+        extra = state["extra"]
         style_classifier = None
-        if args.get("style_modality_input", False):
-            saved = state["extra"]["style_classifier"]
-            style_classifier = build_classifier(saved["model_args"])
+        if extra.get("style_modality_input", False):
+            saved = extra["style_classifier"]
+            style_classifier = ModalityDatasetClassifier(**saved["model_args"])
             style_classifier.load_state_dict(saved["weights"])
-        return cls(style_encoder, generator, state["signature"]["channels"], tuple(state["signature"]["size"]), device,
-                   bool(args.get("sampled_code", True)), style_classifier)
+        return cls(build_model(state, "style_encoder", StyleEncoder, ema=True),
+                   build_model(state, "generator", SpadeGenerator, ema=True), state["signature"]["channels"],
+                   tuple(state["signature"]["size"]), device, bool(extra.get("sampled_code", True)), style_classifier)
 
     @torch.no_grad()
     def generate(self, pv_maps: torch.Tensor, style_images: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
@@ -113,13 +101,12 @@ class ModalityClassifier:
         self.device = device
 
     @classmethod
-    def load(cls, folder: Path, device: torch.device) -> ModalityClassifier:
-        folder = require_complete(folder, "modality classifier", "train-modisc")
-        state = load_checkpoint(Path(folder) / CHECKPOINT_NAME)
-        network = build_classifier(state["extra"]["model_args"])
-        network.load_state_dict(state["models"]["classifier"])
-        return cls(network, state["extra"]["modalities"], state["extra"]["datasets"], device,
-                   state["extra"]["model_args"])
+    def from_folder(cls, folder: Path, device: torch.device, channels: Sequence[str] | None = None
+                    ) -> ModalityClassifier:
+        """The classifier of a finished `train-modisc` folder; with `channels`, one of another schema is refused."""
+        state = load_stage_checkpoint(folder, "modality classifier", "train-modisc", channels=channels)
+        return cls(build_model(state, "classifier", ModalityDatasetClassifier), state["extra"]["modalities"],
+                   state["extra"]["datasets"], device, state["signature"]["model_args"]["classifier"])
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,11 +3,13 @@
 `LabelSampler.sample` draws every random number of sample i (initial latent and the noise
 of each step) from its own generator seeded with `noise_seeds[i]`, so a sample depends only
 on its seed, its condition and the models, never on the batch it is drawn in.
+`sample_label_maps` is the label half of `brainspade sample` and all of `sample-labels`:
+one seed derivation, one condition vocabulary, one post-processing path.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +19,18 @@ from monai.networks.schedulers import DDPMScheduler, RFlowScheduler
 from brainspade.data.slice_cache import SliceCache
 from brainspade.diffusion.objectives import make_scheduler, objective_of, schedule_table
 from brainspade.diffusion.samplers import DEFAULT_SAMPLER, SAMPLERS, sampling_timesteps
-from brainspade.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from brainspade.engine.stage import finished_fingerprint, require_complete
+from brainspade.engine.checkpoint import build_model
+from brainspade.engine.seeding import derived_seed
+from brainspade.engine.stage import finished_fingerprint, load_stage_checkpoint
 from brainspade.errors import BrainspadeError
 from brainspade.models.label_diffusion_unet import ConditionedDiffusionUNet
 from brainspade.models.label_vae import LabelVAE
+from brainspade.settings import LabelSamplingSettings
+
+# What each derived seed of a sample is for; a new purpose gets a new number, never a reused one.
+CONDITION, LABEL_NOISE, STYLE_CHOICE, IMAGE_NOISE = 0, 1, 2, 3
+# Which conditions the label LDM is given: the one vocabulary of `sample` and `sample-labels`.
+CONDITION_MODES = ("healthy", "lesion", "as_training", "ranges")
 
 
 def postprocess_pv_maps(pv_maps: torch.Tensor, background_index: int = 0, threshold: float = 0.075) -> torch.Tensor:
@@ -34,6 +43,12 @@ def postprocess_pv_maps(pv_maps: torch.Tensor, background_index: int = 0, thresh
         if channel != background_index:
             pv_maps[:, channel][empty] = 0.0
     return pv_maps / pv_maps.sum(dim=1, keepdim=True).clamp_min(1e-8)
+
+
+def load_label_vae(folder: Path, channels: Sequence[str] | None = None) -> LabelVAE:
+    """The VAE of a finished `train-label-vae` folder; with `channels`, one of another schema is refused."""
+    state = load_stage_checkpoint(folder, "label VAE", "train-label-vae", channels=channels)
+    return build_model(state, "vae", LabelVAE)
 
 
 class LabelSampler:
@@ -49,7 +64,6 @@ class LabelSampler:
         lesion_channels: Sequence[str],
         size: Sequence[int],
         device: torch.device,
-        background_threshold: float = 0.075,
     ):
         self.vae = vae.to(device).eval()
         self.unet = unet.to(device).eval()
@@ -61,31 +75,28 @@ class LabelSampler:
         self.lesion_channels = list(lesion_channels)
         self.size = (int(size[0]), int(size[1]))
         self.device = device
-        self.background_threshold = background_threshold
         self.background_index = self.channels.index("background") if "background" in self.channels else 0
         self.latent_shape = (vae.latent_channels, self.size[0] // vae.downsampling, self.size[1] // vae.downsampling)
 
     @classmethod
-    def load(cls, vae_folder: Path, ldm_folder: Path, device: torch.device) -> LabelSampler:
-        """Rebuild both networks from their finished stage folders (the LDM's EMA weights)."""
-        require_complete(vae_folder, "label VAE", "train-label-vae")
-        require_complete(ldm_folder, "label LDM", "train-label-ldm")
-        vae_state = load_checkpoint(Path(vae_folder) / CHECKPOINT_NAME)
-        ldm_state = load_checkpoint(Path(ldm_folder) / CHECKPOINT_NAME)
-        vae_fingerprint = finished_fingerprint(vae_folder)
-        if ldm_state["extra"].get("vae_fingerprint") != vae_fingerprint:
+    def from_folders(cls, vae_folder: Path, ldm_folder: Path, device: torch.device,
+                     channels: Sequence[str] | None = None) -> LabelSampler:
+        """Rebuild both networks from their finished stage folders (the LDM's EMA weights).
+
+        With `channels` (the data's schema), a generator made for other channels is refused in one line.
+        """
+        vae = load_label_vae(vae_folder, channels)
+        ldm_state = load_stage_checkpoint(ldm_folder, "label LDM", "train-label-ldm", channels=channels)
+        if ldm_state["signature"].get("vae_fingerprint") != finished_fingerprint(vae_folder):
             raise BrainspadeError(
                 f"{ldm_folder}: this label LDM was trained on another label VAE than {vae_folder}; "
                 "re-run `brainspade train-label-ldm force=true`"
             )
-        vae = LabelVAE(**vae_state["extra"]["model_args"])
-        vae.load_state_dict(vae_state["models"]["vae"])
-        unet = ConditionedDiffusionUNet(**ldm_state["extra"]["model_args"])
-        unet.load_state_dict(ldm_state["ema"]["unet"])
-        extra = ldm_state["extra"]
+        signature, extra = ldm_state["signature"], ldm_state["extra"]
         return cls(
-            vae, unet, make_scheduler(extra["scheduler"]), extra["scale_factor"], extra["channels"],
-            extra["lesion_channels"], extra["size"], device, float(extra.get("background_threshold", 0.075)),
+            vae, build_model(ldm_state, "unet", ConditionedDiffusionUNet, ema=True),
+            make_scheduler(extra["scheduler"]), extra["scale_factor"], signature["channels"],
+            signature["lesion_channels"], signature["size"], device,
         )
 
     @torch.no_grad()
@@ -93,17 +104,15 @@ class LabelSampler:
         self,
         conditions: torch.Tensor,
         noise_seeds: Sequence[int],
-        *,
-        steps: int = 50,
-        sampler: str = "auto",
-        guidance_scale: float = 1.0,
-        eta: float = 1.0,
+        settings: LabelSamplingSettings,
     ) -> torch.Tensor:
-        """PV maps (B, C, H, W) for conditions (B, L+1) = [lesion proportion per lesion channel..., slice position].
+        """Post-processed PV maps (B, C, H, W) for conditions (B, L+1) = [lesion proportions..., slice position].
 
+        `settings` hold the sampler, its steps, eta, guidance scale and the background threshold;
         `sampler="auto"` takes the one matching the LDM's training objective (ddim for ddpm, rflow for rflow).
         """
-        sampler = DEFAULT_SAMPLER[self.objective] if sampler == "auto" else sampler
+        steps, eta, guidance_scale = settings.steps, settings.eta, settings.guidance_scale
+        sampler = DEFAULT_SAMPLER[self.objective] if settings.sampler == "auto" else settings.sampler
         if sampler not in SAMPLERS:
             raise BrainspadeError(f"sampler={sampler!r}: use auto or one of {sorted(SAMPLERS)}")
         step_function, objective = SAMPLERS[sampler]
@@ -131,7 +140,7 @@ class LabelSampler:
             noise = self._noise(generators) if prev_timestep >= 0 and stochastic else None
             latents = step_function(latents, prediction, timestep, prev_timestep, self.schedule, noise, eta)
         pv_maps = self.vae.decode(latents / self.scale_factor)
-        return postprocess_pv_maps(pv_maps, self.background_index, self.background_threshold).cpu()
+        return postprocess_pv_maps(pv_maps, self.background_index, settings.background_threshold).cpu()
 
     def _noise(self, generators: list[torch.Generator]) -> torch.Tensor:
         # Drawn on the CPU, one generator per sample, so results do not depend on batch or device.
@@ -189,3 +198,38 @@ def draw_conditions(
         proportions = [rng.uniform(float(low), float(high)) for low, high in low_high]
         rows.append(np.array([*proportions, rng.uniform(float(slice_range[0]), float(slice_range[1]))], dtype=np.float32))
     return torch.from_numpy(np.stack(rows)) if rows else torch.zeros(0, len(lesion_channels) + 1)
+
+
+def condition_drawer(mode: str, lesion_channels: Sequence[str], settings: LabelSamplingSettings,
+                     training_conditions: np.ndarray) -> Callable[[Sequence[int]], torch.Tensor]:
+    """Per-sample conditions from per-sample seeds, for one of CONDITION_MODES.
+
+    healthy: no lesion, slice position in `settings.slice_range`; lesion: conditions of real
+    lesion slices of the generators' training data (`training_conditions`); as_training:
+    conditions of any training slice; ranges: `settings.lesion_range(s)` and `slice_range`.
+    """
+    if mode not in CONDITION_MODES:
+        raise BrainspadeError(f"conditions={mode!r}: use one of {', '.join(CONDITION_MODES)}")
+    lesions = list(lesion_channels)
+    if mode in ("lesion", "as_training"):
+        real = training_conditions
+        if mode == "lesion":
+            real = real[real[:, : len(lesions)].sum(axis=1) > 0]
+            if len(real) == 0:
+                raise BrainspadeError("conditions=lesion: the generators' training data has no lesion slice")
+        return lambda seeds: draw_conditions(seeds, lesions, training_conditions=real)
+    ranges = {} if mode == "healthy" else {
+        name: list(settings.lesion_ranges.get(name, settings.lesion_range)) for name in lesions}
+    unknown = sorted(set(settings.lesion_ranges) - set(lesions))
+    if mode == "ranges" and unknown:
+        raise BrainspadeError(f"label_sampling.lesion_ranges names {unknown}, which are not lesion channels {lesions}")
+    return lambda seeds: draw_conditions(seeds, lesions, lesion_ranges=ranges, slice_range=settings.slice_range)
+
+
+def sample_label_maps(sampler: LabelSampler, ids: Sequence[int], seed: int,
+                      draw: Callable[[Sequence[int]], torch.Tensor],
+                      settings: LabelSamplingSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """Conditions (B, L+1) and PV maps (B, C, H, W) of samples `ids`, each from its own derived seeds."""
+    conditions = draw([derived_seed(seed, i, CONDITION) for i in ids])
+    pv_maps = sampler.sample(conditions, [derived_seed(seed, i, LABEL_NOISE) for i in ids], settings)
+    return conditions, pv_maps

@@ -13,16 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from brainspade.engine.seeding import derived_seed
+from brainspade.generation.labels import CONDITION, IMAGE_NOISE, STYLE_CHOICE, LabelSampler, sample_label_maps
 from brainspade.generation.styles import StyleBank
-
-# What each derived seed is for; a new purpose gets a new number, never a reused one.
-CONDITION, LABEL_NOISE, STYLE_CHOICE, IMAGE_NOISE = 0, 1, 2, 3
-
-
-def derived_seed(seed: int, sample_id: int, purpose: int, attempt: int = 0) -> int:
-    """A 63-bit seed that depends only on its arguments (NumPy's SeedSequence hashing)."""
-    state = np.random.SeedSequence([seed, sample_id, purpose, attempt]).generate_state(2, dtype=np.uint32)
-    return int((int(state[0]) << 31) ^ int(state[1]))
+from brainspade.settings import LabelSamplingSettings
 
 
 @dataclass
@@ -44,8 +38,7 @@ class PairSynthesiser:
         style_bank: where style slices come from.
         draw_conditions: maps per-sample seeds to conditions (B, L+1) for the label LDM.
         seed: the run's seed.
-        label_steps: diffusion sampling steps; label_sampler_name: "auto", "ddim", "ddpm" or "rflow"; guidance_scale: CFG scale;
-            eta: DDIM eta.
+        label_settings: how the label LDM samples (sampler, steps, eta, guidance, background threshold).
         classifier: `ModalityClassifier` used as the modality filter, or None to accept every image.
         max_retries: how often a rejected image is regenerated with another style image.
         known_label_maps: returns the PV maps of given ids when another run already sampled them
@@ -55,15 +48,12 @@ class PairSynthesiser:
     def __init__(
         self,
         *,
-        label_sampler,
+        label_sampler: LabelSampler,
         image_generator,
         style_bank: StyleBank,
         draw_conditions: Callable[[Sequence[int]], torch.Tensor],
         seed: int,
-        label_steps: int,
-        label_sampler_name: str,
-        guidance_scale: float,
-        eta: float = 1.0,
+        label_settings: LabelSamplingSettings,
         classifier=None,
         max_retries: int = 3,
         device: torch.device | None = None,
@@ -74,10 +64,7 @@ class PairSynthesiser:
         self.style_bank = style_bank
         self.draw_conditions = draw_conditions
         self.seed = seed
-        self.label_steps = label_steps
-        self.label_sampler_name = label_sampler_name
-        self.guidance_scale = guidance_scale
-        self.eta = eta
+        self.label_settings = label_settings
         self.classifier = classifier
         self.max_retries = max_retries
         self.device = device or torch.device("cpu")
@@ -92,17 +79,12 @@ class PairSynthesiser:
     @torch.no_grad()
     def make(self, ids: Sequence[int]) -> PairBatch:
         ids = list(ids)
-        conditions = self.draw_conditions([derived_seed(self.seed, i, CONDITION) for i in ids]).to(self.device)
         pv_maps = self.known_label_maps(ids) if self.known_label_maps else None
         if pv_maps is None:
-            pv_maps = self.label_sampler.sample(
-                conditions,
-                [derived_seed(self.seed, i, LABEL_NOISE) for i in ids],
-                steps=self.label_steps,
-                sampler=self.label_sampler_name,
-                guidance_scale=self.guidance_scale,
-                eta=self.eta,
-            )
+            conditions, pv_maps = sample_label_maps(self.label_sampler, ids, self.seed, self.draw_conditions,
+                                                    self.label_settings)
+        else:
+            conditions = self.draw_conditions([derived_seed(self.seed, i, CONDITION) for i in ids])
         # The stored precision (float16): images made from maps sampled here and from maps read
         # back from another run are then the same.
         pv_maps = pv_maps.to(self.device).half().float()

@@ -6,5 +6,5 @@ import torch
 
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu, exp(logvar)) || N(0, I)), summed over code dimensions, averaged over the batch."""
-    return (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)).mean()
+    """KL(N(mu, exp(logvar)) || N(0, I)), summed over code (or latent-map) elements, averaged over the batch."""
+    return (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).flatten(1).sum(dim=1).mean()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
-from brainspade.stages.common import workdir
+from brainspade.stages.config import workdir
 
 PIPELINE = ("prepare-data", "train-label-vae", "train-label-ldm", "train-modisc", "train-image-generator")
 

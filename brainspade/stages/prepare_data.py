@@ -12,7 +12,7 @@ from brainspade.data.prepare import build_slice_cache
 from brainspade.engine.atomic import atomic_folder
 from brainspade.engine.stage import StageFolder, config_fingerprint
 from brainspade.errors import BrainspadeError
-from brainspade.stages.common import data_root, stage_path
+from brainspade.stages.config import data_root, plain, run_settings, section, stage_path
 from brainspade.stages.make_phantom import ensure_phantom
 
 
@@ -23,12 +23,15 @@ def run(cfg: DictConfig) -> Path:
     root = data_root(cfg)
     if not root.is_dir():
         raise BrainspadeError(f"{root}: data folder not found; set data.root=PATH to a folder with manifest.csv")
+    run_ = run_settings(cfg)
+    data, slices = section(cfg, "data"), section(cfg, "slices")
     rows = read_manifest(root)
-    _check_roles(cfg, {row.dataset for row in rows}, root)
+    _check_roles(data.source_datasets, data.target_datasets, {row.dataset for row in rows}, root)
     manifest_hash = hashlib.sha256((root / "manifest.csv").read_bytes()).hexdigest()
-    fingerprint = config_fingerprint(cfg.data, cfg.slices, manifest_hash)
+    # Hashed as the plain config nodes, as before the typed settings, so existing caches stay valid.
+    fingerprint = config_fingerprint(plain(cfg.data), plain(cfg.slices), manifest_hash)
     target = stage_path(cfg, "slices")
-    if StageFolder(target, fingerprint).reusable(bool(cfg.force)):
+    if StageFolder(target, fingerprint).reusable(run_.force):
         print(f"[prepare-data] {target} is up to date")
         return target
     # Validation happens inside the build; a bad row aborts before the swap, keeping any old cache.
@@ -37,31 +40,29 @@ def run(cfg: DictConfig) -> Path:
             rows,
             building,
             root=root,
-            channels=list(cfg.data.channels),
-            lesion_channels=list(cfg.data.lesion_channels),
-            label_values=OmegaConf.to_container(cfg.data.label_values) if cfg.data.label_values else None,
-            pv_tolerance=float(cfg.data.pv_tolerance),
-            size=list(cfg.slices.size),
-            min_brain_fraction=float(cfg.slices.min_brain_fraction),
-            every=int(cfg.slices.every),
+            channels=data.channels,
+            lesion_channels=data.lesion_channels,
+            label_values=data.label_values,
+            pv_tolerance=data.pv_tolerance,
+            size=slices.size,
+            min_brain_fraction=slices.min_brain_fraction,
+            every=slices.every,
         )
-        (building / "config.yaml").write_text(OmegaConf.to_yaml(
-            {"data": OmegaConf.to_container(cfg.data, resolve=True), "slices": OmegaConf.to_container(cfg.slices)}
-        ))
+        (building / "config.yaml").write_text(OmegaConf.to_yaml({"data": plain(cfg.data), "slices": plain(cfg.slices)}))
         StageFolder(building, fingerprint).finish({"images": "images.npy", "pv_maps": "pv_maps.npy"}, counts=counts)
     print(f"[prepare-data] {counts['image_slices']} image slices, {counts['label_slices']} PV slices from {counts['volumes']} volumes")
     return target
 
 
-def _check_roles(cfg: DictConfig, datasets: set[str], root: Path) -> None:
+def _check_roles(sources: list[str], targets: list[str], datasets: set[str], root: Path) -> None:
     """Source and target data sets named in config must exist in the manifest."""
-    named = list(cfg.data.source_datasets) + list(cfg.data.target_datasets)
+    named = sources + targets
     missing = [name for name in named if name not in datasets]
     if missing:
         raise BrainspadeError(
             f"{root}/manifest.csv: data set(s) {missing} named in data.source_datasets/target_datasets are not in "
             f"the manifest (it has {sorted(datasets)}); fix the config"
         )
-    overlap = set(cfg.data.source_datasets) & set(cfg.data.target_datasets)
+    overlap = set(sources) & set(targets)
     if overlap:
         raise BrainspadeError(f"data sets {sorted(overlap)} are both source and target; a data set has one role")

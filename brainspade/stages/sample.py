@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import ctypes
+import dataclasses
 import io
 import os
 from collections.abc import Sequence
@@ -22,14 +23,19 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from brainspade.data.datasets import generator_label_indices
 from brainspade.data.slice_cache import SliceCache
 from brainspade.engine.atomic import atomic_path, remove_stale_temporaries, write_text_atomic
 from brainspade.engine.logging import progress
+from brainspade.engine.runtime import select_device
 from brainspade.engine.stage import StageFolder, config_fingerprint, finished_fingerprint, require_complete
 from brainspade.errors import BrainspadeError
+from brainspade.generation.images import ImageGenerator, ModalityClassifier
+from brainspade.generation.labels import LabelSampler, condition_drawer, label_conditions
 from brainspade.generation.pairs import PairBatch, PairSynthesiser
 from brainspade.generation.styles import StyleBank, style_bank_from_cache, style_bank_from_folder
-from brainspade.stages.common import select_device, stage_path
+from brainspade.settings import LabelSamplingSettings
+from brainspade.stages.config import count, run_settings, section, stage_path
 
 BLOCKS = "blocks"
 LABEL_KEY = "label_key.txt"
@@ -39,7 +45,7 @@ def run(cfg: DictConfig) -> Path:
     return make_samples(
         cfg,
         name=cfg.name,
-        n=int(cfg.n),
+        n=count(cfg),
         style_dataset=cfg.style.dataset,
         style_modality=cfg.style.modality,
         style_folder=cfg.style.folder,
@@ -65,6 +71,9 @@ def make_samples(
     """
     if n <= 0:
         raise BrainspadeError(f"n={n}: ask for at least one sample, e.g. --n 100")
+    run_ = run_settings(cfg)
+    label_settings, sampling = section(cfg, "label_sampling"), section(cfg, "sampling")
+    sources = section(cfg, "data").source_datasets
     shard_index, shard_count = parse_shard(shard)
     name = name or default_name(style_dataset, style_folder, style_modality, conditions)
     workdir_slices = require_complete(stage_path(cfg, "slices"), "slice cache", "prepare-data")
@@ -72,38 +81,49 @@ def make_samples(
     label_ldm = require_complete(stage_path(cfg, "label_ldm"), "label LDM", "train-label-ldm")
     image_generator_folder = require_complete(stage_path(cfg, "image_generator"), "image generator", "train-image-generator")
     modisc = stage_path(cfg, "modisc")
-    use_filter = bool(cfg.sampling.modality_filter)
+    use_filter = sampling.modality_filter
     if use_filter:
         require_complete(modisc, "modality classifier", "train-modisc")
 
     settings = {
-        "n": n, "seed": int(cfg.seed), "style_dataset": style_dataset, "style_modality": style_modality,
+        "n": n, "seed": run_.seed, "style_dataset": style_dataset, "style_modality": style_modality,
         "style_folder": style_folder, "conditions": conditions,
-        "sampling": OmegaConf.to_container(cfg.sampling, resolve=True),
-        "label_sampling": OmegaConf.to_container(cfg.label_sampling, resolve=True),
+        "sampling": dataclasses.asdict(sampling),
+        "label_sampling": dataclasses.asdict(label_settings),
         "models": [finished_fingerprint(p) for p in (label_vae, label_ldm, image_generator_folder)],
     }
     folder = StageFolder(stage_path(cfg, "samples") / name, config_fingerprint(settings))
-    if folder.reusable(bool(cfg.force)):
+    if folder.reusable(run_.force):
         print(f"[sample] {folder.path} is up to date")
         return folder.path
-    _check_same_run(folder.path, settings, bool(cfg.force))
+    _check_same_run(folder.path, settings, run_.force)
     # Everything the label maps depend on; runs that differ only in style share their maps.
     label_key = config_fingerprint({k: settings[k] for k in ("seed", "conditions", "label_sampling")},
                                    settings["models"][:2], settings["sampling"]["batch_size"],
-                                   finished_fingerprint(workdir_slices), list(cfg.data.source_datasets))
+                                   finished_fingerprint(workdir_slices), sources)
     write_text_atomic(folder.path / LABEL_KEY, label_key + "\n")
     for sub in ("imagesTr", "labelsTr", "pv", BLOCKS):
         (folder.path / sub).mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(folder.path)  # an earlier run killed mid-write leaves only these behind
 
-    device = select_device(cfg)
+    device = select_device(run_.device)
     cache = SliceCache.open(workdir_slices)
     bank = _style_bank(cache, style_dataset, style_modality, style_folder)
-    shared = SharedLabelMaps(folder.path, label_key) if bool(cfg.sampling.share_label_maps) else None
-    synthesiser = _synthesiser(cfg, cache, bank, conditions, label_vae, label_ldm, image_generator_folder,
-                               modisc if use_filter else None, device, shared)
-    batch_size = int(cfg.sampling.batch_size)
+    shared = SharedLabelMaps(folder.path, label_key) if sampling.share_label_maps else None
+    label_sampler = LabelSampler.from_folders(label_vae, label_ldm, device, cache.channels)
+    synthesiser = PairSynthesiser(
+        label_sampler=label_sampler,
+        image_generator=ImageGenerator.from_folder(image_generator_folder, device, cache.channels),
+        style_bank=bank,
+        draw_conditions=label_condition_drawer(conditions, cache, label_sampler, label_settings, sources),
+        seed=run_.seed,
+        label_settings=label_settings,
+        classifier=ModalityClassifier.from_folder(modisc, device, cache.channels) if use_filter else None,
+        max_retries=sampling.max_retries,
+        device=device,
+        known_label_maps=shared.load if shared else None,
+    )
+    batch_size = sampling.batch_size
     blocks = [b for b in range(_block_count(n, batch_size)) if b % shard_count == shard_index]
     missing = [b for b in blocks if not _block_record(folder.path, b).is_file()]
     bar = progress(total=len(missing) * batch_size, desc=f"sample {name}", unit="pair")
@@ -201,64 +221,11 @@ def _style_bank(cache: SliceCache, dataset: str | None, modality: str, folder: s
     return style_bank_from_cache(cache, dataset, modality)
 
 
-def _synthesiser(cfg, cache, bank, conditions, label_vae, label_ldm, image_generator_folder, modisc, device,
-                 shared_label_maps: SharedLabelMaps | None = None):
-    from brainspade.generation.images import ImageGenerator, ModalityClassifier
-    from brainspade.generation.labels import LabelSampler
-
-    label_sampler = LabelSampler.load(label_vae, label_ldm, device)
-    if label_sampler.channels != cache.channels:
-        raise BrainspadeError(
-            f"{label_ldm}: label generator channels {label_sampler.channels} differ from the data's {cache.channels}"
-        )
-    return PairSynthesiser(
-        label_sampler=label_sampler,
-        image_generator=ImageGenerator.load(image_generator_folder, device),
-        style_bank=bank,
-        draw_conditions=condition_drawer(cfg, cache, label_sampler, conditions),
-        seed=int(cfg.seed),
-        label_steps=int(cfg.label_sampling.steps),
-        label_sampler_name=str(cfg.label_sampling.sampler),
-        guidance_scale=float(cfg.label_sampling.guidance_scale),
-        eta=float(cfg.label_sampling.eta),
-        classifier=ModalityClassifier.load(modisc, device) if modisc is not None else None,
-        max_retries=int(cfg.sampling.max_retries),
-        device=device,
-        known_label_maps=shared_label_maps.load if shared_label_maps else None,
-    )
-
-
-CONDITION_MODES = ("healthy", "lesion", "as_training", "ranges")
-
-
-def condition_drawer(cfg, cache, label_sampler, conditions: str):
-    """Per-sample conditions from per-sample seeds.
-
-    healthy: no lesion, slice position in label_sampling.slice_range; lesion: conditions of real
-    lesion slices of the generators' training data; as_training: conditions of any training
-    slice; ranges: label_sampling.lesion_range(s) and slice_range as configured.
-    """
-    from brainspade.data.datasets import generator_label_indices
-    from brainspade.generation.labels import draw_conditions, label_conditions
-
-    if conditions not in CONDITION_MODES:
-        raise BrainspadeError(f"conditions={conditions!r}: use one of {', '.join(CONDITION_MODES)}")
-    lesions = list(label_sampler.lesion_channels)
-    slice_range = list(cfg.label_sampling.slice_range)
-    if conditions in ("lesion", "as_training"):
-        real = label_conditions(cache, generator_label_indices(cache, cfg.data.source_datasets))
-        if conditions == "lesion":
-            real = real[real[:, : len(lesions)].sum(axis=1) > 0]
-            if len(real) == 0:
-                raise BrainspadeError("conditions=lesion: the generators' training data has no lesion slice")
-        return lambda seeds: draw_conditions(seeds, lesions, training_conditions=real)
-    ranges = {} if conditions == "healthy" else _lesion_ranges(cfg, lesions)
-    return lambda seeds: draw_conditions(seeds, lesions, lesion_ranges=ranges, slice_range=slice_range)
-
-
-def _lesion_ranges(cfg, lesions: list[str]) -> dict[str, list[float]]:
-    named = OmegaConf.to_container(cfg.label_sampling.lesion_ranges)
-    return {name: list(named.get(name, cfg.label_sampling.lesion_range)) for name in lesions}
+def label_condition_drawer(mode: str, cache: SliceCache, label_sampler: LabelSampler,
+                           settings: LabelSamplingSettings, sources: list[str]):
+    """Per-sample conditions of `mode` (generation.labels.CONDITION_MODES), shared by sample and sample-labels."""
+    training = label_conditions(cache, generator_label_indices(cache, sources))
+    return condition_drawer(mode, label_sampler.lesion_channels, settings, training)
 
 
 def _block_count(n: int, batch_size: int) -> int:

@@ -1,4 +1,9 @@
-"""`brainspade sample-labels --n N`: synthetic PV maps from the label LDM, in W/label_samples."""
+"""`brainspade sample-labels --n N`: the label half of `brainspade sample`, in W/label_samples.
+
+The same seeds, conditions (`conditions=healthy|lesion|as_training|ranges`), blocks of
+`sampling.batch_size` and `label_sampling` settings as `sample`: with the same seed and
+conditions, `pv/syn_XXXXXX.npy` here equals the file of the same name in a `sample` run.
+"""
 
 from __future__ import annotations
 
@@ -7,93 +12,69 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from brainspade.data.datasets import generator_label_indices
 from brainspade.data.slice_cache import SliceCache
 from brainspade.engine.atomic import atomic_path, write_json_atomic
 from brainspade.engine.logging import colourise_labels, log_image_columns, progress, tensorboard_writer
+from brainspade.engine.runtime import select_device
 from brainspade.engine.stage import StageFolder, config_fingerprint, finished_fingerprint, require_complete
-from brainspade.errors import BrainspadeError
-from brainspade.generation.label_training import lesion_present, tissue_volumes
-from brainspade.generation.labels import LabelSampler, draw_conditions, label_conditions
-from brainspade.stages.common import select_device, stage_path
-
-CONDITION_SEED, NOISE_SEED = 0, 1
-
-
-def sample_seed(seed: int, index: int, purpose: int) -> int:
-    """A per-sample seed that depends only on the run seed, the sample's index and what it is for."""
-    return int(np.random.SeedSequence([seed, index, purpose]).generate_state(1)[0])
-
-
-def condition_options(cfg: DictConfig, lesion_channels: list[str]) -> dict:
-    """Keyword arguments of `draw_conditions` from the label_sampling config section."""
-    settings = cfg.label_sampling
-    if settings.conditions == "training":
-        cache = SliceCache.open(require_complete(stage_path(cfg, "slices"), "slice cache", "prepare-data"))
-        return {"training_conditions": label_conditions(cache, generator_label_indices(cache, list(cfg.data.source_datasets)))}
-    if settings.conditions != "ranges":
-        raise BrainspadeError(f"label_sampling.conditions={settings.conditions}: use ranges or training")
-    ranges = {name: list(settings.lesion_range) for name in lesion_channels}
-    ranges.update({name: list(r) for name, r in (OmegaConf.to_container(settings.lesion_ranges) or {}).items()})
-    return {"lesion_ranges": ranges, "slice_range": list(settings.slice_range)}
+from brainspade.generation.labels import LabelSampler, sample_label_maps
+from brainspade.stages.config import count, resolved_yaml, run_settings, section, stage_path
+from brainspade.stages.sample import case_id, label_condition_drawer
+from brainspade.training.label_batches import lesion_present, tissue_volumes
 
 
 def run(cfg: DictConfig) -> Path:
-    """Write N post-processed PV maps (sample_XXXXXX.npy, float32 C x H x W) and conditions.csv."""
-    n = int(cfg.n)
-    if n <= 0:
-        raise BrainspadeError(f"n={n}: ask for at least one sample, e.g. --n 100")
+    """Write N post-processed PV maps (pv/syn_XXXXXX.npy, float16 C x H x W) and conditions.csv."""
+    n = count(cfg)
+    run_ = run_settings(cfg)
+    label_settings, sampling = section(cfg, "label_sampling"), section(cfg, "sampling")
+    conditions_mode = str(cfg.conditions)
+    slices = require_complete(stage_path(cfg, "slices"), "slice cache", "prepare-data")
     vae_folder = require_complete(stage_path(cfg, "label_vae"), "label VAE", "train-label-vae")
     ldm_folder = require_complete(stage_path(cfg, "label_ldm"), "label LDM", "train-label-ldm")
-    settings = cfg.label_sampling
-    fingerprint = config_fingerprint(settings, n, int(cfg.seed), finished_fingerprint(vae_folder), finished_fingerprint(ldm_folder))
+    fingerprint = config_fingerprint(label_settings, sampling.batch_size, conditions_mode, n, run_.seed,
+                                     finished_fingerprint(vae_folder), finished_fingerprint(ldm_folder))
     folder = StageFolder(stage_path(cfg, "label_samples"), fingerprint)
-    if folder.is_up_to_date() and not cfg.force:
+    if folder.is_up_to_date() and not run_.force:
         print(f"[sample-labels] {folder.path} is up to date")
         return folder.path
+    cache = SliceCache.open(slices)
+    sampler = LabelSampler.from_folders(vae_folder, ldm_folder, select_device(run_.device), cache.channels)
+    draw = label_condition_drawer(conditions_mode, cache, sampler, label_settings, section(cfg, "data").source_datasets)
     # Samples are an output nothing trains on: another n, seed or setting simply replaces them.
-    folder.prepare(cfg, force=True)
-    for old in folder.path.glob("sample_*.npy"):
+    folder.prepare(resolved_yaml(cfg), force=True)
+    (folder.path / "pv").mkdir(exist_ok=True)
+    for old in folder.path.glob("pv/*.npy"):
         old.unlink()
 
-    sampler = LabelSampler.load(vae_folder, ldm_folder, select_device(cfg))
-    sampler.background_threshold = float(settings.background_threshold)
-    seed = int(cfg.seed)
-    conditions = draw_conditions([sample_seed(seed, i, CONDITION_SEED) for i in range(n)], sampler.lesion_channels,
-                                 **condition_options(cfg, sampler.lesion_channels))
-    noise_seeds = [sample_seed(seed, i, NOISE_SEED) for i in range(n)]
-    batch_size = int(settings.batch_size)
     rows, volumes, present = [], [], []
     bar = progress(total=n, desc="sample-labels", unit="map")
     writer = tensorboard_writer(folder.path)
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        pv_maps = sampler.sample(
-            conditions[start:stop], noise_seeds[start:stop], steps=int(settings.steps), sampler=str(settings.sampler),
-            guidance_scale=float(settings.guidance_scale), eta=float(settings.eta),
-        )
-        for k, i in enumerate(range(start, stop)):
-            name = f"sample_{i:06d}.npy"
-            with atomic_path(folder.path / name) as tmp:
-                np.save(tmp, pv_maps[k].numpy().astype(np.float32))
-            rows.append({"sample": i, "file": name, "noise_seed": noise_seeds[i],
-                         **{f"lesion_{c}": float(conditions[i, j]) for j, c in enumerate(sampler.lesion_channels)},
-                         "slice_position": float(conditions[i, -1])})
+    for start in range(0, n, sampling.batch_size):
+        ids = list(range(start, min(start + sampling.batch_size, n)))
+        conditions, pv_maps = sample_label_maps(sampler, ids, run_.seed, draw, label_settings)
+        for k, i in enumerate(ids):
+            with atomic_path(folder.path / "pv" / f"{case_id(i)}.npy") as tmp:
+                np.save(tmp, pv_maps[k].numpy().astype(np.float16))
+            rows.append({"id": i, "file": f"pv/{case_id(i)}.npy",
+                         **{f"lesion_{c}": float(conditions[k, j]) for j, c in enumerate(sampler.lesion_channels)},
+                         "slice_position": float(conditions[k, -1])})
         volumes.append(tissue_volumes(pv_maps))
-        present.append(torch.stack([lesion_present(pv_maps, sampler.channels.index(c), 10)
-                                    for c in sampler.lesion_channels], dim=1) if sampler.lesion_channels else None)
-        if start == 0:
+        if sampler.lesion_channels:
+            present.append(torch.stack([lesion_present(pv_maps, sampler.channels.index(c), 10)
+                                        for c in sampler.lesion_channels], dim=1))
+        if start == 0 and writer is not None:
             log_image_columns(writer, "samples", [colourise_labels(pv_maps[:8])], 0)
-        bar.update(stop - start)
+        bar.update(len(ids))
     bar.close()
     if writer is not None:
         writer.close()
     _write_conditions(folder.path / "conditions.csv", rows)
     write_json_atomic(folder.path / "metrics.json", _summary(sampler, np.concatenate(volumes), present))
     print(f"[sample-labels] {n} PV maps in {folder.path}")
-    return folder.finish({"conditions": "conditions.csv", "pv_maps": "sample_*.npy", "metrics": "metrics.json"}, n=n)
+    return folder.finish({"conditions": "conditions.csv", "pv_maps": "pv/", "metrics": "metrics.json"}, n=n)
 
 
 def _write_conditions(path: Path, rows: list[dict]) -> None:
@@ -105,7 +86,7 @@ def _write_conditions(path: Path, rows: list[dict]) -> None:
 
 def _summary(sampler: LabelSampler, volumes: np.ndarray, present: list) -> dict:
     summary = {"mean_tissue_volume": {c: float(volumes[:, i].mean()) for i, c in enumerate(sampler.channels)}}
-    if sampler.lesion_channels:
+    if present:
         rates = torch.cat(present).float().mean(dim=0)
         summary["lesion_rate"] = {c: float(rates[j]) for j, c in enumerate(sampler.lesion_channels)}
     return summary

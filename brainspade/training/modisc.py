@@ -7,22 +7,20 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
 
-from brainspade.data.datasets import ImageSlices, generator_image_indices
+from brainspade.data.datasets import ImageSlices
 from brainspade.data.slice_cache import SliceCache
 from brainspade.data.slicing import background_channel
 from brainspade.engine import distributed
-from brainspade.engine.checkpoint import (
-    CHECKPOINT_NAME,
-    load_checkpoint,
-    restore_training_state,
-    save_checkpoint,
-)
-from brainspade.engine.logging import progress, tensorboard_writer
-from brainspade.engine.runtime import Runtime, StepTimer
+from brainspade.engine.checkpoint import schema_signature
+from brainspade.engine.runtime import Runtime
 from brainspade.errors import BrainspadeError
-from brainspade.generation.images import build_classifier
+from brainspade.models.modality_classifier import ModalityDatasetClassifier
+from brainspade.settings import ModiscSettings
+from brainspade.training.loop import Checkpointer, Schedule, run_steps
+from brainspade.training.models import build
+
+COMMAND = "train-modisc"
 
 
 def collate(dataset: ImageSlices, items: np.ndarray, background: int) -> dict[str, torch.Tensor]:
@@ -66,54 +64,32 @@ def zscore_in_mask(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (images - mean) / std
 
 
-def train_classifier(cfg: DictConfig, cache: SliceCache, folder: Path, runtime: Runtime) -> dict | None:
+def train_classifier(folder: Path, cache: SliceCache, train: np.ndarray, sources: list[str], settings: ModiscSettings,
+                     runtime: Runtime, seed: int, config: dict) -> dict | None:
     """Train (resuming from folder's checkpoint) and return the held-out metrics (None on ranks other than 0)."""
-    settings = cfg.modisc
     device = runtime.device
-    source = list(cfg.data.source_datasets)
-    train = generator_image_indices(cache, source)
     if len(train) == 0:
-        raise BrainspadeError(f"{cache.folder}: no train-split images of the source data sets {source}")
+        raise BrainspadeError(f"{cache.folder}: no train-split images of the source data sets {sources}")
     modalities = sorted(set(cache.image_table["modality"][train].tolist()))
-    dataset = ImageSlices(cache, train, modalities, source)
+    dataset = ImageSlices(cache, train, modalities, sources)
     background = background_channel(cache.channels)
-    model_args = {
-        "n_modalities": len(modalities), "n_datasets": len(source), "init_features": int(settings.init_features),
-        "growth_rate": int(settings.growth_rate), "block_config": [int(b) for b in settings.block_config],
-        "dropout": float(settings.dropout),
-    }
-    network = build_classifier(model_args).to(device)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=float(settings.lr), weight_decay=float(settings.weight_decay))
-    # The architecture is part of the signature: a changed width is refused in one line, not deep in load_state_dict.
-    signature = {"channels": cache.channels, "size": list(cache.size), "modalities": modalities, "datasets": source,
-                 "model_args": model_args}
-    checkpoint = folder / CHECKPOINT_NAME
-    start = 0
-    if checkpoint.is_file():
-        state = load_checkpoint(checkpoint, expected_signature=signature)
-        start = restore_training_state(state, models={"classifier": network}, optimizers={"classifier": optimizer})
-        if distributed.is_main():
-            print(f"[train-modisc] resuming at step {start}")
+    args = {"classifier": {**settings.model, "n_modalities": len(modalities), "n_datasets": len(sources)}}
+    network = build(ModalityDatasetClassifier, args["classifier"], "modisc.model").to(device)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    # The classes are part of the signature: a rerun on other modalities or data sets is refused in one line.
+    signature = {**schema_signature(cache.channels, cache.lesion_channels, cache.size, args),
+                 "modalities": modalities, "datasets": sources}
+    checkpointer = Checkpointer(folder, signature, {"classifier": network}, {"classifier": optimizer},
+                                extra={"modalities": modalities, "datasets": sources}, config=config)
     trained = runtime.prepare(network)
-
-    def save(at: int) -> None:
-        if not distributed.is_main():
-            return
-        save_checkpoint(checkpoint, step=at, models={"classifier": network}, optimizers={"classifier": optimizer},
-                        signature=signature, config=OmegaConf.to_container(cfg, resolve=True),
-                        extra={"model_args": model_args, "modalities": modalities, "datasets": source})
-
-    writer = tensorboard_writer(folder)
-    steps = int(settings.steps)
-    batch_size = distributed.local_batch_size(int(settings.batch_size), "modisc.batch_size")
+    batch_size = distributed.local_batch_size(settings.batch_size, "modisc.batch_size")
     augment = settings.augment
     trained.train()
-    timer = StepTimer(device)
-    for step in progress(range(start, steps), initial=start, total=steps, desc="train-modisc"):
-        distributed.seed_step(int(cfg.seed), step)
+
+    def train_step(step: int) -> dict[str, float]:
         batch = collate(dataset, torch.randint(len(train), (batch_size,)).numpy(), background)
-        images = runtime.inputs(augment_intensity(batch["image"], batch["brain"], float(augment.bias_field),
-                                                  float(augment.gamma), float(augment.noise)))
+        images = runtime.inputs(augment_intensity(batch["image"], batch["brain"], augment.bias_field,
+                                                  augment.gamma, augment.noise))
         with runtime.autocast():
             modality_logits, dataset_logits = trained(images)
         loss = F.cross_entropy(modality_logits.float(), batch["modality"].to(device)) + F.cross_entropy(
@@ -121,21 +97,15 @@ def train_classifier(cfg: DictConfig, cache: SliceCache, folder: Path, runtime: 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if (step + 1) % int(settings.log_every) == 0:
-            mean_loss = distributed.mean_over_ranks({"loss": loss.item()})["loss"]
-            if writer is not None:
-                writer.add_scalar("modisc/loss", mean_loss, step + 1)
-        if (step + 1) % int(settings.checkpoint_every) == 0 and step + 1 < steps:
-            save(step + 1)
-        timer.tick()
-    save(steps)
-    if writer is not None:
-        writer.close()
-    run_info = runtime.summary({"classifier": network}, timer, "train-modisc")
+        return {"cross_entropy": loss.item()}
+
+    schedule = Schedule(settings.steps, settings.log_every, settings.checkpoint_every)
+    timer = run_steps(COMMAND, checkpointer, schedule, seed, device, train_step)
+    run_info = runtime.summary({"classifier": network}, timer, COMMAND)
     if not distributed.is_main():
         return None
     network.eval()
-    metrics = evaluate_classifier(network, cache, modalities, source, int(settings.batch_size), device)
+    metrics = evaluate_classifier(network, cache, modalities, sources, settings.batch_size, device)
     return {**metrics, "runtime": run_info}
 
 

@@ -7,6 +7,7 @@ generator side (encoder + SPADE generator) with the weighted loss terms, then th
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -14,64 +15,35 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from brainspade.data.datasets import ImageSlices, generator_image_indices, style_image_indices
+from brainspade.data.datasets import ImageSlices, style_image_indices
 from brainspade.data.slice_cache import SliceCache
 from brainspade.data.slicing import background_channel
 from brainspade.engine import distributed
-from brainspade.engine.checkpoint import (
-    CHECKPOINT_NAME,
-    load_checkpoint,
-    restore_training_state,
-    save_checkpoint,
-)
+from brainspade.engine.checkpoint import schema_signature
 from brainspade.engine.ema import make_ema, update_ema
-from brainspade.engine.logging import (
-    colourise_labels,
-    grey_to_rgb,
-    log_image_columns,
-    progress,
-    tensorboard_writer,
-)
-from brainspade.engine.runtime import Runtime, StepTimer
+from brainspade.engine.logging import colourise_labels, grey_to_rgb, log_image_columns
+from brainspade.engine.runtime import Runtime
 from brainspade.errors import BrainspadeError
-from brainspade.generation.images import (
-    ImageGenerator,
-    ModalityClassifier,
-    build_image_models,
-    with_style_modality,
-)
-from brainspade.generation.modisc_training import collate
+from brainspade.generation.fidelity import paired_fidelity
+from brainspade.generation.images import ImageGenerator, ModalityClassifier, with_style_modality
 from brainspade.losses.gan import feature_matching_loss, hinge_discriminator_loss, hinge_generator_loss
 from brainspade.losses.kl import kl_divergence
 from brainspade.losses.modality import modality_dataset_loss
 from brainspade.losses.perceptual import make_perceptual_loss
 from brainspade.losses.style_consistency import StyleConsistencyLoss
+from brainspade.models.multiscale_patchgan import MultiScalePatchGAN
+from brainspade.models.spade_generator import SpadeGenerator
+from brainspade.models.style_encoder import StyleEncoder
+from brainspade.settings import ImageGeneratorSettings
+from brainspade.training.loop import Checkpointer, Schedule, run_steps
+from brainspade.training.models import build
+from brainspade.training.modisc import collate
 
+COMMAND = "train-image-generator"
 LOSS_TERMS = ("adversarial", "feature_matching", "perceptual", "kl", "modality_dataset", "style_consistency",
               "reconstruction")
-
-
-def validate_weights(weights: Mapping[str, float]) -> None:
-    """alpha_mod > alpha_dat (METHOD.md), unless the modality/data-set loss is off (both 0)."""
-    alpha_mod, alpha_dat = float(weights["modality"]), float(weights["dataset"])
-    if (alpha_mod or alpha_dat) and not alpha_mod > alpha_dat:
-        raise BrainspadeError(
-            f"image_generator.weights: modality={alpha_mod} must exceed dataset={alpha_dat} "
-            "(the paper uses 0.75 > 0.3); set both to 0 to switch the loss off"
-        )
-    negative = [k for k, v in weights.items() if float(v) < 0]
-    if negative:
-        raise BrainspadeError(f"image_generator.weights.{negative[0]} is negative; weights are >= 0 (0 disables a term)")
-
-
-def needs_classifier(settings: DictConfig) -> bool:
-    weights = settings.weights
-    return bool(float(weights.modality) or float(weights.dataset) or settings.style_modality_input) or (
-        float(weights.perceptual) > 0 and str(settings.perceptual_network) == "classifier")
 
 
 @dataclass
@@ -85,17 +57,17 @@ class Networks:
 class GeneratorLosses:
     """The generator side's loss terms, each returned unweighted so tests and logs can see them apart."""
 
-    def __init__(self, networks: Networks, settings: DictConfig, device: torch.device):
+    def __init__(self, networks: Networks, settings: ImageGeneratorSettings, device: torch.device):
         self.networks = networks
-        self.weights = {k: float(v) for k, v in settings.weights.items()}
-        self.sampled_code = bool(settings.sampled_code)
-        self.style_modality_input = bool(settings.style_modality_input)
-        self.perceptual = (make_perceptual_loss(str(settings.perceptual_network), networks.classifier).to(device)
+        self.weights = dataclasses.asdict(settings.weights)
+        self.sampled_code = settings.sampled_code
+        self.style_modality_input = settings.style_modality_input
+        self.perceptual = (make_perceptual_loss(settings.perceptual_network, networks.classifier).to(device)
                            if self.weights["perceptual"] > 0 else None)
         affine = settings.style_affine
         self.style_consistency = StyleConsistencyLoss(
-            rotate=float(affine.rotate), scale=float(affine.scale), translate=float(affine.translate),
-            negative_weight=float(settings.style_negatives.weight), negative_margin=float(settings.style_negatives.margin),
+            rotate=affine.rotate, scale=affine.scale, translate=affine.translate,
+            negative_weight=settings.style_negatives.weight, negative_margin=settings.style_negatives.margin,
         )
 
     def weighted(self, term: str) -> float:
@@ -171,89 +143,72 @@ class StylePairs:
         return target
 
 
-def model_arguments(settings: DictConfig, channels: list[str], size: tuple[int, int], modalities: int = 0) -> dict:
-    """Constructor arguments of the three networks; `modalities` counts the classifier's modality outputs."""
-    style_modality_input = bool(settings.style_modality_input)
-    if style_modality_input and modalities < 1:
+def model_arguments(settings: ImageGeneratorSettings, channels: list[str], size: tuple[int, int],
+                    modalities: int = 0) -> dict[str, dict]:
+    """Constructor arguments of the three networks: the config nodes plus what the data decides.
+
+    `modalities` counts the classifier's modality outputs, fed to the generator next to the code
+    when `style_modality_input` is on.
+    """
+    if settings.style_modality_input and modalities < 1:
         raise BrainspadeError("image_generator.style_modality_input=true needs a trained modality classifier (train-modisc)")
-    generator_code = int(settings.z_dim) + (modalities if style_modality_input else 0)
+    style_encoder = {"z_dim": 16, **settings.style_encoder}
+    generator_code = style_encoder["z_dim"] + (modalities if settings.style_modality_input else 0)
     return {
-        "sampled_code": bool(settings.sampled_code),
-        "style_modality_input": style_modality_input,
-        "style_encoder": {"z_dim": int(settings.z_dim), "channels": [int(c) for c in settings.encoder_channels]},
-        "generator": {
-            "label_channels": len(channels), "z_dim": generator_code, "size": list(size),
-            "channels": [int(c) for c in settings.generator_channels], "spade_hidden": int(settings.spade_hidden),
-            "style_at_every_scale": bool(settings.style_at_every_scale),
-        },
-        "discriminator": {
-            "in_channels": len(channels) + 1, "num_scales": int(settings.discriminator_scales),
-            "num_layers": int(settings.discriminator_layers), "channels": int(settings.discriminator_channels),
-        },
+        "style_encoder": style_encoder,
+        "generator": {**settings.generator, "label_channels": len(channels), "z_dim": generator_code,
+                      "size": list(size)},
+        "discriminator": {**settings.discriminator, "in_channels": len(channels) + 1},
     }
 
 
-def train_image_generator(cfg: DictConfig, cache: SliceCache, folder: Path, classifier_folder: Path | None,
-                          runtime: Runtime) -> dict:
+def train_image_generator(folder: Path, cache: SliceCache, train: np.ndarray, sources: list[str],
+                          classifier: ModalityClassifier | None, settings: ImageGeneratorSettings,
+                          runtime: Runtime, seed: int, config: dict) -> dict:
     """Train (resuming from folder's checkpoint), leave the final checkpoint in folder; the runtime summary.
 
     Under torchrun the generator side (style encoder, generator) and the discriminator are
     DDP-wrapped separately (two optimisers, two backward passes per step); the frozen
     classifier is not wrapped (it has no gradients to average).
     """
-    settings = cfg.image_generator
     device = runtime.device
-    validate_weights(settings.weights)
-    source = list(cfg.data.source_datasets)
-    train = generator_image_indices(cache, source)
     if len(train) == 0:
-        raise BrainspadeError(f"{cache.folder}: no train-split images of the source data sets {source}")
-    classifier = ModalityClassifier.load(classifier_folder, device) if classifier_folder is not None else None
+        raise BrainspadeError(f"{cache.folder}: no train-split images of the source data sets {sources}")
     modalities = classifier.modalities if classifier else sorted(set(cache.image_table["modality"][train].tolist()))
-    datasets = classifier.datasets if classifier else source
+    datasets = classifier.datasets if classifier else sources
     pairs = StylePairs(cache, train, modalities, datasets)
 
     args = model_arguments(settings, cache.channels, cache.size, len(classifier.modalities) if classifier else 0)
-    style_encoder, generator, discriminator = (m.to(device) for m in build_image_models(args))
-    betas = tuple(float(b) for b in settings.betas)
+    style_encoder = build(StyleEncoder, args["style_encoder"], "image_generator.style_encoder").to(device)
+    generator = build(SpadeGenerator, args["generator"], "image_generator.generator").to(device)
+    discriminator = build(MultiScalePatchGAN, args["discriminator"], "image_generator.discriminator").to(device)
+    betas = tuple(settings.betas)
     # Two time-scale update rule (Heusel et al. 2017): the discriminator learns faster.
     generator_optimizer = torch.optim.Adam([*style_encoder.parameters(), *generator.parameters()],
-                                           lr=float(settings.lr_generator), betas=betas)
-    discriminator_optimizer = torch.optim.Adam(discriminator.parameters(), lr=float(settings.lr_discriminator),
-                                               betas=betas)
+                                           lr=settings.lr_generator, betas=betas)
+    discriminator_optimizer = torch.optim.Adam(discriminator.parameters(), lr=settings.lr_discriminator, betas=betas)
     ema = {"style_encoder": make_ema(style_encoder), "generator": make_ema(generator)}
     models = {"style_encoder": style_encoder, "generator": generator, "discriminator": discriminator}
     optimizers = {"generator": generator_optimizer, "discriminator": discriminator_optimizer}
-    signature = {"channels": cache.channels, "size": list(cache.size), "model_args": args}
-    checkpoint = folder / CHECKPOINT_NAME
-    start = 0
-    if checkpoint.is_file():
-        state = load_checkpoint(checkpoint, expected_signature=signature)
-        start = restore_training_state(state, models=models, optimizers=optimizers, ema_models=ema)
-        if distributed.is_main():
-            print(f"[train-image-generator] resuming at step {start}")
+    # A generator fed the classifier's modality needs that classifier to generate: it is saved with it.
+    style_classifier = ({"style_classifier": {"model_args": classifier.model_args,
+                                              "weights": classifier.network.state_dict()}}
+                        if settings.style_modality_input else {})
+    signature = {**schema_signature(cache.channels, cache.lesion_channels, cache.size, args),
+                 "sampled_code": settings.sampled_code, "style_modality_input": settings.style_modality_input}
+    checkpointer = Checkpointer(
+        folder, signature, models, optimizers, ema, config=config,
+        extra={"modalities": modalities, "datasets": datasets, "sampled_code": settings.sampled_code,
+               "style_modality_input": settings.style_modality_input, **style_classifier})
     trained = {name: runtime.prepare(model) for name, model in models.items()}
     networks = Networks(trained["style_encoder"], trained["generator"], trained["discriminator"],
                         classifier.network if classifier else None)
     losses = GeneratorLosses(networks, settings, device)
-    # A generator fed the classifier's modality needs that classifier to generate: it is saved with it.
-    style_classifier = ({"style_classifier": {"model_args": classifier.model_args,
-                                              "weights": classifier.network.state_dict()}}
-                        if args["style_modality_input"] else {})
+    batch_size = distributed.local_batch_size(settings.batch_size, "image_generator.batch_size")
+    adversarial = bool(losses.weighted("adversarial") or losses.weighted("feature_matching"))
+    shown: dict[str, torch.Tensor] = {}
 
-    def save(at: int) -> None:
-        if not distributed.is_main():
-            return
-        save_checkpoint(checkpoint, step=at, models=models, optimizers=optimizers, ema_models=ema,
-                        signature=signature, config=OmegaConf.to_container(cfg, resolve=True),
-                        extra={"model_args": args, "modalities": modalities, "datasets": datasets, **style_classifier})
-
-    writer = tensorboard_writer(folder)
-    steps = int(settings.steps)
-    batch_size = distributed.local_batch_size(int(settings.batch_size), "image_generator.batch_size")
-    timer = StepTimer(device)
-    for step in progress(range(start, steps), initial=start, total=steps, desc="train-image-generator"):
-        distributed.seed_step(int(cfg.seed), step)
+    def train_step(step: int) -> dict[str, float]:
         batch = {k: runtime.inputs(v) for k, v in pairs.batch(batch_size).items()}
         with runtime.autocast():
             terms, fake = losses.terms(batch)
@@ -262,9 +217,8 @@ def train_image_generator(cfg: DictConfig, cache: SliceCache, folder: Path, clas
         generator_optimizer.zero_grad(set_to_none=True)
         total.backward()
         generator_optimizer.step()
-
         discriminator_loss = torch.zeros(())
-        if losses.weighted("adversarial") or losses.weighted("feature_matching"):
+        if adversarial:
             with runtime.autocast():
                 real_scores, _ = trained["discriminator"](torch.cat([batch["pv_map"], batch["image"]], dim=1))
                 fake_scores, _ = trained["discriminator"](torch.cat([batch["pv_map"], fake.detach()], dim=1))
@@ -273,48 +227,23 @@ def train_image_generator(cfg: DictConfig, cache: SliceCache, folder: Path, clas
             discriminator_loss.backward()
             discriminator_optimizer.step()
         for name, average in ema.items():
-            update_ema(average, models[name], float(settings.ema_decay))
+            update_ema(average, models[name], settings.ema_decay)
+        shown.update(pv_map=batch["pv_map"][:4], style=batch["style"][:4], fake=fake[:4].detach(),
+                     image=batch["image"][:4])
+        return {**{f"generator/{k}": v.item() for k, v in terms.items()},
+                "discriminator/hinge": discriminator_loss.item()}
 
-        done = step + 1
-        if done % int(settings.log_every) == 0:
-            logged = distributed.mean_over_ranks({**{f"generator/{k}": v.item() for k, v in terms.items()},
-                                                  "discriminator/hinge": discriminator_loss.item()})
-            if writer is not None:
-                for name, value in logged.items():
-                    writer.add_scalar(name, value, done)
-        if writer is not None and (done % int(settings.image_every) == 0 or done == steps):
-            columns = [colourise_labels(batch["pv_map"]), grey_to_rgb(batch["style"]), grey_to_rgb(fake),
-                       grey_to_rgb(batch["image"])]
-            log_image_columns(writer, "label | style image | generated | real", [c[:4] for c in columns], done)
-        if done % int(settings.checkpoint_every) == 0 and done < steps:
-            save(done)
-        timer.tick()
-    save(steps)
-    if writer is not None:
-        writer.close()
-    return runtime.summary(models, timer, "train-image-generator")
+    def log_images(writer, step: int) -> None:
+        columns = [colourise_labels(shown["pv_map"]), grey_to_rgb(shown["style"]), grey_to_rgb(shown["fake"]),
+                   grey_to_rgb(shown["image"])]
+        log_image_columns(writer, "label | style image | generated | real", columns, step)
+
+    schedule = Schedule(settings.steps, settings.log_every, settings.checkpoint_every, settings.image_every)
+    timer = run_steps(COMMAND, checkpointer, schedule, seed, device, train_step, log_images)
+    return runtime.summary(models, timer, COMMAND)
 
 
 # ---------------------------------------------------------------- evaluation
-
-
-def ssim(images: torch.Tensor, references: torch.Tensor, data_range: torch.Tensor) -> torch.Tensor:
-    """Per-image SSIM (Wang et al. 2004; Gaussian window 11, sigma 1.5) for (B, 1, H, W) batches."""
-    coords = torch.arange(11, dtype=torch.float32) - 5
-    gauss = torch.exp(-(coords**2) / (2 * 1.5**2))
-    window = (gauss[:, None] * gauss[None, :] / gauss.sum() ** 2)[None, None].to(images)
-
-    def blur(x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, window, padding=5)
-
-    c1 = (0.01 * data_range.view(-1, 1, 1, 1)) ** 2
-    c2 = (0.03 * data_range.view(-1, 1, 1, 1)) ** 2
-    mu_x, mu_y = blur(images), blur(references)
-    sigma_x = blur(images * images) - mu_x**2
-    sigma_y = blur(references * references) - mu_y**2
-    sigma_xy = blur(images * references) - mu_x * mu_y
-    value = ((2 * mu_x * mu_y + c1) * (2 * sigma_xy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sigma_x + sigma_y + c2))
-    return value.mean(dim=(1, 2, 3))
 
 
 @torch.no_grad()
@@ -346,13 +275,8 @@ def evaluate_image_generator(model: ImageGenerator, classifier: ModalityClassifi
         style = collate(pairs.dataset, np.array(styles), background)
         seeds = [seed + int(i) for i in test[start : start + batch_size]]
         fake = model.generate(target["pv_map"], style["image"], seeds).cpu()
-        real, brain = target["image"], target["brain"]
-        data_range = (real.amax(dim=(1, 2, 3)) - real.amin(dim=(1, 2, 3))).clamp_min(1e-6)
-        mse = ((fake - real) ** 2 * brain).sum(dim=(1, 2, 3)) / brain.sum(dim=(1, 2, 3)).clamp_min(1)
-        paired["ssim"] += ssim(fake, real, data_range).tolist()
-        paired["psnr"] += (10 * torch.log10(data_range**2 / mse.clamp_min(1e-12))).tolist()
-        paired["mae_brain"] += (((fake - real).abs() * brain).sum(dim=(1, 2, 3))
-                                / brain.sum(dim=(1, 2, 3)).clamp_min(1)).tolist()
+        for name, values in paired_fidelity(fake, target["image"], target["brain"]).items():
+            paired[name] += values.tolist()
         pv_batches.append(target["pv_map"])
     metrics: dict = {"paired": {k: float(np.mean(v)) for k, v in paired.items()}}
     metrics["paired"]["n"] = len(test)

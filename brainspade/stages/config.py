@@ -1,0 +1,131 @@
+"""The composed Hydra config -> typed settings (`brainspade.settings`) and workdir paths.
+
+This is the one place that reads config sections; everything below `stages/` takes the
+settings objects built here. A wrong type or value fails with one line naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from brainspade import settings as typed
+from brainspade.errors import BrainspadeError
+
+T = TypeVar("T")
+
+# Config section -> its settings class; `check_config` builds every section a command has.
+SECTIONS: dict[str, type] = {
+    "runtime": typed.RuntimeSettings,
+    "phantom": typed.PhantomSettings,
+    "slices": typed.SliceSettings,
+    "data": typed.DataSettings,
+    "label_vae": typed.LabelVAESettings,
+    "label_ldm": typed.LabelLDMSettings,
+    "label_sampling": typed.LabelSamplingSettings,
+    "modisc": typed.ModiscSettings,
+    "image_generator": typed.ImageGeneratorSettings,
+    "sampling": typed.SamplingSettings,
+    "segmentation": typed.SegmentationSettings,
+}
+
+
+def section(cfg: DictConfig, key: str, cls: type[T] | None = None) -> T:
+    """The config section `key` as its frozen settings object, type- and range-checked."""
+    cls = cls or SECTIONS[key]
+    node = cfg if key == "" else OmegaConf.select(cfg, key)
+    if node is None:
+        raise BrainspadeError(f"{key}: missing from the config")
+    names = {f.name for f in dataclasses.fields(cls)}
+    try:
+        if key == "":  # the top-level keys shared by every command
+            node = {name: cfg[name] for name in names}
+        else:  # resolved here, where interpolations such as ${workdir} still find their root
+            node = OmegaConf.to_container(node, resolve=True)
+        merged = OmegaConf.merge(_writable_schema(cls), node)
+        built = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:
+        full_key = f"{key}.{error.full_key}" if key and getattr(error, "full_key", None) else (error.full_key or key)
+        message = str(error).strip().splitlines()[0]
+        if "not in struct" in message or "Key '" in message and "not in" in message:
+            message = f"unknown key (the section takes {', '.join(sorted(names))})"
+        raise BrainspadeError(f"{full_key}: {message}") from None
+    except BrainspadeError as error:
+        raise BrainspadeError(f"{key}.{error}" if key else str(error)) from None
+    typed.check_all(built, key or "run")
+    return built
+
+
+def _writable_schema(cls: type) -> DictConfig:
+    """The structured config of a settings class; frozen dataclasses make read-only nodes, which the merge fills."""
+    schema = OmegaConf.structured(cls)
+
+    def unlock(node: DictConfig) -> None:
+        OmegaConf.set_readonly(node, False)
+        for name in node:
+            child = node._get_node(name)
+            if isinstance(child, DictConfig):
+                unlock(child)
+
+    unlock(schema)
+    return schema
+
+
+def run_settings(cfg: DictConfig) -> typed.RunSettings:
+    return section(cfg, "", typed.RunSettings)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Build every settings object the command's config has, so any bad value fails before work starts."""
+    run_settings(cfg)
+    for key in SECTIONS:
+        if key in cfg:
+            section(cfg, key)
+    if "n" in cfg:
+        count(cfg)
+
+
+def count(cfg: DictConfig) -> int:
+    """`n` (the number of samples a command makes) as a positive integer."""
+    value = cfg.n
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise BrainspadeError(f"n={value!r}: ask for a whole number of samples of at least 1, e.g. --n 100")
+    return int(value)
+
+
+def plain(node: Any) -> Any:
+    """A config node as plain Python containers (resolved), for fingerprints and saved configs."""
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) or OmegaConf.is_config(node) \
+        else node
+
+
+def workdir(cfg: DictConfig) -> Path:
+    """The run's workdir as an absolute path (created if missing)."""
+    path = Path(str(cfg.workdir)).expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        raise BrainspadeError(f"workdir={path}: is a file; set workdir=PATH to a folder")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def stage_path(cfg: DictConfig, name: str) -> Path:
+    """Where stage `name` keeps its folder inside the workdir."""
+    return workdir(cfg) / name
+
+
+def data_root(cfg: DictConfig) -> Path:
+    return Path(str(cfg.data.root)).expanduser().resolve()
+
+
+def resolved_config(cfg: DictConfig) -> dict:
+    """The whole resolved config as plain containers (saved in checkpoints)."""
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def resolved_yaml(cfg: DictConfig) -> str:
+    """The whole resolved config as YAML (each stage folder's config.yaml)."""
+    return OmegaConf.to_yaml(cfg, resolve=True)
