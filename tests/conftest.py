@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -75,20 +76,43 @@ def folder_dataset(tmp_path: Path) -> Path:
     return write_folder_dataset(tmp_path / "data")
 
 
-TRAINING_COMMANDS = ("prepare-data", "train-label-vae", "train-label-ldm", "train-modisc", "train-image-generator")
+TRAINING_COMMANDS = ("train-label-vae", "train-label-ldm", "train-modisc", "train-image-generator")
+
+
+def _run(command: str, workdir: Path) -> None:
+    try:
+        code = main([command, f"workdir={workdir}", "profile=tiny"])
+    except SystemExit as exit_:
+        code = exit_.code
+    assert code in (0, None), f"{command} failed while preparing a shared tiny workdir"
 
 
 @pytest.fixture(scope="session")
-def trained_workdir(tmp_path_factory) -> Path:
+def tiny_slices(tmp_path_factory) -> Path:
+    """A workdir holding the tiny phantom and its slice cache, made once per test session.
+
+    Tests that train their own generators copy its `slices/` (`workdir_with_slices`) instead of
+    rebuilding the phantom.
+    """
+    workdir = tmp_path_factory.mktemp("slices")
+    _run("prepare-data", workdir)
+    return workdir
+
+
+def workdir_with_slices(tiny_slices: Path, workdir: Path) -> Path:
+    """A new workdir with a copy of the shared slice cache (and phantom), ready for the training stages."""
+    for name in ("phantom", "slices"):
+        shutil.copytree(tiny_slices / name, workdir / name)
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(tiny_slices, tmp_path_factory) -> Path:
     """A workdir with the phantom, its slice cache and all four generators trained at profile=tiny.
 
-    Trained once per test session and shared by the sampling and experiment tests.
+    Trained once per test session and shared by the sampling, experiment and stage-contract tests.
     """
-    workdir = tmp_path_factory.mktemp("trained")
+    workdir = workdir_with_slices(tiny_slices, tmp_path_factory.mktemp("trained"))
     for command in TRAINING_COMMANDS:
-        try:
-            code = main([command, f"workdir={workdir}", "profile=tiny"])
-        except SystemExit as exit_:
-            code = exit_.code
-        assert code == 0, f"{command} failed while preparing the shared tiny workdir"
+        _run(command, workdir)
     return workdir

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import workdir_with_slices
 from monai.networks.schedulers import RFlowScheduler
-from omegaconf import OmegaConf
 
 from brainspade.diffusion.objectives import make_scheduler, noisy_latents_and_target, schedule_table
 from brainspade.diffusion.samplers import SAMPLERS, rflow_step, sampling_timesteps
@@ -27,10 +27,11 @@ from brainspade.engine import distributed
 from brainspade.engine.checkpoint import CHECKPOINT_NAME
 from brainspade.engine.runtime import Runtime
 from brainspade.errors import BrainspadeError
-from brainspade.generation.label_training import ldm_training_step
 from brainspade.generation.labels import LabelSampler
 from brainspade.models.label_diffusion_unet import ConditionedDiffusionUNet
 from brainspade.models.label_vae import LabelVAE
+from brainspade.settings import LabelSamplingSettings, RuntimeSettings
+from brainspade.training.label_ldm import ldm_training_step
 
 REPO = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]  # = the torchrun command, without relying on PATH
@@ -81,12 +82,8 @@ def rank_digests(folder: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def tiny_workdir(tmp_path_factory) -> Path:
-    from brainspade.cli import main
-
-    workdir = tmp_path_factory.mktemp("ddp")
-    assert main(["prepare-data", f"workdir={workdir}", TINY]) in (0, None)
-    return workdir
+def tiny_workdir(tiny_slices, tmp_path_factory) -> Path:
+    return workdir_with_slices(tiny_slices, tmp_path_factory.mktemp("ddp"))
 
 
 def test_every_training_stage_trains_and_resumes_under_torchrun_with_identical_rank_weights(tiny_workdir, tmp_path):
@@ -155,22 +152,21 @@ def test_single_process_runs_unchanged_without_torchrun_environment():
     assert len(distributed.weight_digests({"m": model})) == 1
 
 
-def runtime_config(**runtime) -> OmegaConf:
-    defaults = {"precision": "auto", "channels_last": "auto", "compile": "auto"}
-    return OmegaConf.create({"device": "cpu", "runtime": {**defaults, **runtime}})
+def runtime_config(**runtime) -> Runtime:
+    return Runtime.create(RuntimeSettings(**runtime), "cpu")
 
 
 def test_runtime_auto_is_fp32_on_cpu_and_bf16_is_switchable():
-    plain = Runtime.from_config(runtime_config())
+    plain = runtime_config()
     assert (plain.bf16, plain.channels_last, plain.compile) == (False, False, False)
-    mixed = Runtime.from_config(runtime_config(precision="bf16", channels_last=True))
+    mixed = runtime_config(precision="bf16", channels_last=True)
     assert mixed.bf16 and mixed.channels_last
     batch = mixed.inputs(torch.zeros(2, 3, 8, 8))
     assert batch.is_contiguous(memory_format=torch.channels_last)
     with mixed.autocast():
         assert torch.nn.Linear(4, 4)(torch.zeros(1, 4)).dtype == torch.bfloat16
-    with pytest.raises(BrainspadeError, match="runtime.precision=fp16"):
-        Runtime.from_config(runtime_config(precision="fp16"))
+    with pytest.raises(BrainspadeError, match="precision='fp16': use one of auto, fp32, bf16"):
+        runtime_config(precision="fp16")
 
 
 # ---------------------------------------------------------------- rectified flow
@@ -237,19 +233,19 @@ def test_label_sampler_follows_the_checkpoint_objective_and_refuses_a_mismatched
     vae, unet = tiny_models()
     sampler = LabelSampler(vae, unet, make_scheduler(RFLOW), 1.0, CHANNELS, ["tumour"], SIZE, torch.device("cpu"))
     conditions = torch.tensor([[0.0, 0.3], [0.05, 0.5], [0.02, 0.6]])
-    batch = sampler.sample(conditions, [1, 2, 3], steps=4)  # auto -> rflow
-    alone = sampler.sample(conditions[1:2], [2], steps=4, sampler="rflow")
+    batch = sampler.sample(conditions, [1, 2, 3], LabelSamplingSettings(steps=4))  # auto -> rflow
+    alone = sampler.sample(conditions[1:2], [2], LabelSamplingSettings(steps=4, sampler="rflow"))
     assert batch.shape == (3, len(CHANNELS), *SIZE)
     torch.testing.assert_close(alone[0], batch[1], atol=1e-5, rtol=0)
     torch.testing.assert_close(batch.sum(dim=1), torch.ones(3, *SIZE), atol=1e-3, rtol=0)
     with pytest.raises(BrainspadeError, match="needs an LDM trained with objective ddpm"):
-        sampler.sample(conditions, [1, 2, 3], steps=4, sampler="ddim")
+        sampler.sample(conditions, [1, 2, 3], LabelSamplingSettings(steps=4, sampler="ddim"))
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_rflow_training_steps_reduce_the_loss_on_a_fixed_batch(precision, one_thread):
     _, unet = tiny_models()
-    runtime = Runtime.from_config(runtime_config(precision=precision))
+    runtime = runtime_config(precision=precision)
     scheduler = make_scheduler(RFLOW)
     optimizer = torch.optim.Adam(unet.parameters(), lr=2e-3)
     latents, conditions = torch.randn(8, 3, 8, 12), torch.rand(8, 2)

@@ -2,32 +2,39 @@
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from brainspade.engine.checkpoint import load_checkpoint, restore_training_state, save_checkpoint
+from brainspade.engine.checkpoint import (
+    load_checkpoint,
+    restore_training_state,
+    save_checkpoint,
+    schema_signature,
+)
 from brainspade.errors import BrainspadeError
-from brainspade.generation.image_training import GeneratorLosses, Networks, validate_weights
-from brainspade.generation.images import ImageGenerator, ModalityClassifier, build_image_models
+from brainspade.generation.images import ImageGenerator, ModalityClassifier
 from brainspade.models.modality_classifier import ModalityDatasetClassifier
+from brainspade.models.multiscale_patchgan import MultiScalePatchGAN
 from brainspade.models.spade_generator import SpadeGenerator
+from brainspade.models.style_encoder import StyleEncoder
+from brainspade.settings import ImageGeneratorSettings, LossWeights
+from brainspade.training.image_generator import GeneratorLosses, Networks
 
 torch.set_num_threads(2)
 
 CHANNELS = 6
 SIZE = (32, 48)
-BASE = OmegaConf.load("configs/stage/image_generator.yaml")
 
 
-def settings(**weights):
-    cfg = copy.deepcopy(BASE)
-    cfg.perceptual_network = "classifier"
-    for name, value in weights.items():
-        cfg.weights[name] = value
-    return cfg
+def settings(**weights) -> ImageGeneratorSettings:
+    return ImageGeneratorSettings(perceptual_network="classifier", weights=LossWeights(**weights))
+
+
+def build_image_models(args: dict) -> tuple[StyleEncoder, SpadeGenerator, MultiScalePatchGAN]:
+    return (StyleEncoder(**args["style_encoder"]), SpadeGenerator(**args["generator"]),
+            MultiScalePatchGAN(**args["discriminator"]))
 
 
 def model_args() -> dict:
@@ -153,12 +160,12 @@ def test_negatives_push_codes_of_other_modalities_apart():
 @pytest.mark.parametrize(("alpha_mod", "alpha_dat"), [(0.3, 0.75), (0.5, 0.5), (0.0, 0.3)])
 def test_alpha_mod_must_exceed_alpha_dat(alpha_mod, alpha_dat):
     with pytest.raises(BrainspadeError, match="modality=.* must exceed dataset="):
-        validate_weights({**settings().weights, "modality": alpha_mod, "dataset": alpha_dat})
+        LossWeights(**{**dataclasses.asdict(LossWeights()), "modality": alpha_mod, "dataset": alpha_dat})
 
 
 def test_alpha_both_zero_or_paper_values_are_accepted():
-    validate_weights(settings(modality=0.0, dataset=0.0).weights)
-    validate_weights(settings().weights)
+    assert settings(modality=0.0, dataset=0.0).weights.modality == 0.0
+    assert settings().weights.modality == 0.75
 
 
 def test_generated_image_depends_only_on_its_seed_and_inputs_not_on_the_batch():
@@ -187,8 +194,7 @@ def test_resume_restores_step_weights_and_both_optimisers(tmp_path):
     g_opt.step()
     models = {"style_encoder": nets.style_encoder, "generator": nets.generator, "discriminator": nets.discriminator}
     save_checkpoint(tmp_path / "checkpoint.pt", step=3, models=models, optimizers={"generator": g_opt,
-                    "discriminator": d_opt}, signature={"channels": CHANNELS, "size": list(SIZE)},
-                    extra={"model_args": model_args()})
+                    "discriminator": d_opt}, signature={"channels": CHANNELS, "size": list(SIZE)})
 
     fresh = networks(seed=99)
     fresh_models = {"style_encoder": fresh.style_encoder, "generator": fresh.generator,
@@ -255,7 +261,7 @@ def test_generator_fed_the_classifier_modality_depends_on_it_and_is_saved_with_i
     """style_modality_input: the classifier's modality of the style image reaches the image, and the
     checkpoint alone rebuilds the same generator (classifier included)."""
     torch.manual_seed(0)
-    args = {**model_args(), "sampled_code": False, "style_modality_input": True}
+    args = model_args()
     args["generator"] = {**args["generator"], "z_dim": 8 + 2, "style_at_every_scale": True}
     style_encoder, generator, discriminator = build_image_models(args)
     classifier_args = {"n_modalities": 2, "n_datasets": 2, "init_features": 8, "growth_rate": 4, "block_config": [2, 2]}
@@ -271,9 +277,9 @@ def test_generator_fed_the_classifier_modality_depends_on_it_and_is_saved_with_i
 
     ema = {"style_encoder": style_encoder, "generator": generator}
     save_checkpoint(tmp_path / "checkpoint.pt", step=1, models={"discriminator": discriminator}, optimizers={},
-                    ema_models=ema, signature={"channels": ["a"] * CHANNELS, "size": list(SIZE)},
-                    extra={"model_args": args, "style_classifier": {"model_args": classifier_args,
-                                                                    "weights": classifier.state_dict()}})
+                    ema_models=ema, signature=schema_signature(["a"] * CHANNELS, [], SIZE, args),
+                    extra={"sampled_code": False, "style_modality_input": True,
+                           "style_classifier": {"model_args": classifier_args, "weights": classifier.state_dict()}})
     loaded = ImageGenerator.from_checkpoint(tmp_path / "checkpoint.pt", torch.device("cpu"))
     torch.testing.assert_close(loaded.generate(batch["pv_map"], batch["style"], [1, 2]),
                                model.generate(batch["pv_map"], batch["style"], [1, 2]))

@@ -7,19 +7,18 @@ import json
 import torch
 
 from brainspade.generation.images import ImageGenerator, ModalityClassifier
-from tests.conftest import run_cli
+from tests.conftest import run_cli, workdir_with_slices
 
 
-def test_modisc_then_image_generator_write_metrics_and_load_through_the_api(tmp_path, capsys):
-    workdir = tmp_path / "w"
-    assert run_cli(capsys, "prepare-data", f"workdir={workdir}", "profile=tiny")[0] == 0
+def test_modisc_then_image_generator_write_metrics_and_load_through_the_api(tiny_slices, tmp_path, capsys):
+    workdir = workdir_with_slices(tiny_slices, tmp_path / "w")
 
     code, _, err = run_cli(capsys, "train-image-generator", f"workdir={workdir}", "profile=tiny")
     assert code == 1 and "train-modisc" in err and len(err.strip().splitlines()) == 1  # needs the classifier first
 
     code, _, err = run_cli(capsys, "train-image-generator", f"workdir={workdir}", "profile=tiny",
                            "image_generator.weights.modality=0.2", "image_generator.weights.dataset=0.3")
-    assert code == 1 and "must exceed" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "must exceed" in err and len(err.strip().splitlines()) == 1  # a bad value: exit 2
     assert not (workdir / "image_generator").exists()  # refused before training started
 
     code, out, err = run_cli(capsys, "train-modisc", f"workdir={workdir}", "profile=tiny")
@@ -44,8 +43,8 @@ def test_modisc_then_image_generator_write_metrics_and_load_through_the_api(tmp_
     assert "dataset_match" not in metrics["style_transfer"]["siteC/FLAIR"]
     assert any((folder / "tensorboard").iterdir())
 
-    generator = ImageGenerator.load(folder, torch.device("cpu"))
-    classifier = ModalityClassifier.load(workdir / "modisc", torch.device("cpu"))
+    generator = ImageGenerator.from_folder(folder, torch.device("cpu"))
+    classifier = ModalityClassifier.from_folder(workdir / "modisc", torch.device("cpu"))
     assert generator.size == (48, 64) and generator.channels[0] == "background"
     pv = torch.zeros(2, len(generator.channels), 48, 64)
     pv[:, 0] = 1
@@ -54,8 +53,9 @@ def test_modisc_then_image_generator_write_metrics_and_load_through_the_api(tmp_
     modality, _ = classifier.predict(images)
     assert torch.allclose(modality.sum(dim=1), torch.ones(2))
 
-    # A second call reuses the finished folders; a longer run resumes from the saved step.
+    # A second call reuses the finished folder; an interrupted one (no manifest) resumes from the saved step.
     assert run_cli(capsys, "train-image-generator", f"workdir={workdir}", "profile=tiny")[0] == 0
+    (folder / "manifest.json").unlink()
     code, out, _ = run_cli(capsys, "train-image-generator", f"workdir={workdir}", "profile=tiny",
-                           "image_generator.steps=22", "force=true")
+                           "image_generator.steps=22")
     assert code == 0 and "resuming at step 20" in out

@@ -10,17 +10,15 @@ from monai.networks.nets import PatchDiscriminator
 from brainspade.diffusion.samplers import ddim_step, ddpm_step, sampling_timesteps
 from brainspade.engine.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from brainspade.errors import BrainspadeError
-from brainspade.generation.label_training import (
-    dice_per_channel,
-    lesion_positions,
-    random_batch,
-    resume,
-    vae_training_step,
-)
+from brainspade.generation.fidelity import label_dice
 from brainspade.generation.labels import LabelSampler, draw_conditions, make_scheduler, postprocess_pv_maps
 from brainspade.losses.label_perceptual import make_label_perceptual_loss
 from brainspade.models.label_diffusion_unet import ConditionedDiffusionUNet
 from brainspade.models.label_vae import LabelVAE
+from brainspade.settings import LabelSamplingSettings
+from brainspade.training.label_batches import inverse_frequency_weights, lesion_positions, random_batch
+from brainspade.training.label_vae import vae_training_step
+from brainspade.training.loop import Checkpointer
 
 CHANNELS = ["background", "csf", "gm", "wm", "tumour"]
 SIZE = (32, 48)
@@ -42,6 +40,10 @@ def disc_pv_maps(n: int, seed: int = 0) -> torch.Tensor:
         pv = torch.stack([1 - brain, brain - gm - wm, gm - tumour, wm, tumour])
         maps.append(pv / pv.sum(0, keepdim=True))
     return torch.stack(maps)
+
+
+def resume(folder, signature, models, optimizers) -> int:
+    return Checkpointer(folder, signature, models, optimizers).resume("test")
 
 
 def tiny_vae() -> LabelVAE:
@@ -160,8 +162,9 @@ def sampler() -> LabelSampler:
 def test_a_sample_is_the_same_alone_or_in_a_batch(sampler, name, guidance):
     conditions = torch.tensor([[0.0, 0.3], [0.05, 0.5], [0.02, 0.6], [0.0, 0.7]])
     seeds = [11, 12, 13, 14]
-    batch = sampler.sample(conditions, seeds, steps=6, sampler=name, guidance_scale=guidance)
-    alone = sampler.sample(conditions[2:3], seeds[2:3], steps=6, sampler=name, guidance_scale=guidance)
+    settings = LabelSamplingSettings(sampler=name, steps=6, guidance_scale=guidance)
+    batch = sampler.sample(conditions, seeds, settings)
+    alone = sampler.sample(conditions[2:3], seeds[2:3], settings)
     assert batch.shape == (4, len(CHANNELS), *SIZE)
     torch.testing.assert_close(alone[0], batch[2], atol=1e-5, rtol=0)
     assert batch.min() >= 0 and batch.max() <= 1
@@ -184,17 +187,15 @@ def test_conditions_depend_only_on_their_seed_and_respect_ranges():
         draw_conditions([0], lesions, lesion_ranges={"wmh": [0, 1]})
 
 
-def test_dice_per_channel_scores_argmax_overlap():
+def test_label_dice_scores_argmax_overlap():
     real = disc_pv_maps(2)
-    scores = dice_per_channel(real, real, CHANNELS)
+    scores = label_dice(real, real, CHANNELS)
     assert all(score in (1.0, None) for score in scores.values()) and scores["gm"] == 1.0
     shifted = torch.roll(real, shifts=3, dims=3)
-    assert dice_per_channel(shifted, real, CHANNELS)["wm"] < 1.0
+    assert label_dice(shifted, real, CHANNELS)["wm"] < 1.0
 
 
 def test_inverse_frequency_weights_favour_rare_channels():
-    from brainspade.generation.label_training import inverse_frequency_weights
-
     pv = torch.zeros(4, 3, 8, 8)
     pv[:, 0] = 1.0
     pv[:, 0, :4] = 0.0
