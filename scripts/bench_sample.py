@@ -46,18 +46,19 @@ def label_comparison(workdir: Path, n: int, steps: int) -> list[str]:
 
     from brainspade.data.datasets import generator_label_indices
     from brainspade.data.slice_cache import SliceCache
-    from brainspade.generation.label_training import tissue_volumes, volume_distances
     from brainspade.generation.labels import (
         LabelSampler,
         draw_conditions,
         label_conditions,
         postprocess_pv_maps,
     )
+    from brainspade.settings import LabelSamplingSettings
+    from brainspade.training.label_batches import tissue_volumes, volume_distances
 
     torch.set_num_threads(2)
     device = torch.device("cpu")
     cache = SliceCache.open(workdir / "slices")
-    sampler = LabelSampler.load(workdir / "label_vae", workdir / "label_ldm", device)
+    sampler = LabelSampler.from_folders(workdir / "label_vae", workdir / "label_ldm", device, cache.channels)
     source = list(dict.fromkeys(cache.label_table["dataset"][generator_label_indices(cache, cache_sources(workdir))]))
     train = generator_label_indices(cache, source)
     held_out = cache.label_indices(split="test", datasets=source)
@@ -71,11 +72,12 @@ def label_comparison(workdir: Path, n: int, steps: int) -> list[str]:
     )
 
     start = time.time()
-    ours = sampler.sample(conditions, list(range(n)), steps=steps, sampler="ddim")
+    settings = LabelSamplingSettings(sampler="ddim", steps=steps)
+    ours = sampler.sample(conditions, list(range(n)), settings)
     ours_seconds = time.time() - start
     # The same sampler with other seeds: how much W1 moves between two draws of n maps (the noise level
     # any "equal or better" reading has to beat).
-    ours_again = sampler.sample(conditions, list(range(n, 2 * n)), steps=steps, sampler="ddim")
+    ours_again = sampler.sample(conditions, list(range(n, 2 * n)), settings)
 
     class Denoiser(torch.nn.Module):  # MONAI's inferer passes (x, timesteps, context)
         def forward(self, x, timesteps, context):
@@ -94,7 +96,7 @@ def label_comparison(workdir: Path, n: int, steps: int) -> list[str]:
         decoded = inferer.sample(noise, Decoder(), Denoiser(), scheduler=scheduler,
                                  conditioning=sampler.unet.embed(conditions), verbose=False)
     monai_seconds = time.time() - start
-    monai = postprocess_pv_maps(decoded, sampler.background_index, sampler.background_threshold)
+    monai = postprocess_pv_maps(decoded, sampler.background_index, settings.background_threshold)
 
     real_volumes = tissue_volumes(real)
     d_ours = volume_distances(tissue_volumes(ours), real_volumes, cache.channels)

@@ -5,7 +5,7 @@ Usage (a workdir with finished label_vae and label_ldm):
 
 The sampler is the one matching the LDM's objective (DDIM, eta 1, for ddpm; Euler for rflow)
 unless --sampler names another. For each step count the train-label-ldm validation runs with
-that many steps (`stages.train_label_ldm.validation_metrics`): W1 between per-slice tissue
+that many steps (`training.label_ldm.validation_metrics`): W1 between per-slice tissue
 volumes of samples (conditioned as held-out slices) and real held-out slices, and the share of
 samples showing a lesion when conditioned on a held-out lesion / on none. Prints a markdown
 section; --out appends it.
@@ -14,6 +14,7 @@ section; --out appends it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import sys
@@ -39,27 +40,24 @@ def main() -> None:
     from brainspade.data.slice_cache import SliceCache
     from brainspade.engine.checkpoint import load_checkpoint
     from brainspade.generation.labels import LabelSampler
-    from brainspade.stages.train_label_ldm import validation_metrics
+    from brainspade.stages.config import section
+    from brainspade.training.label_ldm import validation_metrics
 
     torch.set_num_threads(args.threads)
-    sampler = LabelSampler.load(args.workdir / "label_vae", args.workdir / "label_ldm", torch.device("cpu"))
-    state = load_checkpoint(args.workdir / "label_ldm" / "checkpoint.pt")
-    config = OmegaConf.create(state["config"])
     cache = SliceCache.open(args.workdir / "slices")
+    sampler = LabelSampler.from_folders(args.workdir / "label_vae", args.workdir / "label_ldm", torch.device("cpu"),
+                                        cache.channels)
+    state = load_checkpoint(args.workdir / "label_ldm" / "checkpoint.pt")
+    config = OmegaConf.create(state["config"])  # the settings the LDM was trained and validated with
     sources = list(config.data.source_datasets)
     name = args.sampler if args.sampler != "auto" else {"ddpm": "ddim", "rflow": "rflow"}[sampler.objective]
-    original_sample = sampler.sample
-
-    def chosen_sampler(*a, **k):  # validation_metrics samples with the default sampler; pin the asked one
-        return original_sample(*a, **{**k, "sampler": name})
-
-    sampler.sample = chosen_sampler
+    ldm_settings = dataclasses.replace(section(config, "label_ldm"), eval_samples=args.samples,
+                                       eval_batch_size=args.batch_size)
     rows = []
     for steps in args.steps:
-        settings = OmegaConf.merge(config.label_ldm, {"eval_samples": args.samples, "eval_steps": steps,
-                                                      "eval_batch_size": args.batch_size})
+        sampling = dataclasses.replace(section(config, "label_sampling"), sampler=name, steps=steps)
         start = time.time()
-        metrics = validation_metrics(sampler, cache, sources, settings, int(config.seed))
+        metrics = validation_metrics(sampler, cache, sources, ldm_settings, sampling, int(config.seed))
         seconds = time.time() - start
         drawn = args.samples * (1 + 2 * len(metrics["lesion_rate_conditioned_on_lesion"]))
         rows.append((steps, seconds / drawn, metrics))

@@ -32,7 +32,7 @@ RATE_LINE = re.compile(r"trained at ([0-9.]+) steps/s")
 STAGES = {  # command -> (config section, stage folder, finished inputs it reads, overrides that cut evaluation)
     "train-label-vae": ("label_vae", "label_vae", ["slices"], []),
     "train-label-ldm": ("label_ldm", "label_ldm", ["slices", "label_vae"],
-                        ["label_ldm.eval_samples=2", "label_ldm.eval_steps=1", "label_ldm.eval_batch_size=2",
+                        ["label_ldm.eval_samples=2", "label_sampling.steps=1", "label_ldm.eval_batch_size=2",
                          "label_ldm.image_every=1000000"]),
     "train-modisc": ("modisc", "modisc", ["slices"], []),
     "train-image-generator": ("image_generator", "image_generator", ["slices", "modisc"],
@@ -114,32 +114,31 @@ def flops_per_pair(profile: str) -> list[str]:
     from hydra import compose, initialize_config_dir
     from torch.utils.flop_counter import FlopCounterMode
 
-    from brainspade.generation.image_training import model_arguments
-    from brainspade.generation.images import build_classifier, build_image_models
     from brainspade.models.label_diffusion_unet import ConditionedDiffusionUNet
     from brainspade.models.label_vae import LabelVAE
+    from brainspade.models.modality_classifier import ModalityDatasetClassifier
+    from brainspade.models.spade_generator import SpadeGenerator
+    from brainspade.models.style_encoder import StyleEncoder
+    from brainspade.stages.config import section
+    from brainspade.training.image_generator import model_arguments
 
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
         cfg = compose(config_name="sample", overrides=[f"profile={profile}", "workdir=/tmp/unused"])
     channels = ["background", "csf", "gm", "wm", "tumour", "edema"]  # the phantom's schema
-    size = tuple(int(s) for s in cfg.slices.size)
-    vae_settings, ldm_settings = cfg.label_vae, cfg.label_ldm
-    vae = LabelVAE(len(channels), list(vae_settings.channels), int(vae_settings.num_res_blocks),
-                   int(vae_settings.latent_channels), int(vae_settings.norm_num_groups),
-                   bool(vae_settings.bottleneck_attention)).eval()
-    unet = ConditionedDiffusionUNet(
-        int(vae_settings.latent_channels), 2, list(ldm_settings.channels), list(ldm_settings.attention_levels),
-        int(ldm_settings.num_res_blocks), int(ldm_settings.num_head_channels), int(ldm_settings.norm_num_groups),
-        int(ldm_settings.condition_dim)).eval()
-    style_encoder, generator, _ = build_image_models(model_arguments(cfg.image_generator, channels, size, modalities=2))
-    modisc = cfg.modisc
-    classifier = build_classifier({"n_modalities": 2, "n_datasets": 2, "init_features": int(modisc.init_features),
-                                   "growth_rate": int(modisc.growth_rate),
-                                   "block_config": [int(b) for b in modisc.block_config], "dropout": 0.0}).eval()
-    latent = torch.zeros(1, int(vae_settings.latent_channels), size[0] // 4, size[1] // 4)
+    size = tuple(section(cfg, "slices").size)
+    vae_settings, ldm_settings = section(cfg, "label_vae"), section(cfg, "label_ldm")
+    image_settings, sampling = section(cfg, "image_generator"), section(cfg, "label_sampling")
+    vae = LabelVAE(len(channels), **vae_settings.model).eval()
+    latent_channels = vae.latent_channels
+    unet = ConditionedDiffusionUNet(latent_channels=latent_channels, num_lesions=2, **ldm_settings.model).eval()
+    image_args = model_arguments(image_settings, channels, size, modalities=2)
+    style_encoder = StyleEncoder(**image_args["style_encoder"])
+    generator = SpadeGenerator(**image_args["generator"])
+    classifier = ModalityDatasetClassifier(n_modalities=2, n_datasets=2, **section(cfg, "modisc").model).eval()
+    latent = torch.zeros(1, latent_channels, size[0] // 4, size[1] // 4)
     image, pv_map = torch.zeros(1, 1, *size), torch.full((1, len(channels), *size), 1 / len(channels))
-    guidance_passes = 1 if float(cfg.label_sampling.guidance_scale) == 1.0 else 2
-    steps = int(cfg.label_sampling.steps)
+    guidance_passes = 1 if sampling.guidance_scale == 1.0 else 2
+    steps = sampling.steps
 
     def count(function) -> int:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
@@ -154,7 +153,7 @@ def flops_per_pair(profile: str) -> list[str]:
         "SPADE generator": count(lambda: generator(pv_map, torch.zeros(1, generator.fc.in_features))),
         "modality filter (classifier)": count(lambda: classifier(image)),
     }
-    if bool(cfg.image_generator.style_modality_input):  # the classifier also reads each style image
+    if image_settings.style_modality_input:  # the classifier also reads each style image
         parts["style modality (classifier)"] = parts["modality filter (classifier)"]
     total = sum(parts.values())
     lines = [f"| part of one pair (profile={profile}, {size[0]} x {size[1]}) | GFLOP |", "|---|---|"]

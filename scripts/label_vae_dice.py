@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 
 from brainspade.data.slice_cache import SliceCache
-from brainspade.engine.checkpoint import load_checkpoint
+from brainspade.engine.checkpoint import build_model, load_checkpoint
 from brainspade.models.label_vae import LabelVAE
-from brainspade.stages.train_label_vae import validation_metrics
+from brainspade.training.label_vae import evaluate_label_vae
 
 
 def main() -> None:
@@ -28,10 +28,9 @@ def main() -> None:
     rows = []
     for path in args.checkpoints:
         state = load_checkpoint(path)
-        vae = LabelVAE(**state["extra"]["model_args"])
-        vae.load_state_dict(state["models"]["vae"])
+        vae = build_model(state, "vae", LabelVAE)
         with torch.no_grad():
-            metrics = validation_metrics(vae, cache, list(state["config"]["data"]["source_datasets"]),
+            metrics = evaluate_label_vae(vae, cache, list(state["config"]["data"]["source_datasets"]),
                                          args.batch_size, torch.device("cpu"))
         rows.append((int(state["step"]), path.name, metrics["dice"]))
     channels = list(rows[0][2])
