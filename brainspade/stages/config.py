@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from brainspade import settings as typed
+from brainspade.engine.stage import StageFolder
 from brainspade.errors import BrainspadeError
 
 T = TypeVar("T")
@@ -129,3 +130,15 @@ def resolved_config(cfg: DictConfig) -> dict:
 def resolved_yaml(cfg: DictConfig) -> str:
     """The whole resolved config as YAML (each stage folder's config.yaml)."""
     return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def open_stage_folder(cfg: DictConfig, name: str, command: str, fingerprint: str) -> StageFolder | None:
+    """The stage folder `name` ready for a run (force: from scratch), or None when a finished run is reused.
+
+    Under torchrun, call it after `Runtime.create` (it waits for every rank).
+    """
+    folder = StageFolder(stage_path(cfg, name), fingerprint)
+    if not folder.prepare(resolved_yaml(cfg), force=run_settings(cfg).force):
+        print(f"[{command}] {folder.path} is up to date")
+        return None
+    return folder

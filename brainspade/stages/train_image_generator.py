@@ -16,7 +16,7 @@ from brainspade.engine.runtime import Runtime
 from brainspade.engine.seeding import seed_everything
 from brainspade.engine.stage import StageFolder, config_fingerprint, finished_fingerprint, require_complete
 from brainspade.generation.images import ImageGenerator, ModalityClassifier
-from brainspade.stages.config import resolved_config, resolved_yaml, run_settings, section, stage_path
+from brainspade.stages.config import open_stage_folder, resolved_config, run_settings, section, stage_path
 from brainspade.training.image_generator import evaluate_image_generator, train_image_generator
 
 
@@ -31,11 +31,11 @@ def run(cfg: DictConfig) -> Path:
     if settings.needs_classifier:
         require_complete(classifier_folder, "modality classifier", "train-modisc")
         inputs.append(finished_fingerprint(classifier_folder))
-    folder = StageFolder(stage_path(cfg, "image_generator"), config_fingerprint(data, settings, run_.seed, *inputs))
     runtime = Runtime.create(runtime_settings, run_.device)  # under torchrun: DDP, rank 0 checkpoints and evaluates
-    if not folder.prepare(resolved_yaml(cfg), force=run_.force):
-        print(f"[train-image-generator] {folder.path} is up to date")
-        return folder.path
+    fingerprint = config_fingerprint(data, settings, run_.seed, *inputs)
+    folder = open_stage_folder(cfg, "image_generator", "train-image-generator", fingerprint)
+    if folder is None:
+        return stage_path(cfg, "image_generator")
     seed_everything(run_.seed)
     device = runtime.device
     cache = SliceCache.open(slices)

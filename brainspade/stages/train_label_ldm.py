@@ -13,9 +13,9 @@ from brainspade.engine.atomic import write_json_atomic
 from brainspade.engine.checkpoint import CHECKPOINT_NAME
 from brainspade.engine.runtime import Runtime
 from brainspade.engine.seeding import seed_everything
-from brainspade.engine.stage import StageFolder, config_fingerprint, finished_fingerprint, require_complete
+from brainspade.engine.stage import config_fingerprint, finished_fingerprint, require_complete
 from brainspade.generation.labels import load_label_vae
-from brainspade.stages.config import resolved_config, resolved_yaml, run_settings, section, stage_path
+from brainspade.stages.config import open_stage_folder, resolved_config, run_settings, section, stage_path
 from brainspade.training.label_ldm import train_label_ldm, validation_metrics
 
 
@@ -33,11 +33,10 @@ def run(cfg: DictConfig) -> Path:
     vae_fingerprint = finished_fingerprint(vae_folder)
     # Not the sampling settings: metrics.json records which were used, and `sample` may use others later.
     fingerprint = config_fingerprint(settings, sources, finished_fingerprint(slices), vae_fingerprint, run_.seed)
-    folder = StageFolder(stage_path(cfg, "label_ldm"), fingerprint)
     runtime = Runtime.create(runtime_settings, run_.device)
-    if not folder.prepare(resolved_yaml(cfg), force=run_.force):
-        print(f"[train-label-ldm] {folder.path} is up to date")
-        return folder.path
+    folder = open_stage_folder(cfg, "label_ldm", "train-label-ldm", fingerprint)
+    if folder is None:
+        return stage_path(cfg, "label_ldm")
     seed_everything(run_.seed)
     sampler, run_info = train_label_ldm(folder.path, cache, generator_label_indices(cache, sources), vae,
                                         vae_fingerprint, settings, sampling, runtime, run_.seed, resolved_config(cfg))

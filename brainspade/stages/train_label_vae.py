@@ -13,9 +13,9 @@ from brainspade.engine.atomic import write_json_atomic
 from brainspade.engine.checkpoint import CHECKPOINT_NAME, build_model, load_checkpoint
 from brainspade.engine.runtime import Runtime
 from brainspade.engine.seeding import seed_everything
-from brainspade.engine.stage import StageFolder, config_fingerprint, finished_fingerprint, require_complete
+from brainspade.engine.stage import config_fingerprint, finished_fingerprint, require_complete
 from brainspade.models.label_vae import LabelVAE
-from brainspade.stages.config import resolved_config, resolved_yaml, run_settings, section, stage_path
+from brainspade.stages.config import open_stage_folder, resolved_config, run_settings, section, stage_path
 from brainspade.training.label_vae import evaluate_label_vae, train_label_vae
 
 
@@ -27,11 +27,10 @@ def run(cfg: DictConfig) -> Path:
     runtime_settings = section(cfg, "runtime")
     slices = require_complete(stage_path(cfg, "slices"), "slice cache", "prepare-data")
     fingerprint = config_fingerprint(settings, sources, finished_fingerprint(slices), run_.seed)
-    folder = StageFolder(stage_path(cfg, "label_vae"), fingerprint)
     runtime = Runtime.create(runtime_settings, run_.device)
-    if not folder.prepare(resolved_yaml(cfg), force=run_.force):
-        print(f"[train-label-vae] {folder.path} is up to date")
-        return folder.path
+    folder = open_stage_folder(cfg, "label_vae", "train-label-vae", fingerprint)
+    if folder is None:
+        return stage_path(cfg, "label_vae")
     seed_everything(run_.seed)
     cache = SliceCache.open(slices)
     run_info = train_label_vae(folder.path, cache, generator_label_indices(cache, sources), settings, runtime,

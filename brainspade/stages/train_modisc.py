@@ -13,8 +13,8 @@ from brainspade.engine.atomic import write_json_atomic
 from brainspade.engine.checkpoint import CHECKPOINT_NAME
 from brainspade.engine.runtime import Runtime
 from brainspade.engine.seeding import seed_everything
-from brainspade.engine.stage import StageFolder, config_fingerprint, finished_fingerprint, require_complete
-from brainspade.stages.config import resolved_config, resolved_yaml, run_settings, section, stage_path
+from brainspade.engine.stage import config_fingerprint, finished_fingerprint, require_complete
+from brainspade.stages.config import open_stage_folder, resolved_config, run_settings, section, stage_path
 from brainspade.training.modisc import train_classifier
 
 
@@ -24,12 +24,11 @@ def run(cfg: DictConfig) -> Path:
     data = section(cfg, "data")
     runtime_settings = section(cfg, "runtime")
     slices = require_complete(stage_path(cfg, "slices"), "slice cache", "prepare-data")
-    folder = StageFolder(stage_path(cfg, "modisc"),
-                         config_fingerprint(data, settings, run_.seed, finished_fingerprint(slices)))
     runtime = Runtime.create(runtime_settings, run_.device)  # under torchrun: DDP, rank 0 checkpoints and evaluates
-    if not folder.prepare(resolved_yaml(cfg), force=run_.force):
-        print(f"[train-modisc] {folder.path} is up to date")
-        return folder.path
+    fingerprint = config_fingerprint(data, settings, run_.seed, finished_fingerprint(slices))
+    folder = open_stage_folder(cfg, "modisc", "train-modisc", fingerprint)
+    if folder is None:
+        return stage_path(cfg, "modisc")
     seed_everything(run_.seed)
     cache = SliceCache.open(slices)
     sources = data.source_datasets
