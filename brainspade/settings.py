@@ -312,3 +312,14 @@ class SegmentationSettings(Checked):
     test_time_mirroring: bool = True
     processes: int = bounded(2, ge=1)
     augmentation_processes: int = bounded(0, ge=0)
+
+
+@dataclass(frozen=True)
+class ExperimentSettings(Checked):
+    """The segmentation experiments: arms (real / synthetic training data) and evaluations (test sets)."""
+
+    n_synthetic: int = bounded(20000, ge=1)
+    n_target_volumes: int = bounded(5, ge=1)
+    arms: dict[str, Any] = field(default_factory=dict)
+    evaluations: dict[str, Any] = field(default_factory=dict)
+    figure_slices: int = bounded(4, ge=0)

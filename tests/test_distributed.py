@@ -86,6 +86,7 @@ def tiny_workdir(tiny_slices, tmp_path_factory) -> Path:
     return workdir_with_slices(tiny_slices, tmp_path_factory.mktemp("ddp"))
 
 
+@pytest.mark.slow
 def test_every_training_stage_trains_and_resumes_under_torchrun_with_identical_rank_weights(tiny_workdir, tmp_path):
     # Speed lives in scripts/bench_train.py; this takes ~1 minute on 2 busy cores.
     torchrun(*(command(name, tiny_workdir, 4) for name in STAGES))

@@ -24,6 +24,8 @@ from brainspade.segmentation.metrics import dice, mean_sd
 from brainspade.segmentation.raw_dataset import labels_from_pv
 from brainspade.segmentation.statistics import paired_tests
 
+pytestmark = pytest.mark.slow  # end-to-end stage runs (profile=tiny)
+
 CLASSES = {"csf": 1, "gm": 2, "wm": 3}
 ARMS = ["R_iod", "S_iod"]
 

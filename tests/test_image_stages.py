@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from brainspade.generation.images import ImageGenerator, ModalityClassifier
 from tests.conftest import run_cli, workdir_with_slices
+
+pytestmark = pytest.mark.slow  # end-to-end stage runs (profile=tiny)
 
 
 def test_modisc_then_image_generator_write_metrics_and_load_through_the_api(tiny_slices, tmp_path, capsys):

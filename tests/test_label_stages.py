@@ -14,6 +14,8 @@ from conftest import run_cli, workdir_with_slices
 
 from brainspade.engine.checkpoint import CHECKPOINT_NAME
 
+pytestmark = pytest.mark.slow  # end-to-end stage runs (profile=tiny)
+
 TINY = ["profile=tiny"]
 
 

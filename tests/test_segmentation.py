@@ -214,6 +214,7 @@ def test_run_experiment_needs_the_slice_cache(capsys, tmp_path):
     assert code == 1 and "prepare-data" in err and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_interrupted_nnunet_training_resumes_at_its_last_epoch(cache, tmp_path, monkeypatch):
     import io
 

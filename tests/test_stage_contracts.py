@@ -35,6 +35,7 @@ def pv_maps(folder: Path, n: int) -> np.ndarray:
     return np.stack([np.load(folder / "pv" / f"syn_{i:06d}.npy") for i in range(n)])
 
 
+@pytest.mark.slow
 def test_sample_labels_and_sample_draw_the_same_maps_and_the_background_threshold_reaches_sample(workdir, capsys):
     args = [f"workdir={workdir}", TINY, "seed=3", "sampling.modality_filter=false"]
     assert run_cli(capsys, "sample-labels", "--n", "8", *args)[0] == 0
@@ -51,6 +52,7 @@ def test_sample_labels_and_sample_draw_the_same_maps_and_the_background_threshol
     assert (thresholded.argmax(axis=1) == background).sum() > (paired.argmax(axis=1) == background).sum()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", list(STAGE_FOLDERS))
 def test_force_retrains_a_finished_stage_from_step_0(workdir, capsys, command):
     folder = workdir / STAGE_FOLDERS[command]
@@ -64,6 +66,7 @@ def test_force_retrains_a_finished_stage_from_step_0(workdir, capsys, command):
     assert run_cli(capsys, command, f"workdir={workdir}", TINY, "force=true")[0] == 0
 
 
+@pytest.mark.slow
 def test_a_label_vae_of_another_schema_is_refused_by_train_label_ldm_in_one_line(workdir, tmp_path, capsys):
     other = tmp_path / "w"
     shutil.copytree(workdir, other, ignore=shutil.ignore_patterns("label_ldm", "samples", "label_samples"))
@@ -78,6 +81,7 @@ def test_a_label_vae_of_another_schema_is_refused_by_train_label_ldm_in_one_line
     assert not (other / "label_ldm" / "manifest.json").exists()
 
 
+@pytest.mark.slow
 def test_an_image_generator_of_another_schema_is_refused_by_sample_in_one_line(workdir, tmp_path, capsys):
     other = tmp_path / "w"
     shutil.copytree(workdir, other, ignore=shutil.ignore_patterns("samples", "label_samples"))

@@ -32,6 +32,7 @@ SECTIONS: dict[str, type] = {
     "image_generator": typed.ImageGeneratorSettings,
     "sampling": typed.SamplingSettings,
     "segmentation": typed.SegmentationSettings,
+    "experiments": typed.ExperimentSettings,
 }
 
 
@@ -88,6 +89,28 @@ def check_config(cfg: DictConfig) -> None:
             section(cfg, key)
     if "n" in cfg:
         count(cfg)
+    if "experiments" in cfg:
+        experiment_plan(section(cfg, "experiments"), None)
+
+
+def experiment_plan(settings: typed.ExperimentSettings, name: str | None) -> tuple[list, dict]:
+    """The evaluations of experiment `name` (every experiment's when None) and the arms they use, parsed.
+
+    A malformed arm or evaluation, or one naming an arm that is not defined, fails here in one line.
+    """
+    from brainspade.segmentation.arms import ArmSpec
+    from brainspade.segmentation.evaluation import Evaluation
+
+    if name is not None and name not in settings.evaluations:
+        raise BrainspadeError(f"experiment={name!r} is not defined; choose one of {sorted(settings.evaluations)}")
+    names = [name] if name is not None else list(settings.evaluations)
+    evaluations = [Evaluation.from_dict(node) for key in names for node in settings.evaluations[key]]
+    arms = {}
+    for arm in dict.fromkeys(arm for evaluation in evaluations for arm in evaluation.arms):
+        if arm not in settings.arms:
+            raise BrainspadeError(f"arm {arm!r} is not defined; experiments.arms has {sorted(settings.arms)}")
+        arms[arm] = ArmSpec.from_dict(arm, settings.arms[arm])
+    return evaluations, arms
 
 
 def count(cfg: DictConfig) -> int:

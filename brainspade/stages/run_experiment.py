@@ -15,22 +15,18 @@ from brainspade.data.slice_cache import SliceCache
 from brainspade.engine.atomic import atomic_folder
 from brainspade.engine.runtime import select_device
 from brainspade.engine.stage import StageFolder, config_fingerprint, require_complete
-from brainspade.errors import BrainspadeError
-from brainspade.segmentation.arms import ArmSpec, SyntheticSource, ensure_arm
-from brainspade.segmentation.evaluation import Evaluation
+from brainspade.segmentation.arms import SyntheticSource, ensure_arm
 from brainspade.segmentation.experiment import evaluate
 from brainspade.settings import SegmentationSettings
-from brainspade.stages.config import plain, run_settings, section, stage_path, workdir
+from brainspade.stages.config import experiment_plan, run_settings, section, stage_path, workdir
 
 
 def run(cfg: DictConfig) -> Path:
     """Run the experiment named by `experiment`; return its folder."""
     name = str(cfg.experiment)
-    known = cfg.experiments.evaluations
-    if name not in known:
-        raise BrainspadeError(f"experiment={name!r} is not defined; choose one of {sorted(known)}")
-    evaluations_config = plain(known[name])
-    evaluations = [Evaluation.from_dict(node) for node in evaluations_config]
+    experiments = section(cfg, "experiments")
+    evaluations, specs = experiment_plan(experiments, name)
+    evaluations_config = experiments.evaluations[name]
     settings: SegmentationSettings = section(cfg, "segmentation")
     run_config = run_settings(cfg)
     device = select_device(run_config.device)
@@ -42,17 +38,16 @@ def run(cfg: DictConfig) -> Path:
     def synthetic_samples(source: SyntheticSource) -> Path:
         from brainspade.stages import sample  # heavy (generators); only for synthetic arms
 
-        return sample.make_samples(cfg, name=source.samples, n=int(cfg.experiments.n_synthetic),
+        return sample.make_samples(cfg, name=source.samples, n=experiments.n_synthetic,
                                    style_dataset=source.style_dataset, style_modality=source.style_modality,
                                    conditions=source.conditions)
 
-    specs = [_arm_spec(cfg, arm) for arm in dict.fromkeys(arm for e in evaluations for arm in e.arms)]
     arms = {spec.name: ensure_arm(spec, stage_path(cfg, "segmentation") / "models" / spec.name, cache, settings,
                                   synthetic_samples, seed=run_config.seed, force=run_config.force, device=device,
                                   config_yaml=config_yaml)
-            for spec in specs}
+            for spec in specs.values()}
 
-    figure_slices = int(cfg.experiments.figure_slices)
+    figure_slices = experiments.figure_slices
     fingerprint = config_fingerprint({"evaluations": evaluations_config, "figure_slices": figure_slices,
                                       "mirroring": settings.test_time_mirroring,
                                       "models": {arm: trained.fingerprint for arm, trained in arms.items()}})
@@ -78,10 +73,3 @@ def run(cfg: DictConfig) -> Path:
         )
     print(f"[run-experiment] report: {target / 'report.md'}")
     return target
-
-
-def _arm_spec(cfg: DictConfig, arm: str) -> ArmSpec:
-    known = cfg.experiments.arms
-    if arm not in known:
-        raise BrainspadeError(f"arm {arm!r} is not defined; experiments.arms has {sorted(known)}")
-    return ArmSpec.from_dict(arm, plain(known[arm]))

@@ -1,0 +1,40 @@
+"""scripts/gpu_check.sh --dry-run: the GPU check's code paths at profile=tiny on the CPU (issue 18).
+
+The GPU check runs only when a task is lent a GPU; this keeps it from rotting in between.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = {"train-label-vae", "train-modisc", "train-label-ldm", "train-image-generator"}
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run(tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    done = subprocess.run(
+        ["bash", str(REPO / "scripts" / "gpu_check.sh"), "--dry-run", "--out", str(out), "--work", str(tmp_path / "w")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    summary = (out / "results.md").read_text()
+    assert results["mode"] == "dry-run" and (out / "logs.txt").is_file()
+    assert set(results["stages"]) == STAGES
+    for command, entry in results["stages"].items():
+        run = entry.get("bf16") or entry.get("bf16_compile")  # the dry run compiles its first run of each stage
+        assert run and run["status"] == "ok", (command, run)
+        assert run["stage_steps_per_second"] > 0 and run["steady_steps_per_second"] > 0, (command, run)
+        assert entry["resume"]["passed"], (command, entry["resume"])
+        assert f"| {command} |" in summary
+    for row in results["sampling"]:  # run when the time budget reached it (it does on an idle 2-core machine)
+        if row["status"] == "ok":
+            assert row["pairs_per_second"] > 0 and row["projected_20000_pairs_minutes"] > 0
