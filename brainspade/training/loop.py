@@ -100,6 +100,7 @@ def run_steps(
         distributed.seed_step(seed, step)
         losses = train_step(step)
         done = step + 1
+        timer.tick()  # here, so the last step's checkpoint and image grid are not timed as training
         bar.update(1)
         if done % schedule.log_every == 0 or done == steps:
             losses = distributed.mean_over_ranks(dict(losses))
@@ -113,7 +114,6 @@ def run_steps(
             log_images(writer, done)
         if done % schedule.checkpoint_every == 0 or done == steps:
             checkpointer.save(done)
-        timer.tick()
     bar.close()
     if not checkpointer.path.is_file():
         checkpointer.save(start)  # steps=0: still leave a loadable model behind
