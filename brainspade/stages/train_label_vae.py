@@ -36,7 +36,7 @@ def run(cfg: DictConfig) -> Path:
     run_info = train_label_vae(folder.path, cache, generator_label_indices(cache, sources), settings, runtime,
                                run_.seed, resolved_config(cfg))
     if distributed.is_main():  # the other ranks wait in finish()
-        vae = build_model(load_checkpoint(folder.path / CHECKPOINT_NAME), "vae", LabelVAE)
+        vae = build_model(load_checkpoint(folder.path / CHECKPOINT_NAME), "vae", LabelVAE).to(runtime.device)
         metrics = {**evaluate_label_vae(vae, cache, sources, settings.eval_batch_size, runtime.device),
                    "runtime": run_info}
         write_json_atomic(folder.path / "metrics.json", metrics)

@@ -74,14 +74,14 @@ def inverse_frequency_weights(pv_maps: torch.Tensor, max_weight: float = 50.0) -
 @torch.no_grad()
 def encode_means(vae: LabelVAE, pv_maps: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
     """Latent means of every PV map (the LDM trains on these)."""
-    vae.eval()
+    vae = vae.to(device).eval()
     chunks = [vae.encode(as_pv(pv_maps[i : i + batch_size]).to(device))[0].cpu() for i in range(0, len(pv_maps), batch_size)]
     return torch.cat(chunks)
 
 
 @torch.no_grad()
 def reconstruct(vae: LabelVAE, pv_maps: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
-    vae.eval()
+    vae = vae.to(device).eval()
     chunks = [vae.decode(vae.encode(as_pv(pv_maps[i : i + batch_size]).to(device))[0]).cpu()
               for i in range(0, len(pv_maps), batch_size)]
     return torch.cat(chunks)
