@@ -59,7 +59,7 @@ STAGES = {
     "train-label-vae": ("label_vae", ["phantom", "slices"], ["label_vae.image_every=1000000"]),
     "train-modisc": ("modisc", ["phantom", "slices"], []),
     "train-label-ldm": ("label_ldm", ["phantom", "slices", "label_vae"],
-                        ["label_ldm.eval_samples=2", "label_ldm.eval_steps=1", "label_ldm.eval_batch_size=2",
+                        ["label_ldm.eval_samples=2", "label_ldm.eval_batch_size=2",
                          "label_ldm.image_every=1000000", "label_sampling.steps=2"]),
     "train-image-generator": ("image_generator", ["phantom", "slices", "modisc"],
                               ["image_generator.evaluation.max_images=2", "image_generator.evaluation.batch_size=2",
