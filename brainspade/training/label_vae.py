@@ -128,7 +128,7 @@ def vae_training_step(
     l1 = (reconstruction - pv_maps).abs()
     if channel_weights is not None:
         l1 = l1 * channel_weights.view(1, -1, 1, 1)
-    terms = {"l1": l1.mean(), "kl": kl_divergence(mu, 2 * torch.log(sigma.clamp_min(1e-6))), "perceptual": pv_maps.new_zeros(())}
+    terms = {"l1": l1.mean(), "kl": kl_divergence(mu, torch.log(sigma.pow(2) + 1e-12), sigma.pow(2)), "perceptual": pv_maps.new_zeros(())}
     if weights["perceptual"] > 0:
         with autocast():
             terms["perceptual"] = perceptual(reconstruction, pv_maps).float()
