@@ -12,7 +12,7 @@ added when the network is built); the checkpoint stores the full set, so a saved
 rebuilds its networks with nothing else.
 """
 
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
 from brainspade.errors import BrainspadeError
@@ -49,20 +49,6 @@ class Checked:
     def __post_init__(self) -> None:
         for spec in fields(self):  # type: ignore[arg-type]
             _check_field(spec.name, getattr(self, spec.name), dict(spec.metadata))
-
-
-def check_all(settings: Any, prefix: str) -> None:
-    """Re-run the checks of nested settings with the full key in the message (stages call this)."""
-    try:
-        for spec in fields(settings):
-            value = getattr(settings, spec.name)
-            if is_dataclass(value):
-                check_all(value, f"{prefix}.{spec.name}")
-            else:
-                _check_field(spec.name, value, dict(spec.metadata))
-    except BrainspadeError as error:
-        message = str(error)
-        raise BrainspadeError(message if message.startswith(prefix) else f"{prefix}.{message}") from None
 
 
 # ---------------------------------------------------------------- every command

@@ -98,7 +98,8 @@ def test_an_image_generator_of_another_schema_is_refused_by_sample_in_one_line(w
     ("seed=abc", "seed"), ("seed=1.5", "seed"), ("label_vae.steps=-5", "label_vae.steps"),
     ("label_vae.lr=fast", "label_vae.lr"), ("device=tpu", "device"), ("runtime.compile=maybe", "runtime.compile"),
     ("label_sampling.slice_range=[0.9,0.1]", "label_sampling.slice_range"),
-    ("label_vae.model.width=3", "label_vae.model.width"),
+    ("label_vae.model.width=3", "label_vae.model.width"), ("modisc.augment.bias_field=-1", "modisc.augment.bias_field"),
+    ("image_generator.weights.dataset=0.9", "image_generator.weights"),
 ])
 def test_bad_values_fail_in_one_line_naming_the_key_before_any_work(tmp_path, capsys, override, key):
     code, out, err = run_cli(capsys, "train-label-vae", f"workdir={tmp_path / 'w'}", TINY, override)

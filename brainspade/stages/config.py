@@ -57,9 +57,24 @@ def section(cfg: DictConfig, key: str, cls: type[T] | None = None) -> T:
             message = f"unknown key (the section takes {', '.join(sorted(names))})"
         raise BrainspadeError(f"{full_key}: {message}") from None
     except BrainspadeError as error:
-        raise BrainspadeError(f"{key}.{error}" if key else str(error)) from None
-    typed.check_all(built, key or "run")
+        message = str(error)
+        path = _field_path(cls, message.split("=")[0].split(":")[0])
+        raise BrainspadeError(f"{key}.{path}{message[len(path.split('.')[-1]):]}" if key else message) from None
     return built
+
+
+def _field_path(cls: type, name: str, nested: bool = False) -> str:
+    """Where field `name` sits in a (nested) settings class, e.g. "augment.bias_field" in ModiscSettings."""
+    for spec in dataclasses.fields(cls):
+        if spec.name == name:
+            return name
+    for spec in dataclasses.fields(cls):
+        child = spec.default_factory if spec.default_factory is not dataclasses.MISSING else None
+        if isinstance(child, type) and dataclasses.is_dataclass(child):
+            found = _field_path(child, name, nested=True)
+            if found:
+                return f"{spec.name}.{found}"
+    return "" if nested else name
 
 
 def _writable_schema(cls: type) -> DictConfig:
