@@ -8,10 +8,12 @@ another data schema is refused with one line instead of failing deep inside `loa
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -63,7 +65,13 @@ def save_checkpoint(
     }
     path = Path(path)
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        try:
+            torch.save(state, tmp)
+        except RuntimeError as error:  # torch reports a failed write (a full disk) as RuntimeError, not OSError
+            raise BrainspadeError(
+                f"{path}: could not write the checkpoint ({str(error).splitlines()[0][:80]}); is the disk full? "
+                "Free space and re-run: training resumes from the last checkpoint"
+            ) from error
     return path
 
 
@@ -78,15 +86,49 @@ def load_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise BrainspadeError(f"{path}: checkpoint not found; run the stage that makes it first")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # torch raises many types for truncated or foreign files
-        raise BrainspadeError(
-            f"{path}: not a readable brainspade checkpoint ({type(error).__name__}); delete it and re-run the stage"
-        ) from error
+    state = _load_weights_only(path, map_location, "brainspade checkpoint", "delete it and re-run the stage")
     if expected_signature is not None:
         check_signature(path, state.get("signature", {}), expected_signature)
     return state
+
+
+# Besides tensors and plain containers, nnU-Net's checkpoints hold numpy scalars (its logged Dice values):
+# these rebuild a number from a dtype and bytes and can run no code.
+NNUNET_PLAIN_GLOBALS = (np._core.multiarray.scalar, np.dtype, np.dtypes.Float32DType, np.dtypes.Float64DType,
+                        np.dtypes.Int64DType)
+
+
+def load_nnunet_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """An nnU-Net checkpoint loaded weights-only (nnU-Net's own loader unpickles anything: a planted file runs code).
+
+    Raises:
+        BrainspadeError: the file is missing, unreadable, or holds anything but weights and plain values.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BrainspadeError(f"{path}: nnU-Net checkpoint not found; re-run the experiment to train the arm")
+    with torch.serialization.safe_globals(list(NNUNET_PLAIN_GLOBALS)):
+        return _load_weights_only(path, map_location, "nnU-Net checkpoint",
+                                  "delete the arm's folder (or run with force=true) to retrain it")
+
+
+def _load_weights_only(path: Path, map_location: str | torch.device, what: str, fix: str) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch raises many types for truncated, foreign or code-carrying files
+        reason = _unsafe_reason(error)
+        raise BrainspadeError(f"{path}: not a readable {what} ({reason}); {fix}") from error
+    if not isinstance(state, dict):
+        raise BrainspadeError(f"{path}: not a readable {what} (a {type(state).__name__}, not a dict); {fix}")
+    return state
+
+
+def _unsafe_reason(error: Exception) -> str:
+    """'it would import os.system' for a file that carries code; the error's type otherwise."""
+    match = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+    if match:
+        return f"it would import {match.group(1)} when loaded, so it was not loaded"
+    return type(error).__name__
 
 
 def check_signature(path: Path, saved: Mapping[str, Any], expected: Mapping[str, Any]) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from brainspade.engine.checkpoint import load_nnunet_checkpoint
 from brainspade.errors import BrainspadeError
 from brainspade.segmentation.raw_dataset import case_ids, image_path, label_path
 from brainspade.settings import SegmentationSettings
@@ -179,8 +180,7 @@ class Segmenter:
         checkpoint_file = final_checkpoint(root, arm)
         if not checkpoint_file.is_file():
             raise BrainspadeError(f"{checkpoint_file}: no trained nnU-Net; re-run the experiment to train it")
-        # nnU-Net's own checkpoint format (it pickles plain Python objects next to the weights).
-        checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=False)
+        checkpoint = load_nnunet_checkpoint(checkpoint_file)
         plans_manager = PlansManager(load_json(str(folder / "plans.json")))
         dataset_json = load_json(str(folder / "dataset.json"))
         configuration = plans_manager.get_configuration(checkpoint["init_args"]["configuration"])

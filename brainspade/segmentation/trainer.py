@@ -7,9 +7,12 @@ only when a model is trained or loaded. It imports nothing of `segmentation.nnun
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from brainspade.engine.atomic import atomic_path
+from brainspade.engine.checkpoint import load_nnunet_checkpoint
 from brainspade.engine.logging import progress, tensorboard_writer
 from brainspade.settings import SegmentationSettings
 
@@ -51,6 +54,19 @@ class BrainspadeTrainer(nnUNetTrainer):
             self.bar.close()
         if self.writer is not None:
             self.writer.close()
+
+    def save_checkpoint(self, filename: str) -> None:
+        # nnU-Net writes in place; a kill mid-write would leave a truncated checkpoint_latest to resume from.
+        if self.local_rank != 0 or self.disable_checkpointing:
+            return super().save_checkpoint(filename)  # writes nothing: no empty file may replace a checkpoint
+        with atomic_path(filename) as temporary:
+            super().save_checkpoint(str(temporary))
+
+    def load_checkpoint(self, filename_or_checkpoint: dict[str, Any] | str) -> None:
+        # Weights-only, whoever calls it: nnU-Net's own loader unpickles code from a replaced file.
+        if isinstance(filename_or_checkpoint, str):
+            filename_or_checkpoint = load_nnunet_checkpoint(filename_or_checkpoint, self.device)
+        super().load_checkpoint(filename_or_checkpoint)
 
     def plot_network_architecture(self):
         pass  # nnU-Net's plot needs hiddenlayer; nothing a brainspade user reads
