@@ -80,10 +80,23 @@ def test_stage_folder_is_complete_only_after_its_manifest(tmp_path):
     folder = StageFolder(tmp_path / "stage", "abc")
     assert folder.prepare() is True
     assert not folder.is_complete()
+    (folder.path / "model.pt").write_bytes(b"weights")
     folder.finish({"model": "model.pt"})
     assert folder.is_complete() and folder.reusable(force=False)
     with pytest.raises(BrainspadeError, match="another config"):
         StageFolder(tmp_path / "stage", "other").reusable(force=False)
+
+
+def test_a_finished_folder_whose_outputs_were_damaged_is_remade(tmp_path, capsys):
+    folder = StageFolder(tmp_path / "stage", "abc")
+    folder.prepare()
+    (folder.path / "model.pt").write_bytes(b"weights")
+    folder.finish({"model": "model.pt"})
+    (folder.path / "model.pt").write_bytes(b"truncated")  # another size than when the stage finished
+    assert not folder.reusable(force=False)
+    (folder.path / "model.pt").unlink()
+    assert not folder.reusable(force=False) and not folder.is_up_to_date()
+    assert "model.pt missing or changed" in capsys.readouterr().out
 
 
 def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):

@@ -30,6 +30,7 @@ def atomic_path(path: str | Path, temp_dir: str | Path | None = None) -> Iterato
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.pid{os.getpid()}.", suffix=f".tmp{suffix}", dir=temp_dir)
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; the final file must honour the umask
     try:
         yield tmp
         os.replace(tmp, path)
@@ -56,6 +57,7 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; collaborators must be able to read the result
     try:
         yield tmp
         if path.exists():
@@ -68,6 +70,17 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
             os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (os.umask can only swap it)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def remove_stale_temporaries(folder: str | Path) -> int:

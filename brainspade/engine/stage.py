@@ -50,8 +50,20 @@ class StageFolder:
         return json.loads(self.manifest_path.read_text())
 
     def is_up_to_date(self) -> bool:
-        """Complete and made with the same config as this run."""
-        return self.is_complete() and self.read_manifest().get("fingerprint") == self.fingerprint
+        """Complete, made with the same config as this run, and every output it lists still as written."""
+        return (self.is_complete() and self.read_manifest().get("fingerprint") == self.fingerprint
+                and not self.damaged_outputs())
+
+    def damaged_outputs(self) -> list[str]:
+        """Outputs of the manifest that are gone, or files whose size changed since the stage finished."""
+        manifest = self.read_manifest()
+        sizes = manifest.get("sizes", {})
+        damaged = []
+        for relative in manifest.get("outputs", {}).values():
+            path = self.path / relative
+            if not path.exists() or (relative in sizes and (not path.is_file() or path.stat().st_size != sizes[relative])):
+                damaged.append(str(relative))
+        return damaged
 
     def reusable(self, force: bool) -> bool:
         """True when a finished run with this config can be reused as is.
@@ -61,8 +73,11 @@ class StageFolder:
         """
         if not self.is_complete() or force:
             return False
-        if self.is_up_to_date():
-            return True
+        if self.read_manifest().get("fingerprint") == self.fingerprint:
+            damaged = self.damaged_outputs()
+            if damaged:
+                print(f"[brainspade] {self.path}: {', '.join(damaged)} missing or changed since it finished; remaking it")
+            return not damaged
         raise BrainspadeError(
             f"{self.path}: finished with another config; pass force=true to redo it or use another workdir"
         )
@@ -96,10 +111,14 @@ class StageFolder:
         distributed.barrier()
         if not distributed.is_main():
             return self.path
+        outputs = dict(outputs or {})
         manifest = {
             "fingerprint": self.fingerprint,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "outputs": dict(outputs or {}),
+            "outputs": outputs,
+            # A re-run checks these cheaply (names and sizes) before trusting the folder.
+            "sizes": {relative: (self.path / relative).stat().st_size for relative in outputs.values()
+                      if (self.path / relative).is_file()},
             **details,
         }
         write_json_atomic(self.manifest_path, manifest)

@@ -11,6 +11,7 @@ Streaming, deterministic, resumable and sharded:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import ctypes
 import dataclasses
@@ -32,7 +33,7 @@ from brainspade.engine.stage import StageFolder, config_fingerprint, finished_fi
 from brainspade.errors import BrainspadeError
 from brainspade.generation.images import ImageGenerator, ModalityClassifier
 from brainspade.generation.labels import LabelSampler, condition_drawer, label_conditions
-from brainspade.generation.pairs import PairBatch, PairSynthesiser
+from brainspade.generation.pairs import PairBatch, PairSynthesiser, check_style_modality
 from brainspade.generation.styles import StyleBank, style_bank_from_cache, style_bank_from_folder
 from brainspade.settings import LabelSamplingSettings
 from brainspade.stages.config import count, run_settings, section, stage_path
@@ -93,9 +94,21 @@ def make_samples(
         "models": [finished_fingerprint(p) for p in (label_vae, label_ldm, image_generator_folder)],
     }
     folder = StageFolder(stage_path(cfg, "samples") / name, config_fingerprint(settings))
+    if folder.is_up_to_date() and not run_.force:
+        _reopen_blocks_with_missing_cases(folder, n, sampling.batch_size)
     if folder.reusable(run_.force):
         print(f"[sample] {folder.path} is up to date")
         return folder.path
+    # Models first: a style the filter can never accept is refused before anything is written.
+    device = select_device(run_.device)
+    cache = SliceCache.open(workdir_slices)
+    image_generator = ImageGenerator.from_folder(image_generator_folder, device, cache.channels)
+    classifier = ModalityClassifier.from_folder(modisc, device, cache.channels) if use_filter else None
+    warning = check_style_modality(style_modality, classifier.modalities if classifier else None,
+                                   image_generator.modality_input)
+    if warning:
+        print(f"[sample] warning: {warning}", flush=True)
+    bank = _style_bank(cache, style_dataset, style_modality, style_folder)
     _check_same_run(folder.path, settings, run_.force)
     # Everything the label maps depend on; runs that differ only in style share their maps.
     label_key = config_fingerprint({k: settings[k] for k in ("seed", "conditions", "label_sampling")},
@@ -106,19 +119,16 @@ def make_samples(
         (folder.path / sub).mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(folder.path)  # an earlier run killed mid-write leaves only these behind
 
-    device = select_device(run_.device)
-    cache = SliceCache.open(workdir_slices)
-    bank = _style_bank(cache, style_dataset, style_modality, style_folder)
     shared = SharedLabelMaps(folder.path, label_key) if sampling.share_label_maps else None
     label_sampler = LabelSampler.from_folders(label_vae, label_ldm, device, cache.channels)
     synthesiser = PairSynthesiser(
         label_sampler=label_sampler,
-        image_generator=ImageGenerator.from_folder(image_generator_folder, device, cache.channels),
+        image_generator=image_generator,
         style_bank=bank,
         draw_conditions=label_condition_drawer(conditions, cache, label_sampler, label_settings, sources),
         seed=run_.seed,
         label_settings=label_settings,
-        classifier=ModalityClassifier.from_folder(modisc, device, cache.channels) if use_filter else None,
+        classifier=classifier,
         max_retries=sampling.max_retries,
         device=device,
         known_label_maps=shared.load if shared else None,
@@ -260,9 +270,29 @@ def _write_block(path: Path, block: int, batch: PairBatch, channels: Sequence[st
     write_text_atomic(_block_record(path, block), buffer.getvalue())
 
 
+def _reopen_blocks_with_missing_cases(folder: StageFolder, n: int, batch_size: int) -> None:
+    """A finished set whose case files were deleted since is reopened: the run remakes just those blocks.
+
+    Checked by name only (a stat per file); files are written atomically, so present means whole.
+    """
+    from brainspade.segmentation.raw_dataset import image_path, label_path
+
+    lost_blocks = sorted({
+        i // batch_size for i in range(n)
+        if not all(f.is_file() for f in (image_path(folder.path, case_id(i)), label_path(folder.path, case_id(i)),
+                                        folder.path / "pv" / f"{case_id(i)}.npy"))
+    })
+    if not lost_blocks:
+        return
+    print(f"[sample] {folder.path}: case files of {len(lost_blocks)} block(s) are missing; remaking them")
+    folder.manifest_path.unlink()
+    for block in lost_blocks:
+        _block_record(folder.path, block).unlink(missing_ok=True)
+
+
 def _finish(folder: StageFolder, n: int, total_blocks: int, channels: Sequence[str], modality: str) -> None:
     """Assemble samples.csv from the block records and write dataset.json, then the manifest."""
-    from brainspade.segmentation.raw_dataset import write_dataset_json
+    from brainspade.segmentation.raw_dataset import PARTIAL, write_dataset_json
 
     lines: list[str] = []
     for block in range(total_blocks):
@@ -270,6 +300,8 @@ def _finish(folder: StageFolder, n: int, total_blocks: int, channels: Sequence[s
         lines.extend(block_lines if not lines else block_lines[1:])
     write_text_atomic(folder.path / "samples.csv", "\n".join(lines) + "\n")
     write_dataset_json(folder.path, list(channels), modality, n)
+    with contextlib.suppress(OSError):  # only when empty: a live shard may still be writing into it
+        (folder.path / PARTIAL).rmdir()
     retries = [int(row["retries"]) for row in csv.DictReader(io.StringIO("\n".join(lines)))]
     folder.finish(
         {"dataset": "dataset.json", "samples": "samples.csv", "pv_maps": "pv/"},

@@ -37,7 +37,7 @@ def run(cfg: DictConfig) -> Path:
     fingerprint = config_fingerprint(label_settings, sampling.batch_size, conditions_mode, n, run_.seed,
                                      finished_fingerprint(vae_folder), finished_fingerprint(ldm_folder))
     folder = StageFolder(stage_path(cfg, "label_samples"), fingerprint)
-    if folder.is_up_to_date() and not run_.force:
+    if folder.is_up_to_date() and not run_.force and len(list((folder.path / "pv").glob("*.npy"))) == n:
         print(f"[sample-labels] {folder.path} is up to date")
         return folder.path
     cache = SliceCache.open(slices)
