@@ -7,6 +7,7 @@ Hydra runs the job, so that a typo fails in one line before any work starts.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 from dataclasses import dataclass
@@ -41,6 +42,17 @@ FLAG_KEYS = {"--n": "n"}
 # Commands whose first bare word is a value: `run-experiment iod` -> `experiment=iod`.
 POSITIONAL_KEYS = {"run-experiment": "experiment"}
 HYDRA_FLAGS_WITHOUT_VALUE = {"--cfg", "-c", "--resolve", "--multirun", "-m", "--info", "-i", "--package", "-p"}
+
+
+# Failures of the machine rather than of brainspade: one line with the path and the fix, not a traceback.
+# Writes are atomic, so what finished before the failure is intact and a re-run resumes.
+_NO_SPACE = "free space on that disk (or set workdir= to another one) and re-run: finished work is kept and resumed"
+_NOT_WRITABLE = "make it writable (or set workdir= to a folder you can write) and re-run"
+ENVIRONMENT_FIXES = {
+    errno.ENOSPC: _NO_SPACE, errno.EDQUOT: _NO_SPACE,
+    errno.EROFS: _NOT_WRITABLE, errno.EACCES: _NOT_WRITABLE, errno.EPERM: _NOT_WRITABLE,
+    errno.ENOTDIR: "a folder on that path is a file; move it or set workdir= elsewhere",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,6 +142,10 @@ def _run_with_hydra(name: str, command: Command, args: list[str]) -> int:
             output = stage.run(cfg)
         except BrainspadeError as error:
             _fail(f"{name}: {error}", code=1)
+        except OSError as error:
+            if error.errno not in ENVIRONMENT_FIXES:
+                raise
+            _fail(f"{name}: {error.filename or 'a file'}: {error.strerror}; {ENVIRONMENT_FIXES[error.errno]}", code=1)
         # The last line of standard output is the folder the command wrote (scripts rely on it).
         print(Path(output).resolve(), flush=True)
 

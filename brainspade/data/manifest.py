@@ -7,6 +7,7 @@ Several rows may share one labels file (e.g. T1 and FLAIR of one subject).
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,12 +38,15 @@ def read_manifest(root: Path) -> list[VolumeRow]:
     path = root / "manifest.csv"
     if not path.is_file():
         raise BrainspadeError(f"{path}: manifest not found; set data.root to a folder with manifest.csv (see README)")
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise BrainspadeError(f"{path}: missing column(s) {', '.join(missing)}; the header must be {','.join(MANIFEST_COLUMNS)}")
-        rows = [_parse_row(root, path, line, record) for line, record in enumerate(reader, start=2)]
+    try:  # utf-8-sig: spreadsheet programs save UTF-8 with a byte-order mark
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise BrainspadeError(f"{path}: not UTF-8 (byte {error.start} cannot be decoded); save the manifest as UTF-8") from error
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise BrainspadeError(f"{path}: missing column(s) {', '.join(missing)}; the header must be {','.join(MANIFEST_COLUMNS)}")
+    rows = [_parse_row(root, path, line, record) for line, record in enumerate(reader, start=2)]
     if not rows:
         raise BrainspadeError(f"{path}: no rows; add one row per image volume")
     return rows

@@ -20,6 +20,8 @@ def load_image(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise BrainspadeError(f"{path}: image has shape {data.shape}; expected a 3D volume")
     if not np.isfinite(data).all():
         raise BrainspadeError(f"{path}: image contains NaN or infinite values; fix or mask them before use")
+    if float(data.min()) == float(data.max()):  # a blank export, or a failed conversion
+        raise BrainspadeError(f"{path}: image is constant (every voxel {float(data.min()):g}); re-export it or drop its row")
     return data, affine
 
 

@@ -39,13 +39,15 @@ class ImageGenerator:
 
     def __init__(self, style_encoder: StyleEncoder, generator: SpadeGenerator, channels: list[str],
                  size: tuple[int, int], device: torch.device, sampled_code: bool = True,
-                 style_classifier: nn.Module | None = None):
+                 style_classifier: nn.Module | None = None, modality_input: Sequence[str] = ()):
         self.sampled_code = sampled_code  # False: the code is the encoder mean, as it was in training
         self.style_encoder = style_encoder.to(device).eval().requires_grad_(False)
         self.generator = generator.to(device).eval().requires_grad_(False)
         # Set when the generator was trained with the classifier's modality of the style image next to the code.
         self.style_classifier = (style_classifier.to(device).eval().requires_grad_(False)
                                  if style_classifier is not None else None)
+        # The modalities that classifier tells apart: the only ones the generator's modality input can carry.
+        self.modality_input = list(modality_input) if style_classifier is not None else []
         self.channels = list(channels)
         self.size = tuple(size)
         self.device = device
@@ -71,7 +73,8 @@ class ImageGenerator:
             style_classifier.load_state_dict(saved["weights"])
         return cls(build_model(state, "style_encoder", StyleEncoder, ema=True),
                    build_model(state, "generator", SpadeGenerator, ema=True), state["signature"]["channels"],
-                   tuple(state["signature"]["size"]), device, bool(extra.get("sampled_code", True)), style_classifier)
+                   tuple(state["signature"]["size"]), device, bool(extra.get("sampled_code", True)), style_classifier,
+                   extra.get("modalities", ()))
 
     @torch.no_grad()
     def generate(self, pv_maps: torch.Tensor, style_images: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from brainspade.engine.seeding import derived_seed
+from brainspade.errors import BrainspadeError
 from brainspade.generation.labels import CONDITION, IMAGE_NOISE, STYLE_CHOICE, LabelSampler, sample_label_maps
 from brainspade.generation.styles import StyleBank
 from brainspade.settings import LabelSamplingSettings
@@ -27,6 +28,27 @@ class PairBatch:
     pv_maps: torch.Tensor  # (B, C, H, W)
     images: torch.Tensor  # (B, 1, H, W)
     records: list[dict]
+
+
+
+def check_style_modality(modality: str, filter_modalities: Sequence[str] | None,
+                         generator_modalities: Sequence[str]) -> str | None:
+    """Refuse a style modality the modality filter can never accept; warn where the generator cannot condition on it.
+
+    Returns the warning (None when the modality is fully supported). Raises BrainspadeError with the filter on
+    and a modality it does not know: every image would be rejected, every retry spent, for nothing.
+    """
+    if filter_modalities is not None and modality not in filter_modalities:
+        raise BrainspadeError(
+            f"style.modality={modality}: the modality classifier knows only {list(filter_modalities)}, so the "
+            f"modality filter would reject every image; set sampling.modality_filter=false to sample anyway, or "
+            f"train-modisc on data that has {modality} images"
+        )
+    if generator_modalities and modality not in generator_modalities:
+        return (f"style.modality={modality} is not one of the modalities the generator conditions on "
+                f"{list(generator_modalities)}: it takes the style image's code, and its modality input will carry "
+                f"the classifier's {'/'.join(generator_modalities)} verdict for these {modality} images")
+    return None
 
 
 class PairSynthesiser:

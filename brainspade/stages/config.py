@@ -7,6 +7,7 @@ settings objects built here. A wrong type or value fails with one line naming th
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -98,7 +99,12 @@ def run_settings(cfg: DictConfig) -> typed.RunSettings:
 
 def check_config(cfg: DictConfig) -> None:
     """Build every settings object the command's config has, so any bad value fails before work starts."""
-    run_settings(cfg)
+    run = run_settings(cfg)
+    if run.device == "cuda":  # checked here so that no stage starts work on a machine it cannot finish on
+        from brainspade.engine.runtime import select_device
+
+        select_device(run.device)
+    check_workdir(Path(str(cfg.workdir)).expanduser())
     for key in SECTIONS:
         if key in cfg:
             section(cfg, key)
@@ -145,10 +151,22 @@ def plain(node: Any) -> Any:
 def workdir(cfg: DictConfig) -> Path:
     """The run's workdir as an absolute path (created if missing)."""
     path = Path(str(cfg.workdir)).expanduser().resolve()
-    if path.exists() and not path.is_dir():
-        raise BrainspadeError(f"workdir={path}: is a file; set workdir=PATH to a folder")
+    check_workdir(path)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def check_workdir(path: Path) -> None:
+    """Refuse a workdir that is a file or that cannot be written, before Hydra writes its logs there."""
+    path = path.resolve()
+    if path.exists() and not path.is_dir():
+        raise BrainspadeError(f"workdir={path}: is a file; set workdir=PATH to a folder")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise BrainspadeError(f"workdir={path}: {existing} is a file; set workdir=PATH to a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise BrainspadeError(f"workdir={path}: {existing} is not writable (read-only or not yours); "
+                              "set workdir=PATH to a folder you can write")
 
 
 def stage_path(cfg: DictConfig, name: str) -> Path:

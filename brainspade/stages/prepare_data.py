@@ -8,6 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from brainspade.data.manifest import read_manifest
+from brainspade.data.manifest_checks import check_manifest
 from brainspade.data.prepare import build_slice_cache
 from brainspade.engine.atomic import atomic_folder
 from brainspade.engine.stage import StageFolder, config_fingerprint
@@ -26,7 +27,7 @@ def run(cfg: DictConfig) -> Path:
     run_ = run_settings(cfg)
     data, slices = section(cfg, "data"), section(cfg, "slices")
     rows = read_manifest(root)
-    _check_roles(data.source_datasets, data.target_datasets, {row.dataset for row in rows}, root)
+    check_manifest(rows, root / "manifest.csv", data.source_datasets, data.target_datasets)
     manifest_hash = hashlib.sha256((root / "manifest.csv").read_bytes()).hexdigest()
     # Hashed as the plain config nodes, as before the typed settings, so existing caches stay valid.
     fingerprint = config_fingerprint(plain(cfg.data), plain(cfg.slices), manifest_hash)
@@ -53,16 +54,3 @@ def run(cfg: DictConfig) -> Path:
     print(f"[prepare-data] {counts['image_slices']} image slices, {counts['label_slices']} PV slices from {counts['volumes']} volumes")
     return target
 
-
-def _check_roles(sources: list[str], targets: list[str], datasets: set[str], root: Path) -> None:
-    """Source and target data sets named in config must exist in the manifest."""
-    named = sources + targets
-    missing = [name for name in named if name not in datasets]
-    if missing:
-        raise BrainspadeError(
-            f"{root}/manifest.csv: data set(s) {missing} named in data.source_datasets/target_datasets are not in "
-            f"the manifest (it has {sorted(datasets)}); fix the config"
-        )
-    overlap = set(sources) & set(targets)
-    if overlap:
-        raise BrainspadeError(f"data sets {sorted(overlap)} are both source and target; a data set has one role")
