@@ -145,7 +145,8 @@ def _run_with_hydra(name: str, command: Command, args: list[str]) -> int:
         except OSError as error:
             if error.errno not in ENVIRONMENT_FIXES:
                 raise
-            _fail(f"{name}: {error.filename or 'a file'}: {error.strerror}; {ENVIRONMENT_FIXES[error.errno]}", code=1)
+            where = error.filename or f"workdir={cfg.workdir}"
+            _fail(f"{name}: {where}: {error.strerror}; {ENVIRONMENT_FIXES[error.errno]}", code=1)
         # The last line of standard output is the folder the command wrote (scripts rely on it).
         print(Path(output).resolve(), flush=True)
 

@@ -114,7 +114,7 @@ class DataSettings(Checked):
 class LabelVAESettings(Checked):
     model: dict[str, Any] = field(default_factory=dict)  # LabelVAE arguments (num_channels comes from the data)
     discriminator: dict[str, Any] = field(default_factory=dict)  # MONAI PatchDiscriminator arguments
-    steps: int = bounded(50000, ge=0)
+    steps: int = bounded(50000, ge=1)
     batch_size: int = bounded(256, ge=1)
     lr: float = bounded(5e-5, gt=0)
     discriminator_lr: float = bounded(1e-4, gt=0)
@@ -143,7 +143,7 @@ class LabelLDMSettings(Checked):
     beta_end: float = bounded(0.0195, gt=0, le=1)
     loss: str = bounded("l1", choices=("l1", "mse"))
     condition_dropout: float = bounded(0.2, ge=0, le=1)
-    steps: int = bounded(100000, ge=0)
+    steps: int = bounded(100000, ge=1)
     batch_size: int = bounded(256, ge=1)
     lesion_batch_fraction: float = bounded(0.0, ge=0, le=1)
     lr: float = bounded(2.5e-5, gt=0)
@@ -200,7 +200,7 @@ class IntensityAugmentation(Checked):
 class ModiscSettings(Checked):
     model: dict[str, Any] = field(default_factory=dict)  # ModalityDatasetClassifier arguments (class counts come from the data)
     batch_size: int = bounded(32, ge=1)
-    steps: int = bounded(5000, ge=0)
+    steps: int = bounded(5000, ge=1)
     lr: float = bounded(1e-4, gt=0)
     weight_decay: float = bounded(1e-5, ge=0)
     augment: IntensityAugmentation = field(default_factory=IntensityAugmentation)
@@ -256,7 +256,7 @@ class ImageGeneratorSettings(Checked):
     sampled_code: bool = True
     style_modality_input: bool = False
     batch_size: int = bounded(8, ge=1)
-    steps: int = bounded(100000, ge=0)
+    steps: int = bounded(100000, ge=1)
     lr_generator: float = bounded(1e-4, gt=0)
     lr_discriminator: float = bounded(4e-4, gt=0)
     betas: list[float] = bounded([0.0, 0.9], ge=0, le=1)

@@ -125,7 +125,7 @@ def _load_weights_only(path: Path, map_location: str | torch.device, what: str, 
 
 def _unsafe_reason(error: Exception) -> str:
     """'it would import os.system' for a file that carries code; the error's type otherwise."""
-    match = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+    match = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)", str(error))
     if match:
         return f"it would import {match.group(1)} when loaded, so it was not loaded"
     return type(error).__name__

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -156,6 +157,9 @@ def workdir(cfg: DictConfig) -> Path:
     return path
 
 
+MIN_FREE_BYTES = 1 << 20
+
+
 def check_workdir(path: Path) -> None:
     """Refuse a workdir that is a file or that cannot be written, before Hydra writes its logs there."""
     path = path.resolve()
@@ -167,6 +171,10 @@ def check_workdir(path: Path) -> None:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise BrainspadeError(f"workdir={path}: {existing} is not writable (read-only or not yours); "
                               "set workdir=PATH to a folder you can write")
+    free = shutil.disk_usage(existing).free
+    if free < MIN_FREE_BYTES:  # Hydra writes its logs there before any stage can report a full disk in one line
+        raise BrainspadeError(f"workdir={path}: only {free // 1024} KiB free on its disk; free space or set "
+                              "workdir=PATH to another disk")
 
 
 def stage_path(cfg: DictConfig, name: str) -> Path:
