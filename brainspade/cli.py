@@ -33,6 +33,8 @@ COMMANDS: dict[str, Command] = {
     "train-modisc": Command("brainspade.stages.train_modisc", "train the modality/data-set classifier on real slices"),
     "train-image-generator": Command("brainspade.stages.train_image_generator", "train the SPADE VAE-GAN image generator"),
     "sample": Command("brainspade.stages.sample", "synthesise (image, label) pairs as an nnU-Net data set (--n N)"),
+    "sample-randomised": Command("brainspade.stages.sample_randomised",
+                                 "SynthSeg-style domain-randomised images on the label maps of a sample set"),
     "run-experiment": Command("brainspade.stages.run_experiment", "train nnU-Nets on real/synthetic data and compare them (iod|ood|lesion)"),
     "demo": Command("brainspade.stages.demo", "run the whole method on the embedded phantom"),
 }

@@ -19,15 +19,20 @@ from brainspade.errors import BrainspadeError
 
 
 def bounded(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
-            choices: tuple | None = None) -> Any:
-    """A dataclass field with a default and the range / choices its values must respect."""
+            choices: tuple | None = None, interval: bool = False) -> Any:
+    """A dataclass field with a default and the range / choices its values must respect.
+
+    `interval`: the value is a [low, high] pair with low <= high (a range random values are drawn from).
+    """
     factory = {"default_factory": (lambda: list(default))} if isinstance(default, list) else {"default": default}
-    return field(metadata={"ge": ge, "gt": gt, "le": le, "choices": choices}, **factory)
+    return field(metadata={"ge": ge, "gt": gt, "le": le, "choices": choices, "interval": interval}, **factory)
 
 
 def _check_field(name: str, value: Any, rules: dict) -> None:
     if value is None:
         return
+    if rules.get("interval") and (len(value) != 2 or value[0] > value[1]):
+        raise BrainspadeError(f"{name}={value!r}: give [low, high] with low <= high")
     values = value if isinstance(value, list) else [value]
     choices = rules.get("choices")
     for item in values:
@@ -287,6 +292,19 @@ class SamplingSettings(Checked):
     modality_filter: bool = True
     max_retries: int = bounded(3, ge=0)
     share_label_maps: bool = True
+
+
+@dataclass(frozen=True)
+class RandomisationSettings(Checked):
+    """SynthSeg-style domain randomisation (Billot et al. 2023): images made from label maps alone."""
+
+    tissue_mean: list[float] = bounded([0.0, 1.0], interval=True)
+    tissue_std: list[float] = bounded([0.01, 0.1], ge=0, interval=True)
+    bias_field: float = bounded(0.5, ge=0)
+    blur_std: list[float] = bounded([0.0, 1.0], ge=0, interval=True)
+    anisotropy: list[float] = bounded([1.0, 3.0], ge=1, interval=True)
+    log_gamma: list[float] = bounded([-0.3, 0.3], interval=True)
+    noise_std: list[float] = bounded([0.0, 0.05], ge=0, interval=True)
 
 
 @dataclass(frozen=True)

@@ -22,12 +22,12 @@ from brainspade.data.slice_cache import SliceCache
 from brainspade.segmentation.evaluation import load_volume
 from brainspade.segmentation.metrics import dice, mean_sd
 from brainspade.segmentation.raw_dataset import labels_from_pv
-from brainspade.segmentation.statistics import paired_tests
+from brainspade.segmentation.statistics import paired_difference, paired_tests
 
 pytestmark = pytest.mark.slow  # end-to-end stage runs (profile=tiny)
 
 CLASSES = {"csf": 1, "gm": 2, "wm": 3}
-ARMS = ["R_iod", "S_iod"]
+ARMS = ["R_iod", "S_iod", "D"]
 
 
 def recording_make_samples(calls: list):
@@ -126,13 +126,35 @@ def test_report_tables_match_results(experiment):
             mean, sd, _ = mean_sd(values(arm, class_name))
             shown = [float(x) for x in re.findall(r"-?\d+\.\d+", cell)[:2]]
             assert shown == pytest.approx([mean, sd], abs=6e-5), (arm, class_name, cell)
-    tests = _table(report, "### Dice: paired tests")
-    assert list(tests) == ["R_iod vs S_iod"]
-    for class_name, cell in zip(CLASSES, tests["R_iod vs S_iod"], strict=True):
-        expected = paired_tests(values("R_iod", class_name), values("S_iod", class_name))
-        t_cell, w_cell = (c.strip() for c in cell.split("/"))
+    tests = _table(report, "### Dice: paired differences")
+    assert list(tests) == ["R_iod − S_iod", "R_iod − D", "S_iod − D"]
+    for class_name, cell in zip(CLASSES, tests["R_iod − S_iod"], strict=True):
+        first, second = values("R_iod", class_name), values("S_iod", class_name)
+        expected = paired_tests(first, second)
+        difference_cell, p_cell = cell.split("; p ")
+        shown_difference = float(re.findall(r"[-+]\d+\.\d+", difference_cell)[0])
+        assert shown_difference == pytest.approx(np.nanmean(np.subtract(first, second)), abs=6e-4)
+        t_cell, w_cell = (c.strip() for c in p_cell.split("/"))
         for shown, p in ((t_cell, expected.t_test_p), (w_cell, expected.wilcoxon_p)):
             assert (shown == "n/a") if math.isnan(p) else float(shown) == pytest.approx(p, rel=5e-3)
+
+
+def test_report_opens_with_the_papers_finding_tested_against_results(experiment):
+    folder, _, _, _ = experiment
+    report = (folder / "report.md").read_text()
+    assert report.index("## The paper's findings, tested here") < report.index("## Models")
+    rows = _results(folder)
+    findings = _table(report, "## The paper's findings, tested here")
+    (finding,) = findings.values()
+    assert finding[1] == "R_iod − S_iod (dice)"
+    per_volume = {arm: np.nanmean([[float(r["dice"]) for r in sorted(rows, key=lambda r: r["subject"])
+                                    if r["arm"] == arm and r["class"] == c] for c in CLASSES], axis=0)
+                  for arm in ("R_iod", "S_iod")}
+    expected = paired_difference(per_volume["R_iod"], per_volume["S_iod"])
+    shown = [float(x) for x in re.findall(r"[-+]\d+\.\d+", finding[2])]
+    assert shown[0] == pytest.approx(expected.mean, abs=6e-4)
+    verdict = "holds" if expected.low > 0 else "reversed" if expected.high < 0 else "n.s."
+    assert finding[-1] == verdict
 
 
 def test_report_says_what_each_model_trained_on(experiment):
@@ -141,9 +163,10 @@ def test_report_says_what_each_model_trained_on(experiment):
     models = _table(report, "## Models")
     assert "real siteA T1 (train split, 3 volumes" in models["R_iod"][0]
     assert "synthetic 'S_iod'" in models["S_iod"][0] and "siteA T1" in models["S_iod"][0]
-    # The synthetic arm asked for the profile's n samples styled with siteA T1 train images.
-    assert calls == [{"name": "S_iod", "n": 40, "style_dataset": "siteA", "style_modality": "T1",
-                      "conditions": "healthy"}]
+    assert "domain-randomised 'D'" in models["D"][0] and "label maps of 'S_iod'" in models["D"][0]
+    # The synthetic arm asked for the profile's n samples styled with siteA T1 train images; D reuses that set.
+    assert {tuple(sorted(c.items())) for c in calls} == {tuple(sorted({
+        "name": "S_iod", "n": 40, "style_dataset": "siteA", "style_modality": "T1", "conditions": "healthy"}.items()))}
     for arm in ARMS:
         assert (workdir / "segmentation" / "models" / arm / "manifest.json").is_file()
     for figure in ("iod_scores.png", "iod_slices.png"):
@@ -164,3 +187,14 @@ def test_rerun_reuses_models_and_report(experiment, capsys, monkeypatch):
 def test_unknown_experiment_is_refused(capsys, tmp_path):
     code, _, err = run_cli(capsys, "run-experiment", "nope", f"workdir={tmp_path}", "profile=tiny")
     assert code == 1 and "experiment='nope' is not defined" in err
+
+
+def test_the_randomised_arm_trains_on_the_synthetic_arms_label_maps_with_other_images(experiment):
+    _, workdir, _, _ = experiment
+    synthetic, randomised = workdir / "samples" / "S_iod", workdir / "samples" / "D"
+    cases = sorted(p.name for p in (synthetic / "labelsTr").iterdir())
+    assert cases == sorted(p.name for p in (randomised / "labelsTr").iterdir()) and len(cases) == 40
+    for case in cases[:5]:
+        assert (synthetic / "labelsTr" / case).read_bytes() == (randomised / "labelsTr" / case).read_bytes()
+        image = case.replace(".nii.gz", "_0000.nii.gz")
+        assert (synthetic / "imagesTr" / image).read_bytes() != (randomised / "imagesTr" / image).read_bytes()

@@ -1,7 +1,8 @@
 """Experiment arms: what each model trains on, and its trained nnU-Net in W/segmentation/models/<arm>.
 
 An arm is real slices (the train split of one data set and modality, optionally only its
-first k volumes), a synthetic sample set (made by `sample`), or both. Each arm is trained
+first k volumes), a generated sample set (learnt images made by `sample`, or domain-randomised
+images on the same label maps made by `sample-randomised`), or real and generated together. Each arm is trained
 once and reused by every experiment that names it; its folder is a finished stage folder
 whose fingerprint covers the arm's data and the segmentation config, so a changed input is
 never silently reused.
@@ -57,20 +58,37 @@ class SyntheticSource:
 
 
 @dataclass(frozen=True)
+class RandomisedSource:
+    """Domain-randomised images (`brainspade sample-randomised`) on the label maps of sample set `labels_from`."""
+
+    samples: str
+    labels_from: str
+
+
+SOURCES = {"real": RealSource, "synthetic": SyntheticSource, "randomised": RandomisedSource}
+
+
+@dataclass(frozen=True)
 class ArmSpec:
-    """What one arm trains on: real slices, a synthetic sample set, or both."""
+    """What one arm trains on: real slices and/or one generated sample set (learnt or randomised images)."""
 
     name: str
     real: RealSource | None = None
     synthetic: SyntheticSource | None = None
+    randomised: RandomisedSource | None = None
+
+    @property
+    def generated(self) -> SyntheticSource | RandomisedSource | None:
+        return self.synthetic or self.randomised
 
     @classmethod
     def from_dict(cls, name: str, spec: Mapping[str, Any] | None) -> ArmSpec:
         """An arm of `experiments.arms` (plain containers), refused in one line when malformed."""
-        if not spec or set(spec) - {"real", "synthetic"}:
-            raise BrainspadeError(f"experiments.arms.{name}: give `real` and/or `synthetic`, got {sorted(spec or {})}")
+        if not spec or set(spec) - set(SOURCES) or {"synthetic", "randomised"} <= set(spec):
+            raise BrainspadeError(f"experiments.arms.{name}: give `real` and/or one of `synthetic`, `randomised`; "
+                                  f"got {sorted(spec or {})}")
         parts = {}
-        for key, source in (("real", RealSource), ("synthetic", SyntheticSource)):
+        for key, source in SOURCES.items():
             if key in spec:
                 wanted = [f.name for f in dataclasses.fields(source)]
                 try:
@@ -82,8 +100,7 @@ class ArmSpec:
 
     def as_dict(self) -> dict[str, Any]:
         """The spec as written in the config (the arm's fingerprint and report read this)."""
-        return {key: dataclasses.asdict(part) for key, part in (("real", self.real), ("synthetic", self.synthetic))
-                if part is not None}
+        return {key: dataclasses.asdict(getattr(self, key)) for key in SOURCES if getattr(self, key) is not None}
 
 
 @dataclass(frozen=True)
@@ -105,7 +122,7 @@ def ensure_arm(
     folder: Path,
     cache: SliceCache,
     settings: SegmentationSettings,
-    synthetic_samples: Callable[[SyntheticSource], Path],
+    synthetic_samples: Callable[[SyntheticSource | RandomisedSource], Path],
     *,
     seed: int,
     force: bool,
@@ -119,8 +136,8 @@ def ensure_arm(
     resolved config, is saved in the folder.
     """
     samples = None
-    if arm.synthetic is not None:
-        samples = require_complete(synthetic_samples(arm.synthetic), "synthetic sample set", "sample")
+    if arm.generated is not None:
+        samples = require_complete(synthetic_samples(arm.generated), "synthetic sample set", "sample")
     inputs = {
         "arm": arm.as_dict(),
         "slices": finished_fingerprint(cache.folder),
@@ -177,8 +194,9 @@ def _describe(arm: ArmSpec, cache: SliceCache, samples: Path | None) -> dict[str
         training["slices"] += int(indices.size)
     if samples is not None:
         header = json.loads((samples / "dataset.json").read_text())
-        training["synthetic"] = {**dataclasses.asdict(arm.synthetic), "folder": str(samples),
-                                 "slices": int(header["numTraining"])}
+        kind = "synthetic" if arm.synthetic is not None else "randomised"
+        training[kind] = {**dataclasses.asdict(arm.generated), "folder": str(samples),
+                          "slices": int(header["numTraining"])}
         training["slices"] += int(header["numTraining"])
     return training
 

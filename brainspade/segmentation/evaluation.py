@@ -29,6 +29,16 @@ RESULT_COLUMNS = ("evaluation", "arm", "subject", "class", "dice", "precision", 
 
 
 @dataclass(frozen=True)
+class Relation:
+    """A finding of the paper to test here: arm `better` scores higher than arm `worse` on this test set."""
+
+    finding: str
+    better: str
+    worse: str
+    metric: str = "dice"
+
+
+@dataclass(frozen=True)
 class Evaluation:
     """One test set of an experiment: the test split of a data set and modality, the arms tested, the classes scored."""
 
@@ -38,16 +48,28 @@ class Evaluation:
     arms: tuple[str, ...]
     classes: tuple[str, ...]
     lesion_metrics: bool  # precision and recall besides Dice
+    relations: tuple[Relation, ...] = ()  # the paper's findings on this test set, opening the report
 
     @classmethod
     def from_dict(cls, node: Mapping[str, Any]) -> Evaluation:
         """An entry of `experiments.evaluations.<experiment>` (plain containers), refused in one line when malformed."""
         try:
-            return cls(str(node["name"]), str(node["test"]["dataset"]), str(node["test"]["modality"]),
-                       tuple(map(str, node["arms"])), tuple(map(str, node["classes"])), bool(node["lesion_metrics"]))
+            evaluation = cls(str(node["name"]), str(node["test"]["dataset"]), str(node["test"]["modality"]),
+                             tuple(map(str, node["arms"])), tuple(map(str, node["classes"])),
+                             bool(node["lesion_metrics"]),
+                             tuple(Relation(**relation) for relation in node.get("relations") or ()))
         except (KeyError, TypeError) as error:
             raise BrainspadeError(f"experiments.evaluations: {dict(node)} lacks {error}; give name, test: {{dataset, "
-                                  "modality}, arms, classes and lesion_metrics") from None
+                                  "modality}, arms, classes, lesion_metrics and optionally relations: [{finding, "
+                                  "better, worse, metric}]") from None
+        for relation in evaluation.relations:
+            stray = [arm for arm in (relation.better, relation.worse) if arm not in evaluation.arms]
+            if stray or relation.metric not in evaluation.metrics:
+                raise BrainspadeError(f"experiments.evaluations.{evaluation.name}.relations: {relation.finding!r} "
+                                      f"compares {relation.better} and {relation.worse} on {relation.metric}; both "
+                                      f"must be arms of the evaluation ({list(evaluation.arms)}) and the metric one "
+                                      f"of {evaluation.metrics}")
+        return evaluation
 
     @property
     def metrics(self) -> list[str]:

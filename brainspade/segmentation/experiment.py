@@ -61,5 +61,6 @@ def evaluate(
     report.write_results_csv(folder / "results.csv", rows)
     models = report.models_section({arm: arms[arm].training for arm in arms},
                                    {arm: str(arms[arm].folder.relative_to(base)) for arm in arms})
-    (folder / "report.md").write_text("\n".join(header + models + sections))
+    relations = report.relations_section(evaluations, rows)
+    (folder / "report.md").write_text("\n".join(header + relations + models + sections))
     return counts

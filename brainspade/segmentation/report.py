@@ -10,6 +10,7 @@ import csv
 import functools
 import itertools
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import numpy as np
 from brainspade.engine.logging import LABEL_COLOURS
 from brainspade.segmentation.evaluation import RESULT_COLUMNS, Evaluation, TestVolume
 from brainspade.segmentation.metrics import mean_sd
-from brainspade.segmentation.statistics import paired_tests
+from brainspade.segmentation.statistics import paired_difference, paired_tests
 
 
 def _in_plain_style(plot: Callable) -> Callable:
@@ -68,6 +69,52 @@ def format_p(p: float) -> str:
     return "n/a" if math.isnan(p) else f"{p:.3g}"
 
 
+def format_difference(first: Sequence[float], second: Sequence[float]) -> str:
+    """'+0.031 [+0.012, +0.049]': the paired mean difference (first − second) and its bootstrap 95% CI."""
+    difference = paired_difference(first, second)
+    if math.isnan(difference.mean):
+        return "n/a"
+    if math.isnan(difference.low):
+        return f"{difference.mean:+.3f}"
+    return f"{difference.mean:+.3f} [{difference.low:+.3f}, {difference.high:+.3f}]"
+
+
+def volume_means(rows: Sequence[dict[str, Any]], evaluation: Evaluation, arm: str, metric: str) -> list[float]:
+    """Per volume (ordered by subject), the metric averaged over the evaluation's classes (NaN classes skipped)."""
+    per_class = np.array([metric_values(rows, evaluation.name, arm, c, metric) for c in evaluation.classes])
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a volume where every class is undefined: NaN
+        return np.nanmean(per_class, axis=0).tolist()
+
+
+def relations_section(evaluations: Sequence[Evaluation], rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The report's opening table: each finding of the paper, our paired difference, its CI and p, and a verdict.
+
+    A relation holds when the 95% CI of (better − worse) lies above 0, is reversed when it lies below 0,
+    and is not shown (n.s.) otherwise. Values are per-volume means over the evaluation's classes.
+    """
+    relations = [(evaluation, relation) for evaluation in evaluations for relation in evaluation.relations]
+    if not relations:
+        return []
+    lines = ["## The paper's findings, tested here", "",
+             "Per test volume, the metric averaged over the evaluation's classes; the difference is paired over "
+             "volumes, with a bootstrap 95% CI (BCa, 9,999 resamples) and two-sided paired t-test / Wilcoxon "
+             "p-values.", "",
+             "| test set | the paper's finding | compared | difference [95% CI] | p (t / Wilcoxon) | n | here |",
+             "|---|---|---|---|---|---|---|"]
+    for evaluation, relation in relations:
+        better = volume_means(rows, evaluation, relation.better, relation.metric)
+        worse = volume_means(rows, evaluation, relation.worse, relation.metric)
+        difference, tests = paired_difference(better, worse), paired_tests(better, worse)
+        verdict = ("holds" if difference.low > 0 else "reversed" if difference.high < 0
+                   else "n.s." if not math.isnan(difference.low) else "n/a")
+        lines.append(f"| {evaluation.name} ({evaluation.test_dataset} {evaluation.test_modality}) | "
+                     f"{relation.finding} | {relation.better} − {relation.worse} ({relation.metric}) | "
+                     f"{format_difference(better, worse)} | {format_p(tests.t_test_p)} / "
+                     f"{format_p(tests.wilcoxon_p)} | {difference.n} | {verdict} |")
+    return lines + [""]
+
+
 def evaluation_section(
     evaluation: Evaluation, rows: Sequence[dict[str, Any]], volumes: list[TestVolume], figures: dict[str, str]
 ) -> list[str]:
@@ -86,15 +133,18 @@ def evaluation_section(
         for arm in arms:
             cells = [format_mean_sd(metric_values(rows, name, arm, c, metric)) for c in classes]
             lines.append(f"| {arm} | " + " | ".join(cells) + " |")
-        lines += ["", f"### {METRIC_TITLES[metric]}: paired tests, p-values (t-test / Wilcoxon signed-rank, "
-                  "two-sided)", "", "| pair | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
+        lines += ["", f"### {METRIC_TITLES[metric]}: paired differences (first − second) with bootstrap 95% CI; "
+                  "p-values of the t-test / Wilcoxon signed-rank test (two-sided)", "",
+                  "| pair | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
         for first, second in itertools.combinations(arms, 2):
             cells = []
             for class_name in classes:
-                test_result = paired_tests(metric_values(rows, name, first, class_name, metric),
-                                           metric_values(rows, name, second, class_name, metric))
-                cells.append(f"{format_p(test_result.t_test_p)} / {format_p(test_result.wilcoxon_p)}")
-            lines.append(f"| {first} vs {second} | " + " | ".join(cells) + " |")
+                first_values = metric_values(rows, name, first, class_name, metric)
+                second_values = metric_values(rows, name, second, class_name, metric)
+                test_result = paired_tests(first_values, second_values)
+                cells.append(f"{format_difference(first_values, second_values)}; p {format_p(test_result.t_test_p)} "
+                             f"/ {format_p(test_result.wilcoxon_p)}")
+            lines.append(f"| {first} − {second} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += [f"![{name}: per-volume scores]({figures['scores']})", "",
               f"![{name}: test slices, ground truth and predictions]({figures['slices']})", ""]
@@ -114,6 +164,10 @@ def models_section(trained: dict[str, dict[str, Any]], folders: dict[str, str]) 
             syn = training["synthetic"]
             parts.append(f"synthetic '{syn['samples']}' ({syn['slices']} pairs, styles from {syn['style_dataset']} "
                          f"{syn['style_modality']} train images, {syn['conditions']} labels)")
+        if "randomised" in training:
+            randomised = training["randomised"]
+            parts.append(f"domain-randomised '{randomised['samples']}' ({randomised['slices']} pairs, SynthSeg-style "
+                         f"images on the label maps of '{randomised['labels_from']}')")
         lines.append(f"| {arm} | {' + '.join(parts)} | {training['slices']} | {folders[arm]} |")
     return lines + [""]
 

@@ -33,6 +33,7 @@ SECTIONS: dict[str, type] = {
     "modisc": typed.ModiscSettings,
     "image_generator": typed.ImageGeneratorSettings,
     "sampling": typed.SamplingSettings,
+    "randomisation": typed.RandomisationSettings,
     "segmentation": typed.SegmentationSettings,
     "experiments": typed.ExperimentSettings,
 }

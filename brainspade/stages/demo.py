@@ -41,15 +41,40 @@ def run(cfg: DictConfig) -> Path:
     print(f"[demo] finished in {(time.monotonic() - started) / 60:.1f} min")
     for label, seconds in timings:
         print(f"[demo]   {label:<28} {seconds:7.0f} s")
+    relations = [row for report in reports for row in relation_rows(Path(report) / "report.md")]
+    if relations:
+        print("\n[demo] the paper's findings, tested here:\n")
+        print("\n".join([*RELATIONS_HEADER, *relations]))
     for report in reports:
         print(f"\n[demo] {Path(report) / 'report.md'}:\n")
         print(result_tables(Path(report) / "report.md"))
     return workdir(cfg)
 
 
+RELATIONS_TITLE = "## The paper's findings, tested here"
+
+
+def _section(lines: list[str], title: str) -> list[str]:
+    if title not in lines:
+        return []
+    start = lines.index(title) + 1
+    end = next((i for i in range(start, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return lines[start:end]
+
+
+RELATIONS_HEADER = ("| test set | the paper's finding | compared | difference [95% CI] | p (t / Wilcoxon) | n | here |",
+                    "|---|---|---|---|---|---|---|")
+
+
+def relation_rows(report: Path) -> list[str]:
+    """The rows of a report's opening table of the paper's findings (one summary table across experiments)."""
+    rows = [line for line in _section(report.read_text().splitlines(), RELATIONS_TITLE) if line.startswith("| ")]
+    return rows[1:]  # without the header
+
+
 def result_tables(report: Path) -> str:
     """The evaluation sections of a report (score tables and p-values), without the figure links."""
     lines = report.read_text().splitlines()
-    models = lines.index("## Models") if "## Models" in lines else -1
+    models = lines.index("## Models") if "## Models" in lines else -1  # the findings table comes before it
     first = next((i for i, line in enumerate(lines) if line.startswith("## ") and i > models), len(lines))
     return "\n".join(line for line in lines[first:] if not line.startswith("!["))

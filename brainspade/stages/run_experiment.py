@@ -15,9 +15,10 @@ from brainspade.data.slice_cache import SliceCache
 from brainspade.engine.atomic import atomic_folder
 from brainspade.engine.runtime import select_device
 from brainspade.engine.stage import StageFolder, config_fingerprint, require_complete
-from brainspade.segmentation.arms import SyntheticSource, ensure_arm
+from brainspade.errors import BrainspadeError
+from brainspade.segmentation.arms import ArmSpec, RandomisedSource, SyntheticSource, ensure_arm
 from brainspade.segmentation.experiment import evaluate
-from brainspade.settings import SegmentationSettings
+from brainspade.settings import ExperimentSettings, SegmentationSettings
 from brainspade.stages.config import experiment_plan, run_settings, section, stage_path, workdir
 
 
@@ -35,9 +36,12 @@ def run(cfg: DictConfig) -> Path:
         evaluation.check_classes(cache.channels)
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
 
-    def synthetic_samples(source: SyntheticSource) -> Path:
-        from brainspade.stages import sample  # heavy (generators); only for synthetic arms
+    def synthetic_samples(source: SyntheticSource | RandomisedSource) -> Path:
+        from brainspade.stages import sample, sample_randomised  # heavy (generators); only for generated arms
 
+        if isinstance(source, RandomisedSource):  # the label maps first: they are those of a synthetic arm
+            synthetic_samples(_synthetic_source_named(experiments, source.labels_from))
+            return sample_randomised.make_randomised_samples(cfg, name=source.samples, labels_from=source.labels_from)
         return sample.make_samples(cfg, name=source.samples, n=experiments.n_synthetic,
                                    style_dataset=source.style_dataset, style_modality=source.style_modality,
                                    conditions=source.conditions)
@@ -73,3 +77,13 @@ def run(cfg: DictConfig) -> Path:
         )
     print(f"[run-experiment] report: {target / 'report.md'}")
     return target
+
+
+def _synthetic_source_named(experiments: ExperimentSettings, samples: str) -> SyntheticSource:
+    """The synthetic source (of any arm in experiments.arms) that makes sample set `samples`."""
+    for name, spec in experiments.arms.items():
+        synthetic = ArmSpec.from_dict(name, spec).synthetic
+        if synthetic is not None and synthetic.samples == samples:
+            return synthetic
+    raise BrainspadeError(f"experiments.arms: a randomised arm takes its label maps from sample set {samples!r}, "
+                          "but no synthetic arm makes it; name the `samples` of a synthetic arm in `labels_from`")

@@ -1,0 +1,73 @@
+"""`run-experiment lesion` end to end at profile=tiny: the D_les arm and the relations table against results.csv.
+
+At profile=tiny this checks the machinery (a randomised arm on S_les's label maps, lesion metrics,
+the findings table), not whether lesions are learnt: that is the cpu demo's job (benchmarks/demo.md).
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+
+import numpy as np
+import pytest
+
+from brainspade.segmentation.statistics import paired_difference, paired_tests
+
+pytestmark = pytest.mark.slow
+
+ARMS = ["R_les", "S_les", "H_les", "D_les"]
+CLASSES = ["tumour", "edema"]
+
+
+@pytest.fixture(scope="module")
+def lesion_experiment(trained_workdir):
+    from brainspade.cli import main
+
+    assert main(["run-experiment", "lesion", f"workdir={trained_workdir}", "profile=tiny"]) == 0
+    return trained_workdir / "experiments" / "lesion", trained_workdir
+
+
+def _table(report: str, title: str) -> dict[str, list[str]]:
+    """The first markdown table after the heading `title`: {first cell: other cells}."""
+    lines = report[report.index(title):].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def _per_volume(rows: list[dict], arm: str, metric: str) -> np.ndarray:
+    chosen = sorted((r for r in rows if r["arm"] == arm), key=lambda r: (r["subject"], r["class"]))
+    values = np.array([float(r[metric]) if r[metric] not in ("", "nan") else np.nan for r in chosen])
+    return np.nanmean(values.reshape(-1, len(CLASSES)), axis=1)
+
+
+def test_lesion_report_has_the_randomised_arm_and_its_findings_match_results(lesion_experiment):
+    folder, workdir = lesion_experiment
+    report = (folder / "report.md").read_text()
+    with (folder / "results.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted({r["arm"] for r in rows}) == sorted(ARMS)
+    assert all(r["precision"] != "" and r["recall"] != "" for r in rows)  # lesion metrics for every arm
+
+    dice = _table(report, "### Dice (mean ± sd over test volumes)")
+    assert list(dice) == ARMS and len(dice["D_les"]) == len(CLASSES)
+    models = _table(report, "## Models")
+    assert "label maps of 'S_les'" in models["D_les"][0]
+
+    (finding,) = _table(report, "## The paper's findings, tested here").values()
+    assert finding[1] == "H_les − R_les (recall)"
+    better, worse = _per_volume(rows, "H_les", "recall"), _per_volume(rows, "R_les", "recall")
+    expected, tests = paired_difference(better, worse), paired_tests(better, worse)
+    shown = [float(x) for x in re.findall(r"[-+]\d+\.\d+", finding[2])]
+    assert shown[0] == pytest.approx(expected.mean, abs=6e-4)
+    assert finding[3].split("/")[0].strip() in ("n/a", f"{tests.t_test_p:.3g}")
+    assert finding[-1] == ("holds" if expected.low > 0 else "reversed" if expected.high < 0
+                           else "n.s." if not np.isnan(expected.low) else "n/a")
+    labels_les = sorted(p.name for p in (workdir / "samples" / "S_les" / "labelsTr").iterdir())
+    assert labels_les == sorted(p.name for p in (workdir / "samples" / "D_les" / "labelsTr").iterdir())
