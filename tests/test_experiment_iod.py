@@ -66,10 +66,11 @@ def _results(folder: Path) -> list[dict]:
 
 
 def _table(report: str, title: str) -> dict[str, list[str]]:
-    """A markdown table after the heading `title`: {first cell: other cells}."""
-    lines = report[report.index(title):].splitlines()[2:]
+    """The first markdown table after the heading `title`: {first cell: other cells}."""
+    lines = report[report.index(title):].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
     rows = {}
-    for line in lines[2:]:
+    for line in lines[start + 2:]:
         if not line.startswith("|"):
             break
         cells = [c.strip() for c in line.strip("|").split("|")]
