@@ -8,7 +8,7 @@ from brainspade.cli import COMMANDS, expand_short_forms
 
 TEN_COMMANDS = [
     "make-phantom", "prepare-data", "train-label-vae", "train-label-ldm", "sample-labels",
-    "train-modisc", "train-image-generator", "sample", "run-experiment", "demo",
+    "train-modisc", "train-image-generator", "sample", "sample-randomised", "run-experiment", "demo",
 ]
 
 

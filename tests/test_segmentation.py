@@ -303,7 +303,7 @@ def test_arm_and_evaluation_specs_parse_plain_config_and_refuse_malformed_ones(c
     assert spec.real == RealSource("siteT", "FLAIR") and spec.synthetic.conditions == "lesion"
     assert spec.as_dict() == both  # the arm's fingerprint sees the config as written (trained arms stay valid)
     assert ArmSpec.from_dict("R", {"real": both["real"]}).as_dict() == {"real": both["real"]}
-    with pytest.raises(BrainspadeError, match=r"experiments.arms.X: give `real` and/or `synthetic`"):
+    with pytest.raises(BrainspadeError, match=r"experiments.arms.X: give `real` and/or one of `synthetic`"):
         ArmSpec.from_dict("X", {"reel": {}})
     with pytest.raises(BrainspadeError, match=r"experiments.arms.X.real: give dataset, modality, volumes"):
         ArmSpec.from_dict("X", {"real": {"dataset": "siteA", "modality": "T1", "subjects": 2}})
@@ -336,7 +336,7 @@ def test_ensure_arm_reuses_a_finished_arm_and_force_retrains_it_from_scratch(cac
         trained.append(settings.epochs)
         return final
 
-    monkeypatch.setattr(nnunet, "plan_and_preprocess", lambda root, processes, log: None)
+    monkeypatch.setattr(nnunet, "plan_and_preprocess", lambda root, processes, log, **widths: None)
     monkeypatch.setattr(nnunet, "train", fake_train)
     spec = ArmSpec("R", real=RealSource("siteB", "T1", volumes=1))
     settings = SegmentationSettings(epochs=3)

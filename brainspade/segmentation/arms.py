@@ -35,7 +35,8 @@ from brainspade.segmentation import nnunet
 from brainspade.segmentation.raw_dataset import export_real_slices
 from brainspade.settings import SegmentationSettings
 
-TRAINING_KEYS = ("epochs", "iterations_per_epoch", "val_iterations_per_epoch", "batch_size")
+TRAINING_KEYS = ("epochs", "iterations_per_epoch", "val_iterations_per_epoch", "batch_size", "base_features",
+                 "max_features")
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,8 @@ def ensure_arm(
             if samples is not None:
                 sources.append(samples)
             nnunet.link_raw_dataset(sources, root / "raw" / nnunet.dataset_name(arm.name))
-            nnunet.plan_and_preprocess(root, settings.processes, log)
+            nnunet.plan_and_preprocess(root, settings.processes, log, base_features=settings.base_features,
+                                       max_features=settings.max_features)
         print(f"[run-experiment] {arm.name}: training nnU-Net ({settings.epochs} epochs x "
               f"{settings.iterations_per_epoch} iterations) on {training['slices']} slices; log in {folder / 'nnunet.log'}")
         seed_everything(seed)  # nnU-Net draws patches and augmentations from the global generators

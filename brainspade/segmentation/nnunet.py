@@ -104,8 +104,13 @@ def link_raw_dataset(sources: Sequence[Path], raw_dir: Path) -> int:
     return len(seen)
 
 
-def plan_and_preprocess(root: Path, processes: int, log: io.TextIOBase) -> None:
-    """Fingerprint, 2D plan and 2D preprocessing of Dataset001 under `root` (nnU-Net's API)."""
+def plan_and_preprocess(root: Path, processes: int, log: io.TextIOBase, *, base_features: int | None = None,
+                        max_features: int | None = None) -> None:
+    """Fingerprint, 2D plan and 2D preprocessing of Dataset001 under `root` (nnU-Net's API).
+
+    `base_features` / `max_features` (None: nnU-Net's 32 / 512) narrow the planned U-Net: on a CPU a
+    narrower net trains several times more iterations in the same minutes.
+    """
     from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import (
         DatasetFingerprintExtractor,
     )
@@ -117,7 +122,12 @@ def plan_and_preprocess(root: Path, processes: int, log: io.TextIOBase) -> None:
         extractor = DatasetFingerprintExtractor(DATASET_ID, processes, verbose=False)
         extractor.show_progress_bar = False
         extractor.run(overwrite_existing=True)
-        ExperimentPlanner(DATASET_ID).plan_experiment()
+        planner = ExperimentPlanner(DATASET_ID)
+        if base_features is not None:
+            planner.UNet_base_num_features = int(base_features)
+        if max_features is not None:
+            planner.UNet_max_features_2d = int(max_features)
+        planner.plan_experiment()
         preprocessor = DefaultPreprocessor(verbose=False)
         preprocessor.show_progress_bar = False
         preprocessor.run(DATASET_ID, CONFIGURATION, PLANS, num_processes=processes)
