@@ -313,6 +313,7 @@ class SegmentationSettings(Checked):
     iterations_per_epoch: int = bounded(250, ge=1)
     val_iterations_per_epoch: int = bounded(50, ge=1)
     batch_size: Optional[int] = bounded(None, ge=1)
+    lesion_case_share: Optional[float] = bounded(None, gt=0, le=1)
     base_features: Optional[int] = bounded(None, ge=4)
     max_features: Optional[int] = bounded(None, ge=4)
     test_time_mirroring: bool = True

@@ -353,3 +353,56 @@ def test_ensure_arm_reuses_a_finished_arm_and_force_retrains_it_from_scratch(cac
     assert (tmp_path / "R" / "config.yaml").read_text() == "seed: 0\n"
     assert ensure(force=False).fingerprint == first.fingerprint and trained == [3]  # reused
     assert ensure(force=True).fingerprint == first.fingerprint and trained == [3, 3]  # retrained
+
+
+def test_case_sampling_gives_lesion_cases_the_asked_share_of_draws(tmp_path):
+    from brainspade.segmentation import nnunet
+
+    raw_dir = tmp_path / "raw" / nnunet.dataset_name("arm")
+    rng = np.random.default_rng(0)
+    for k in range(10):
+        label = np.ones((12, 16), np.uint8)
+        if k < 2:
+            label[3:5, 3:5] = 4  # a lesion (label id 4) in 2 of 10 cases
+        raw_dataset.write_case(raw_dir, f"case_{k:03d}", rng.normal(size=(12, 16)).astype(np.float32), label)
+    probabilities = nnunet.write_case_sampling(tmp_path, "arm", [4, 5], 0.5)
+    assert sum(probabilities.values()) == pytest.approx(1)
+    assert probabilities["case_000"] + probabilities["case_001"] == pytest.approx(0.5)
+    assert json.loads((tmp_path / nnunet.CASE_SAMPLING).read_text()) == probabilities
+    assert nnunet.write_case_sampling(tmp_path, "arm", [4, 5], None) is None
+    assert not (tmp_path / nnunet.CASE_SAMPLING).exists()  # uniform again: nothing left to mislead a resume
+    assert nnunet.write_case_sampling(tmp_path, "arm", [7], 0.5) is None  # no case shows label 7
+
+
+@pytest.mark.slow
+def test_the_trainer_draws_lesion_slices_at_the_asked_share(cache, tmp_path):
+    import io
+
+    import torch
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+
+    from brainspade.segmentation import nnunet
+    from brainspade.segmentation.trainer import BrainspadeTrainer, case_loader
+
+    indices = cache.image_indices(split="train", datasets=["siteT"], modalities=["FLAIR"])
+    raw_dataset.export_real_slices(cache, indices, tmp_path / "real", cache.channels)
+    root = tmp_path / "nnunet"
+    lesion_ids = [cache.channels.index(c) for c in cache.lesion_channels]
+    with nnunet.nnunet_environment(root), nnunet.environment(nnUNet_n_proc_DA="0"):
+        nnunet.link_raw_dataset([tmp_path / "real"], root / "raw" / nnunet.dataset_name("arm"))
+        probabilities = nnunet.write_case_sampling(root, "arm", lesion_ids, 0.5)
+        natural = sum(p > min(probabilities.values()) for p in probabilities.values()) / len(probabilities)
+        assert natural < 0.4  # lesions are rare in the data itself
+        nnunet.plan_and_preprocess(root, 1, io.StringIO())
+        preprocessed = root / "preprocessed" / nnunet.dataset_name("arm")
+        plans = {**load_json(str(preprocessed / "nnUNetPlans.json")), "continue_training": False}
+        trainer = BrainspadeTrainer(plans, "2d", "all", load_json(str(preprocessed / "dataset.json")),
+                                    torch.device("cpu"))
+        trainer.configure(SegmentationSettings(augmentation_processes=0), None, probabilities)
+        trainer.initialize()
+        train, _ = trainer.get_dataloaders()
+        lesion_cases = {case for case, p in probabilities.items() if p > min(probabilities.values())}
+        np.random.seed(0)
+        drawn = np.concatenate([case_loader(train).get_indices() for _ in range(300)])
+    share = np.isin(drawn, list(lesion_cases)).mean()
+    assert share == pytest.approx(0.5, abs=0.05)

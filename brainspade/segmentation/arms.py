@@ -35,8 +35,8 @@ from brainspade.segmentation import nnunet
 from brainspade.segmentation.raw_dataset import export_real_slices
 from brainspade.settings import SegmentationSettings
 
-TRAINING_KEYS = ("epochs", "iterations_per_epoch", "val_iterations_per_epoch", "batch_size", "base_features",
-                 "max_features")
+TRAINING_KEYS = ("epochs", "iterations_per_epoch", "val_iterations_per_epoch", "batch_size", "lesion_case_share",
+                 "base_features", "max_features")
 
 
 @dataclass(frozen=True)
@@ -169,6 +169,8 @@ def ensure_arm(
             if samples is not None:
                 sources.append(samples)
             nnunet.link_raw_dataset(sources, root / "raw" / nnunet.dataset_name(arm.name))
+            lesion_ids = [cache.channels.index(c) for c in cache.lesion_channels]
+            nnunet.write_case_sampling(root, arm.name, lesion_ids, settings.lesion_case_share)
             nnunet.plan_and_preprocess(root, settings.processes, log, base_features=settings.base_features,
                                        max_features=settings.max_features)
         print(f"[run-experiment] {arm.name}: training nnU-Net ({settings.epochs} epochs x "

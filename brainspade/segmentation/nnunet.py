@@ -25,7 +25,7 @@ import torch
 
 from brainspade.engine.checkpoint import load_nnunet_checkpoint
 from brainspade.errors import BrainspadeError
-from brainspade.segmentation.raw_dataset import case_ids, image_path, label_path
+from brainspade.segmentation.raw_dataset import case_ids, image_path, label_path, read_2d
 from brainspade.settings import SegmentationSettings
 
 DATASET_ID = 1
@@ -104,6 +104,32 @@ def link_raw_dataset(sources: Sequence[Path], raw_dir: Path) -> int:
     return len(seen)
 
 
+CASE_SAMPLING = "case_sampling.json"  # per-case draw probabilities the trainer uses (absent: uniform)
+
+
+def write_case_sampling(root: Path, arm: str, label_ids: Sequence[int], share: float | None) -> dict[str, float] | None:
+    """Draw probabilities giving cases that show any of `label_ids` `share` of every training batch.
+
+    Lesions cover a few percent of the slices of a lesion data set: drawn uniformly, a net sees
+    too few of them in a CPU-length training to ever predict one. nnU-Net's loader takes per-case
+    probabilities; they are written to `root/case_sampling.json` (read again when training resumes).
+    Returns None (and writes nothing) when `share` is None or every case, or none, shows a lesion.
+    """
+    (root / CASE_SAMPLING).unlink(missing_ok=True)
+    if share is None or not label_ids:
+        return None
+    raw_dir = root / "raw" / dataset_name(arm)
+    cases = case_ids(raw_dir)
+    flagged = {case: bool(np.isin(read_2d(label_path(raw_dir, case)), list(label_ids)).any()) for case in cases}
+    n_flagged = sum(flagged.values())
+    if n_flagged in (0, len(cases)):
+        return None
+    probabilities = {case: share / n_flagged if shows else (1 - share) / (len(cases) - n_flagged)
+                     for case, shows in flagged.items()}
+    (root / CASE_SAMPLING).write_text(json.dumps(probabilities) + "\n")
+    return probabilities
+
+
 def plan_and_preprocess(root: Path, processes: int, log: io.TextIOBase, *, base_features: int | None = None,
                         max_features: int | None = None) -> None:
     """Fingerprint, 2D plan and 2D preprocessing of Dataset001 under `root` (nnU-Net's API).
@@ -166,7 +192,9 @@ def train(
     dataset_json = load_json(str(preprocessed / "dataset.json"))
     with contextlib.redirect_stdout(log), environment(nnUNet_n_proc_DA=str(settings.augmentation_processes)):
         trainer = BrainspadeTrainer(plans, CONFIGURATION, FOLD, dataset_json, device)
-        trainer.configure(settings, tensorboard_folder)
+        sampling = root / CASE_SAMPLING
+        trainer.configure(settings, tensorboard_folder,
+                          json.loads(sampling.read_text()) if sampling.is_file() else None)
         if latest.is_file():
             trainer.load_checkpoint(str(latest))
         trainer.run_training()

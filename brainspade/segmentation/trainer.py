@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from brainspade.engine.atomic import atomic_path
@@ -26,13 +27,25 @@ class BrainspadeTrainer(nnUNetTrainer):
     `configure` sets the length before training starts.
     """
 
-    def configure(self, settings: SegmentationSettings, tensorboard_folder: Path | None) -> None:
+    def configure(self, settings: SegmentationSettings, tensorboard_folder: Path | None,
+                  case_probabilities: dict[str, float] | None = None) -> None:
         self.num_epochs = settings.epochs
         self.num_iterations_per_epoch = settings.iterations_per_epoch
         self.num_val_iterations_per_epoch = settings.val_iterations_per_epoch
         self.save_every = 1  # an interrupted run resumes at its last finished epoch
         self.writer = tensorboard_writer(tensorboard_folder) if tensorboard_folder is not None else None
         self.bar = None
+        self.case_probabilities = case_probabilities  # None: nnU-Net's uniform draw of training cases
+
+    def get_dataloaders(self):
+        train, validation = super().get_dataloaders()
+        if self.case_probabilities:
+            # nnU-Net's loader draws cases with these probabilities (its `sampling_probabilities`); the
+            # single- and multi-process augmenters hold it as `data_loader` / `generator`.
+            loader = case_loader(train)
+            weights = np.array([self.case_probabilities.get(case, 0.0) for case in loader.indices])
+            loader.sampling_probabilities = weights / weights.sum()
+        return train, validation
 
     def on_train_start(self):
         super().on_train_start()
@@ -70,3 +83,8 @@ class BrainspadeTrainer(nnUNetTrainer):
 
     def plot_network_architecture(self):
         pass  # nnU-Net's plot needs hiddenlayer; nothing a brainspade user reads
+
+
+def case_loader(augmenter):
+    """The nnU-Net data loader inside batchgenerators' single- (`data_loader`) or multi-process (`generator`) augmenter."""
+    return getattr(augmenter, "data_loader", None) or augmenter.generator
