@@ -33,6 +33,7 @@ SECTIONS: dict[str, type] = {
     "sampling": typed.SamplingSettings,
     "segmentation": typed.SegmentationSettings,
     "experiments": typed.ExperimentSettings,
+    "evaluation": typed.EvaluationSettings,
 }
 
 
