@@ -132,3 +132,24 @@ def test_evaluate_generators_writes_the_report_of_every_sample_set(capsys, train
     assert code == 0 and "up to date" in out
     code, _, err = run_cli(capsys, *args[:-1], "samples=eval_set", "evaluation.segmenter_arm=R_nope")
     assert code == 1 and "R_nope" in err
+
+
+def test_local_torchscript_feature_weights_give_the_same_features(tmp_path):
+    from brainspade.evaluation.features import torchscript_features
+
+    torch.manual_seed(0)
+    network = ModalityDatasetClassifier(2, 2, init_features=8, growth_rate=4, block_config=(1, 1))
+    direct = classifier_features(network)
+    torch.jit.script(network.trunk).save(str(tmp_path / "trunk.pt"))  # a pooled map: the loader averages it
+    loaded = torchscript_features(tmp_path / "trunk.pt", torch.device("cpu"))
+    images = np.random.default_rng(0).standard_normal((3, 32, 32)).astype(np.float32)
+    torch.testing.assert_close(extract(loaded, images, 2, torch.device("cpu")),
+                               extract(lambda x: network.trunk(x).mean(dim=(2, 3)), images, 2, torch.device("cpu")))
+    assert extract(direct, images, 2, torch.device("cpu")).shape == (3, network.modality_head.in_features)
+
+
+def test_bad_evaluation_settings_fail_in_one_line(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "evaluate-generators", f"workdir={tmp_path}", "evaluation.ms_ssim_kernel=6")
+    assert code == 2 and "ms_ssim_kernel" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(capsys, "evaluate-generators", f"workdir={tmp_path}", "profile=tiny")
+    assert code == 1 and "prepare-data" in err  # no slice cache in this workdir

@@ -148,7 +148,11 @@ def sample_set_report(metrics: dict, channels: Sequence[str]) -> str:
         lines += [f"Features: {metrics['feature_network']}. Reference: {realism['n_reference']} held-out real slices; "
                   f"{realism['n_synthetic']} synthetic and {realism['n_real']} real train-split slices scored against it "
                   "(KID: unbiased MMD² of the cubic polynomial kernel, mean ± sd over subsets; MMD: MONAI's, linear kernel).",
-                  "", "| set | FID | KID | MMD (linear) |", "|---|---|---|---|"]
+                  ""]
+        if min(realism["n_synthetic"], realism["n_reference"]) <= realism["feature_dim"]:
+            lines += [f"Fewer slices than feature dimensions ({realism['feature_dim']}): the covariances of FID are "
+                      "singular and FID is a rough figure here; KID has no such limit.", ""]
+        lines += ["| set | FID | KID | MMD (linear) |", "|---|---|---|---|"]
         for key, label in (("synthetic", "synthetic"), ("real", "real train split (floor)")):
             s = realism[key]
             lines.append(f"| {label} | {_number(s['fid'])} | {_number(s['kid'])} ± {_number(s['kid_sd'])} | "
@@ -161,24 +165,12 @@ def sample_set_report(metrics: dict, channels: Sequence[str]) -> str:
                   + ", ".join(f"{k} {v:.3f}" for k, v in diversity["intensity_distance"].items()) + ".", "",
                   "![intensities](figures/intensities.png)", ""]
     labels = metrics["label_realism"]
-    lines += ["## Label realism", "",
-              f"Distances (1-D Wasserstein) to {labels['n_heldout']} held-out real PV maps; the floor is "
-              f"{labels['n_real']} train-split maps.", "",
-              "| set | " + " | ".join(f"{c} volume" for c in channels)
-              + "".join(f" | {c} size" for c in labels["synthetic"]["lesion_sizes"]) + " |",
-              "|---|" + "---|" * (len(channels) + len(labels["synthetic"]["lesion_sizes"]))]
-    for key, label in (("synthetic", "synthetic"), ("real", "real train split (floor)")):
-        d = labels[key]
-        lines.append(f"| {label} | " + " | ".join(_number(d["volumes"][c]) for c in channels)
-                     + "".join(f" | {_number(v)}" for v in d["lesion_sizes"].values()) + " |")
-    lines += ["", "Connected components / holes per slice (mean over slices showing the tissue):", "",
-              "| tissue | synthetic | held-out real |", "|---|---|---|"]
-    topology = labels["topology"]
-    for name in channels[1:]:
-        cells = [f"{t[name]['components']:.2f} / {t[name]['holes']:.2f}" if name in t else "–"
-                 for t in (topology["synthetic"], topology["heldout"])]
-        lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
-    lines += ["", "![labels](figures/labels.png)", "", "## Label–image consistency", ""]
+    lines += ["## Label realism", ""]
+    if "skipped" in labels:
+        lines += [f"Skipped: {labels['skipped']}."]
+    else:
+        lines += label_realism_lines(labels, channels)
+    lines += ["", "## Label–image consistency", ""]
     consistency = metrics["consistency"]
     if "skipped" in consistency:
         lines += [f"Skipped: {consistency['skipped']}.", ""]
@@ -201,13 +193,36 @@ def sample_set_report(metrics: dict, channels: Sequence[str]) -> str:
               "| space | share closer than held-out | expected for new slices | median distance synthetic / held-out | flagged |",
               "|---|---|---|---|---|"]
     for key, label in (("labels", "PV maps"), ("images", "image features")):
-        m = metrics["memorisation"][key]
+        m = metrics["memorisation"].get(key)
+        if m is None:
+            lines.append(f"| {label} | no real {key} to compare with | | | |")
+            continue
         lines.append(f"| {label} | {m['share_closer_than_heldout']:.3f} | {m['expected_share_of_new_slices']:.3f} | "
                      f"{_number(m['synthetic_median_distance'])} / {_number(m['heldout_median_distance'])} | "
                      f"{'**yes**' if m['flagged'] else 'no'} |")
-    lines += ["", "![nearest label maps](figures/nearest_labels.png)", "",
-              "![nearest images](figures/nearest_images.png)", ""]
+    lines += [""] + [f"![nearest {key}](figures/nearest_{key}.png)\n" for key in ("labels", "images")
+                     if key in metrics["memorisation"]]
     return "\n".join(lines)
+
+
+def label_realism_lines(labels: dict, channels: Sequence[str]) -> list[str]:
+    lesion_names = list(labels["synthetic"]["lesion_sizes"])
+    lines = [f"Distances (1-D Wasserstein) to {labels['n_heldout']} held-out real PV maps; the floor is "
+             f"{labels['n_real']} train-split maps.", "",
+             "| set | " + " | ".join(f"{c} volume" for c in channels) + "".join(f" | {c} size" for c in lesion_names)
+             + " |", "|---|" + "---|" * (len(channels) + len(lesion_names))]
+    for key, label in (("synthetic", "synthetic"), ("real", "real train split (floor)")):
+        d = labels[key]
+        lines.append(f"| {label} | " + " | ".join(_number(d["volumes"][c]) for c in channels)
+                     + "".join(f" | {_number(v)}" for v in d["lesion_sizes"].values()) + " |")
+    lines += ["", "Connected components / holes per slice (mean over slices showing the tissue):", "",
+              "| tissue | synthetic | held-out real |", "|---|---|---|"]
+    topology = labels["topology"]
+    for name in channels[1:]:
+        cells = [f"{t[name]['components']:.2f} / {t[name]['holes']:.2f}" if name in t else "–"
+                 for t in (topology["synthetic"], topology["heldout"])]
+        lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
+    return [*lines, "", "![labels](figures/labels.png)"]
 
 
 SUMMARY_HEADER = ("| sample set | style | n | FID (real floor) | KID (real floor) | MS-SSIM syn / real | "
@@ -223,13 +238,14 @@ def summary_row(metrics: dict) -> str:
         fid = f"{_number(realism['synthetic']['fid'])} ({_number(realism['real']['fid'])})"
         kid = f"{_number(realism['synthetic']['kid'])} ({_number(realism['real']['kid'])})"
         ms_ssim = f"{diversity['synthetic']:.3f} / {diversity['real']:.3f}"
-    volume = [float(np.mean(list(labels[key]["volumes"].values()))) for key in ("synthetic", "real")]
+    volume = [None, None] if "skipped" in labels else \
+        [float(np.mean(list(labels[key]["volumes"].values()))) for key in ("synthetic", "real")]
     consistency = metrics["consistency"]
     dice = "–" if "skipped" in consistency else \
         f"{_number(consistency['synthetic_mean'])} ({_number(consistency.get('real_mean'))})"
     memorised = metrics["memorisation"]
-    shares = " / ".join(f"{memorised[k]['share_closer_than_heldout']:.2f}" + (" ⚑" if memorised[k]["flagged"] else "")
-                        for k in ("labels", "images"))
+    shares = " / ".join("–" if k not in memorised else f"{memorised[k]['share_closer_than_heldout']:.2f}"
+                        + (" ⚑" if memorised[k]["flagged"] else "") for k in ("labels", "images"))
     return (f"| {metrics['samples']} | {metrics['style']} | {metrics['n_samples']} | {fid} | {kid} | {ms_ssim} | "
             f"{_number(volume[0])} ({_number(volume[1])}) | {dice} | {shares} |")
 

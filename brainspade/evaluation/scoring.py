@@ -22,6 +22,7 @@ from brainspade.evaluation.label_realism import label_distances, label_statistic
 from brainspade.evaluation.memorisation import memorisation_scores, nearest
 from brainspade.evaluation.realism import realism_scores
 from brainspade.evaluation.sample_sets import (
+    References,
     SampleSet,
     image_pv_maps,
     real_images,
@@ -64,6 +65,7 @@ def evaluate_sample_set(samples: SampleSet, cache: SliceCache, sources: list[str
         real_features = featurise(real_images(cache, refs.image_real))
         metrics["realism"] = realism_scores(featurise(heldout_images), synthetic_features[:size], real_features[:size],
                                             settings.kid_subset_size, settings.kid_subsets, seed)
+        metrics["realism"]["feature_dim"] = int(synthetic_features.shape[1])
         kernel = settings.ms_ssim_kernel
         metrics["diversity"] = {
             "ms_ssim_scales": len(ms_ssim_weights(cache.size, kernel)), "ms_ssim_kernel": kernel,
@@ -79,42 +81,55 @@ def evaluate_sample_set(samples: SampleSet, cache: SliceCache, sources: list[str
         metrics["realism"] = metrics["diversity"] = {
             "skipped": f"fewer than 2 real slices of {style_name(samples)} in the slice cache (train and test split)"}
 
-    synthetic_labels = label_statistics(samples.pv_maps, channels, cache.lesion_channels)
-    heldout_labels = label_statistics(real_pv_maps(cache, refs.label_heldout), channels, cache.lesion_channels)
-    real_labels = label_statistics(real_pv_maps(cache, refs.label_real), channels, cache.lesion_channels)
-    metrics["label_realism"] = {
-        "n_heldout": len(refs.label_heldout), "n_real": len(refs.label_real),
-        "synthetic": label_distances(synthetic_labels, heldout_labels, channels),
-        "real": label_distances(real_labels, heldout_labels, channels),
-        "topology": {"synthetic": synthetic_labels["topology"], "heldout": heldout_labels["topology"]},
-    }
-    report.plot_labels(figures / "labels.png", synthetic_labels, heldout_labels, channels, settings.histogram_bins)
+    if len(refs.label_heldout) >= 2 and len(refs.label_real) >= 2:
+        metrics["label_realism"] = label_realism(samples, cache, refs, settings.histogram_bins, figures)
+    else:
+        metrics["label_realism"] = {"skipped": "fewer than 2 real PV maps of the source data sets match the samples' "
+                                               "slice positions and lesion conditions"}
 
     if segment is None:
         metrics["consistency"] = {"skipped": segmenter_name}
     else:
         metrics["consistency"] = consistency(samples, cache, refs.image_heldout, segment, segmenter_name)
 
-    label_nearest = nearest(samples.pv_maps, cache.pv_maps, refs.label_training)
-    label_reference = nearest(real_pv_maps(cache, refs.label_heldout), cache.pv_maps, refs.label_training)
-    training_features = featurise(real_images(cache, refs.image_training)).numpy()
-    image_nearest = nearest(synthetic_features.numpy(), training_features)
-    image_reference = nearest(featurise(real_images(cache, refs.image_training_heldout)).numpy(), training_features)
-    metrics["memorisation"] = {
-        "labels": memorisation_scores(label_nearest, label_reference, settings.memorisation_flag_share),
-        "images": memorisation_scores(image_nearest, image_reference, settings.memorisation_flag_share),
-    }
-    shown = settings.nearest_pairs_shown
-    report.plot_nearest(figures / "nearest_labels.png", samples.labels, label_nearest, label_reference,
-                        real_pv_maps(cache, refs.label_training[label_nearest.indices]).argmax(axis=1), shown,
-                        "PV-map distance", len(channels))
-    report.plot_nearest(figures / "nearest_images.png", samples.images, image_nearest, image_reference,
-                        real_images(cache, refs.image_training[image_nearest.indices]), shown,
-                        "feature distance", None)
+    shown, flag = settings.nearest_pairs_shown, settings.memorisation_flag_share
+    metrics["memorisation"] = {}
+    if len(refs.label_heldout):
+        label_nearest = nearest(samples.pv_maps, cache.pv_maps, refs.label_training)
+        label_reference = nearest(real_pv_maps(cache, refs.label_heldout), cache.pv_maps, refs.label_training)
+        metrics["memorisation"]["labels"] = memorisation_scores(label_nearest, label_reference, flag)
+        report.plot_nearest(figures / "nearest_labels.png", samples.labels, label_nearest, label_reference,
+                            real_pv_maps(cache, refs.label_training[label_nearest.indices]).argmax(axis=1), shown,
+                            "PV-map distance", len(channels))
+    if len(refs.image_training) and len(refs.image_training_heldout):
+        training_features = torch.cat([featurise(real_images(cache, chunk)) for chunk in  # every train slice, in chunks
+                                       np.array_split(refs.image_training, max(1, len(refs.image_training) // 1024))])
+        image_nearest = nearest(synthetic_features.numpy(), training_features.numpy())
+        image_reference = nearest(featurise(real_images(cache, refs.image_training_heldout)).numpy(),
+                                  training_features.numpy())
+        metrics["memorisation"]["images"] = memorisation_scores(image_nearest, image_reference, flag)
+        report.plot_nearest(figures / "nearest_images.png", samples.images, image_nearest, image_reference,
+                            real_images(cache, refs.image_training[image_nearest.indices]), shown,
+                            "feature distance", None)
 
     write_json_atomic(folder / "metrics.json", metrics)
     write_text_atomic(folder / "report.md", report.sample_set_report(metrics, channels))
     return metrics
+
+
+def label_realism(samples: SampleSet, cache: SliceCache, refs: References, bins: int, figures: Path) -> dict:
+    """Tissue-volume and lesion-size distances to held-out PV maps (floor: train-split maps), and topology."""
+    channels, lesions = cache.channels, cache.lesion_channels
+    synthetic = label_statistics(samples.pv_maps, channels, lesions)
+    heldout = label_statistics(real_pv_maps(cache, refs.label_heldout), channels, lesions)
+    real = label_statistics(real_pv_maps(cache, refs.label_real), channels, lesions)
+    report.plot_labels(figures / "labels.png", synthetic, heldout, channels, bins)
+    return {
+        "n_heldout": len(refs.label_heldout), "n_real": len(refs.label_real),
+        "synthetic": label_distances(synthetic, heldout, channels),
+        "real": label_distances(real, heldout, channels),
+        "topology": {"synthetic": synthetic["topology"], "heldout": heldout["topology"]},
+    }
 
 
 def consistency(samples: SampleSet, cache: SliceCache, heldout: np.ndarray, segment: Segment, segmenter: str) -> dict:
