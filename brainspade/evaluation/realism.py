@@ -16,11 +16,13 @@ def kid(reference: torch.Tensor, candidate: torch.Tensor, subset_size: int, subs
         ) -> tuple[float, float]:
     """Kernel Inception Distance (Binkowski et al. 2018): mean and sd over random subsets.
 
+    Subsets hold `subset_size` slices (the usual 1000), at most half of the smaller set.
+
     KID is the unbiased MMD² with the cubic polynomial kernel k(x, y) = (x·y / d + 1)³. MONAI's
     MMDMetric computes the unbiased MMD² of a *linear* kernel on mapped inputs, and a cubic kernel
     has no small explicit feature map, so the kernel sums are written here (as in the paper).
     """
-    size = min(subset_size, len(reference), len(candidate))
+    size = max(2, min(subset_size, len(reference) // 2, len(candidate) // 2))  # at most half a set: subsets differ
     rng = np.random.default_rng(seed)
     dims = reference.shape[1]
     values = []

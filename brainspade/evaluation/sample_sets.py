@@ -73,8 +73,9 @@ class References:
     image_heldout: np.ndarray  # test-split images of the style data set and modality, matched to the samples
     image_real: np.ndarray  # train-split images of the same (the real-vs-real floor)
     image_training: np.ndarray  # every train-split image of the sources and the style data set in that modality
-    image_training_heldout: np.ndarray  # test-split images of the same data sets (memorisation reference)
+    image_training_heldout: np.ndarray  # test-split images of the same data sets, matched in position (memorisation)
     label_heldout: np.ndarray  # test-split PV maps of the sources, matched to the samples
+    label_memorisation_heldout: np.ndarray  # the same matched in position only (memorisation reference)
     label_real: np.ndarray  # train-split PV maps of the sources, matched (the floor)
     label_training: np.ndarray  # every PV map the label generators trained on
 
@@ -84,24 +85,27 @@ def references(cache: SliceCache, samples: SampleSet, sources: list[str], max_re
 
     Matching keeps the scores about the generators, not about which slices were asked for: samples
     drawn between slice positions 0.2 and 0.8 without lesions are compared with real slices of that
-    range without lesions. Sets larger than `max_real` are cut to a seeded random subset.
+    range without lesions. Memorisation references are matched in position only: a sample asked for a
+    lesion may come without one, and must then not look memorised next to held-out slices that all have
+    one (the threshold is a minimum: a wider reference only lowers it, so the flag gets more cautious).
+    Sets larger than `max_real` are cut to a seeded random subset.
     """
     rng = np.random.default_rng(seed)
     low, high = samples.slice_positions.min(), samples.slice_positions.max()
     lesion_share = cache_lesion_share(cache)
 
-    def matched_labels(indices: np.ndarray) -> np.ndarray:
+    def matched_labels(indices: np.ndarray, lesions: bool = True) -> np.ndarray:
         position = cache.label_table["slice_position"][indices]
         keep = (position >= low) & (position <= high)
-        if not samples.with_lesion.any():
+        if lesions and not samples.with_lesion.any():
             keep &= lesion_share[indices] == 0
-        elif samples.with_lesion.all():
+        elif lesions and samples.with_lesion.all():
             keep &= lesion_share[indices] > 0
         return indices[keep]
 
-    def matched_images(indices: np.ndarray) -> np.ndarray:
+    def matched_images(indices: np.ndarray, lesions: bool = True) -> np.ndarray:
         label_index = cache.image_table["label_index"][indices]
-        return indices[np.isin(label_index, matched_labels(label_index))]
+        return indices[np.isin(label_index, matched_labels(label_index, lesions))]
 
     def cut(indices: np.ndarray) -> np.ndarray:
         return np.sort(rng.choice(indices, max_real, replace=False)) if len(indices) > max_real else indices
@@ -118,8 +122,9 @@ def references(cache: SliceCache, samples: SampleSet, sources: list[str], max_re
         image_heldout=image_heldout,
         image_real=image_real,
         image_training=image_training,
-        image_training_heldout=cut(matched_images(image_training_heldout)),
+        image_training_heldout=cut(matched_images(image_training_heldout, lesions=False)),
         label_heldout=cut(matched_labels(heldout_label_indices(cache, sources))),
+        label_memorisation_heldout=cut(matched_labels(heldout_label_indices(cache, sources), lesions=False)),
         label_real=cut(matched_labels(label_training)),
         label_training=label_training,
     )

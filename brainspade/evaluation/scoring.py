@@ -62,8 +62,9 @@ def evaluate_sample_set(samples: SampleSet, cache: SliceCache, sources: list[str
     heldout_images = real_images(cache, refs.image_heldout)
     if len(refs.image_heldout) >= 2 and len(refs.image_real) >= 2:
         size = min(len(samples.images), len(refs.image_real))  # FID is biased by the set size: score equal sets
-        real_features = featurise(real_images(cache, refs.image_real))
-        metrics["realism"] = realism_scores(featurise(heldout_images), synthetic_features[:size], real_features[:size],
+        real_subset = np.sort(np.random.default_rng(seed).permutation(refs.image_real)[:size])
+        real_features = featurise(real_images(cache, real_subset))
+        metrics["realism"] = realism_scores(featurise(heldout_images), synthetic_features[:size], real_features,
                                             settings.kid_subset_size, settings.kid_subsets, seed)
         metrics["realism"]["feature_dim"] = int(synthetic_features.shape[1])
         kernel = settings.ms_ssim_kernel
@@ -94,9 +95,10 @@ def evaluate_sample_set(samples: SampleSet, cache: SliceCache, sources: list[str
 
     shown, flag = settings.nearest_pairs_shown, settings.memorisation_flag_share
     metrics["memorisation"] = {}
-    if len(refs.label_heldout):
+    if len(refs.label_memorisation_heldout):
         label_nearest = nearest(samples.pv_maps, cache.pv_maps, refs.label_training)
-        label_reference = nearest(real_pv_maps(cache, refs.label_heldout), cache.pv_maps, refs.label_training)
+        label_reference = nearest(real_pv_maps(cache, refs.label_memorisation_heldout), cache.pv_maps,
+                                  refs.label_training)
         metrics["memorisation"]["labels"] = memorisation_scores(label_nearest, label_reference, flag)
         report.plot_nearest(figures / "nearest_labels.png", samples.labels, label_nearest, label_reference,
                             real_pv_maps(cache, refs.label_training[label_nearest.indices]).argmax(axis=1), shown,

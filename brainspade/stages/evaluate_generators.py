@@ -66,7 +66,7 @@ def run(cfg: DictConfig) -> Path:
         samples = load_sample_set(samples_folder, settings.max_samples)
         print(f"[{COMMAND}] scoring {name} ({len(samples.case_ids)} samples, style {samples.style_modality})", flush=True)
         evaluate_sample_set(samples, cache, data.source_datasets, settings, features, feature_source,
-                            segmenter.segment if segmenter else None, arm if arm_folder else arm, device, run_.seed,
+                            segmenter.segment if segmenter else None, arm, device, run_.seed,
                             folder.path)
         folder.finish({"report": "report.md", "metrics": "metrics.json", "figures": "figures/"})
     return write_summary(stage_path(cfg, "evaluation"), names)
@@ -86,6 +86,8 @@ def sample_set_names(samples_root: Path, wanted: str | None) -> list[str]:
 
 def segmenter_arm(cfg: DictConfig, wanted: str | None) -> tuple[str, Path | None]:
     """(arm, its finished model folder) for consistency; without one, (why the section is skipped, None).
+
+    The reason takes the arm's place, so the report names the segmenter or says why there is none.
 
     A named arm must exist; the default (R_iod) is used when an experiment has trained it.
     """
