@@ -146,9 +146,11 @@ def consistency(samples: SampleSet, cache: SliceCache, heldout: np.ndarray, segm
     if len(heldout):
         real_predicted = segment_all(segment, real_images(cache, heldout))
         scores["real"] = consistency_dice(real_predicted, image_pv_maps(cache, heldout).argmax(axis=1), channels)
-    for key in ("synthetic", "shuffled", "real"):
-        if key in scores:
-            scores[f"{key}_mean"] = mean_dice(scores[key], classes)
+    rows = [key for key in ("synthetic", "shuffled", "real") if key in scores]
+    # Means over the classes every row scores, so the synthetic and real means compare like with like.
+    scores["mean_classes"] = [c for c in classes if all(scores[key][c] is not None for key in rows)]
+    for key in rows:
+        scores[f"{key}_mean"] = mean_dice(scores[key], scores["mean_classes"])
     return scores
 
 
