@@ -327,6 +327,7 @@ class EvaluationSettings(Checked):
     ms_ssim_pairs: int = bounded(200, ge=1)
     ms_ssim_kernel: int = bounded(7, ge=3)
     segmenter_arm: Optional[str] = None
+    consistency_slices: int = bounded(500, ge=2)
     memorisation_flag_share: float = bounded(0.1, ge=0, le=1)
     figure_samples: int = bounded(8, ge=1)
     nearest_pairs_shown: int = bounded(6, ge=1)

@@ -176,9 +176,10 @@ def sample_set_report(metrics: dict, channels: Sequence[str]) -> str:
         lines += [f"Skipped: {consistency['skipped']}.", ""]
     else:
         classes = consistency["classes"]
-        lines += [f"The nnU-Net `{consistency['segmenter']}` (trained on real slices) segments the images; Dice "
-                  "against the label maps they were generated from, against shuffled label maps (chance), and on "
-                  "held-out real slices of this style (what it reaches on real data). The mean is over the classes "
+        lines += [f"The nnU-Net `{consistency['segmenter']}` (trained on real slices) segments "
+                  f"{consistency['n_synthetic']} images; Dice against the label maps they were generated from, against "
+                  f"shuffled label maps (chance), and on {consistency.get('n_real', 0)} held-out real slices of this "
+                  "style (what it reaches on real data). The mean is over the classes "
                   f"every row scores ({', '.join(consistency['mean_classes'])}).", "",
                   "| pairs | " + " | ".join(classes) + " | mean |", "|---|" + "---|" * (len(classes) + 1)]
         for key, label in (("synthetic", "synthetic (true pairs)"), ("shuffled", "synthetic, shuffled labels"),

@@ -91,7 +91,8 @@ def evaluate_sample_set(samples: SampleSet, cache: SliceCache, sources: list[str
     if segment is None:
         metrics["consistency"] = {"skipped": segmenter_name}
     else:
-        metrics["consistency"] = consistency(samples, cache, refs.image_heldout, segment, segmenter_name)
+        metrics["consistency"] = consistency(samples, cache, refs.image_heldout, segment, segmenter_name,
+                                             settings.consistency_slices, seed)
 
     shown, flag = settings.nearest_pairs_shown, settings.memorisation_flag_share
     metrics["memorisation"] = {}
@@ -134,16 +135,21 @@ def label_realism(samples: SampleSet, cache: SliceCache, refs: References, bins:
     }
 
 
-def consistency(samples: SampleSet, cache: SliceCache, heldout: np.ndarray, segment: Segment, segmenter: str) -> dict:
-    """Dice of the segmenter on the samples vs their own labels, vs shuffled labels (floor), and on real slices."""
+def consistency(samples: SampleSet, cache: SliceCache, heldout: np.ndarray, segment: Segment, segmenter: str,
+                count: int, seed: int) -> dict:
+    """Dice of the segmenter on (the first `count`) samples vs their own labels, vs shuffled labels (chance),
+    and on `count` held-out real slices of the style."""
     channels = cache.channels
     classes = channels[1:]  # every tissue but the background
-    predicted = segment_all(segment, samples.images)
-    scores = {"segmenter": segmenter, "classes": classes,
-              "synthetic": consistency_dice(predicted, samples.labels, channels),
+    labels = samples.labels[:count]
+    predicted = segment_all(segment, samples.images[:count])
+    scores = {"segmenter": segmenter, "classes": classes, "n_synthetic": len(labels),
+              "synthetic": consistency_dice(predicted, labels, channels),
               # The same predictions against another sample's labels: what agreement by chance alone reaches.
-              "shuffled": consistency_dice(predicted, np.roll(samples.labels, 1, axis=0), channels)}
+              "shuffled": consistency_dice(predicted, np.roll(labels, 1, axis=0), channels)}
     if len(heldout):
+        heldout = np.sort(np.random.default_rng(seed).permutation(heldout)[:count])
+        scores["n_real"] = len(heldout)
         real_predicted = segment_all(segment, real_images(cache, heldout))
         scores["real"] = consistency_dice(real_predicted, image_pv_maps(cache, heldout).argmax(axis=1), channels)
     rows = [key for key in ("synthetic", "shuffled", "real") if key in scores]
