@@ -83,7 +83,7 @@ def evaluate_sample_set(samples: SampleSet, cache: SliceCache, sources: list[str
             "skipped": f"fewer than 2 real slices of {style_name(samples)} in the slice cache (train and test split)"}
 
     if len(refs.label_heldout) >= 2 and len(refs.label_real) >= 2:
-        metrics["label_realism"] = label_realism(samples, cache, refs, settings.histogram_bins, figures)
+        metrics["label_realism"] = label_realism(samples, cache, refs, settings.histogram_bins, figures, seed)
     else:
         metrics["label_realism"] = {"skipped": "fewer than 2 real PV maps of the source data sets match the samples' "
                                                "slice positions and lesion conditions"}
@@ -120,15 +120,17 @@ def evaluate_sample_set(samples: SampleSet, cache: SliceCache, sources: list[str
     return metrics
 
 
-def label_realism(samples: SampleSet, cache: SliceCache, refs: References, bins: int, figures: Path) -> dict:
-    """Tissue-volume and lesion-size distances to held-out PV maps (floor: train-split maps), and topology."""
+def label_realism(samples: SampleSet, cache: SliceCache, refs: References, bins: int, figures: Path,
+                  seed: int) -> dict:
+    """Tissue-volume and lesion-size distances to held-out PV maps (floor: as many train-split maps), and topology."""
     channels, lesions = cache.channels, cache.lesion_channels
+    real_subset = np.sort(np.random.default_rng(seed).permutation(refs.label_real)[: len(samples.pv_maps)])
     synthetic = label_statistics(samples.pv_maps, channels, lesions)
     heldout = label_statistics(real_pv_maps(cache, refs.label_heldout), channels, lesions)
-    real = label_statistics(real_pv_maps(cache, refs.label_real), channels, lesions)
+    real = label_statistics(real_pv_maps(cache, real_subset), channels, lesions)
     report.plot_labels(figures / "labels.png", synthetic, heldout, channels, bins)
     return {
-        "n_heldout": len(refs.label_heldout), "n_real": len(refs.label_real),
+        "n_heldout": len(refs.label_heldout), "n_real": len(real_subset),
         "synthetic": label_distances(synthetic, heldout, channels),
         "real": label_distances(real, heldout, channels),
         "topology": {"synthetic": synthetic["topology"], "heldout": heldout["topology"]},
