@@ -36,6 +36,8 @@ COMMANDS: dict[str, Command] = {
     "sample-randomised": Command("brainspade.stages.sample_randomised",
                                  "SynthSeg-style domain-randomised images on the label maps of a sample set"),
     "run-experiment": Command("brainspade.stages.run_experiment", "train nnU-Nets on real/synthetic data and compare them (iod|ood|lesion)"),
+    "evaluate-generators": Command("brainspade.stages.evaluate_generators",
+                                   "score sample sets: realism (FID/KID), diversity, consistency, memorisation"),
     "demo": Command("brainspade.stages.demo", "run the whole method on the embedded phantom"),
 }
 

@@ -330,3 +330,31 @@ class ExperimentSettings(Checked):
     arms: dict[str, Any] = field(default_factory=dict)
     evaluations: dict[str, Any] = field(default_factory=dict)
     figure_slices: int = bounded(4, ge=0)
+
+
+# ---------------------------------------------------------------- evaluation of the generators
+
+
+@dataclass(frozen=True)
+class EvaluationSettings(Checked):
+    """How `evaluate-generators` scores a sample set against the real slices it imitates."""
+
+    max_samples: int = bounded(500, ge=2)
+    max_real: int = bounded(1000, ge=2)
+    feature_weights: Optional[str] = None
+    feature_batch_size: int = bounded(64, ge=1)
+    kid_subset_size: int = bounded(1000, ge=2)
+    kid_subsets: int = bounded(100, ge=1)
+    ms_ssim_pairs: int = bounded(200, ge=1)
+    ms_ssim_kernel: int = bounded(7, ge=3)
+    segmenter_arm: Optional[str] = None
+    consistency_slices: int = bounded(500, ge=2)
+    memorisation_flag_share: float = bounded(0.1, ge=0, le=1)
+    figure_samples: int = bounded(8, ge=1)
+    nearest_pairs_shown: int = bounded(6, ge=1)
+    histogram_bins: int = bounded(50, ge=2)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.ms_ssim_kernel % 2 == 0:
+            raise BrainspadeError(f"ms_ssim_kernel={self.ms_ssim_kernel}: use an odd window size, e.g. 7")

@@ -6,18 +6,19 @@ from conftest import run_cli
 
 from brainspade.cli import COMMANDS, expand_short_forms
 
-TEN_COMMANDS = [
+COMMAND_NAMES = [
     "make-phantom", "prepare-data", "train-label-vae", "train-label-ldm", "sample-labels",
-    "train-modisc", "train-image-generator", "sample", "sample-randomised", "run-experiment", "demo",
+    "train-modisc", "train-image-generator", "sample", "sample-randomised", "run-experiment",
+    "evaluate-generators", "demo",
 ]
 
 
-def test_help_lists_the_ten_commands(capsys):
+def test_help_lists_every_command(capsys):
     code, out, _ = run_cli(capsys, "--help")
     assert code == 0
     listed = [line.split()[0] for line in out.splitlines() if line.startswith("  ") and line.split()]
-    assert [c for c in listed if c in TEN_COMMANDS] == TEN_COMMANDS
-    assert set(COMMANDS) == set(TEN_COMMANDS)
+    assert [c for c in listed if c in COMMAND_NAMES] == COMMAND_NAMES
+    assert set(COMMANDS) == set(COMMAND_NAMES)
 
 
 def test_command_help_shows_its_keys(capsys):

@@ -33,6 +33,21 @@ def style_image_indices(cache: SliceCache, dataset: str, modality: str | None = 
     return cache.image_indices(split="train", datasets=[dataset], modalities=None if modality is None else [modality])
 
 
+def heldout_label_indices(cache: SliceCache, source_datasets: Sequence[str]) -> np.ndarray:
+    """PV slices held out from the label generators: test split of the source data sets (evaluation only)."""
+    return cache.label_indices(split="test", datasets=list(source_datasets))
+
+
+def evaluation_image_indices(cache: SliceCache, datasets: Sequence[str], modality: str) -> tuple[np.ndarray, np.ndarray]:
+    """(train-split, test-split) image slices of the data sets in one modality, for scoring generators.
+
+    The train split is what a generator saw (as training or style images); the test split is
+    the held-out reference of an evaluation and is never used by a training stage.
+    """
+    return (cache.image_indices(split="train", datasets=list(datasets), modalities=[modality]),
+            cache.image_indices(split="test", datasets=list(datasets), modalities=[modality]))
+
+
 def real_training_indices(cache: SliceCache, dataset: str, modality: str, volumes: int | None) -> np.ndarray:
     """Train-split image slices of one data set and modality; only the first `volumes` subjects if given.
 

@@ -36,6 +36,7 @@ SECTIONS: dict[str, type] = {
     "randomisation": typed.RandomisationSettings,
     "segmentation": typed.SegmentationSettings,
     "experiments": typed.ExperimentSettings,
+    "evaluation": typed.EvaluationSettings,
 }
 
 

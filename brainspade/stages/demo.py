@@ -1,7 +1,8 @@
 """`brainspade demo`: the whole method on the embedded phantom; a re-run skips finished stages.
 
 make-phantom -> prepare-data -> the four generator trainings -> the three experiments (each
-experiment makes the synthetic data sets its arms need with `brainspade sample`).
+experiment makes the synthetic data sets its arms need with `brainspade sample`) -> evaluate-generators
+(realism, diversity, consistency and memorisation of those sample sets).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def run(cfg: DictConfig) -> Path:
         with open_dict(cfg):
             cfg.experiment = experiment
         reports.append(timed(f"run-experiment {experiment}", COMMANDS["run-experiment"].module, cfg))
+    evaluation = timed("evaluate-generators", COMMANDS["evaluate-generators"].module, cfg)
     print(f"[demo] finished in {(time.monotonic() - started) / 60:.1f} min")
     for label, seconds in timings:
         print(f"[demo]   {label:<28} {seconds:7.0f} s")
@@ -48,6 +50,8 @@ def run(cfg: DictConfig) -> Path:
     for report in reports:
         print(f"\n[demo] {Path(report) / 'report.md'}:\n")
         print(result_tables(Path(report) / "report.md"))
+    print(f"\n[demo] {Path(evaluation) / 'summary.md'} (per set: {Path(evaluation)}/<set>/report.md):\n")
+    print((Path(evaluation) / "summary.md").read_text().split("\n", 2)[2])
     return workdir(cfg)
 
 

@@ -1,0 +1,155 @@
+"""evaluate-generators: the three verdicts that must be able to fail, the small pieces, and the stage."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli
+
+from brainspade.data.slice_cache import SliceCache
+from brainspade.evaluation.consistency import consistency_dice, mean_dice, segment_all
+from brainspade.evaluation.diversity import mean_pairwise_ms_ssim, ms_ssim_weights
+from brainspade.evaluation.features import classifier_features, extract
+from brainspade.evaluation.label_realism import components_and_holes
+from brainspade.evaluation.memorisation import memorisation_scores, nearest
+from brainspade.evaluation.realism import kid, realism_scores
+from brainspade.models.modality_classifier import ModalityDatasetClassifier
+
+SOURCES = ["siteA", "siteT"]
+
+
+@pytest.fixture(scope="module")
+def cache(tiny_slices) -> SliceCache:
+    return SliceCache.open(tiny_slices / "slices")
+
+
+def _images(cache: SliceCache, indices) -> np.ndarray:
+    return np.stack([cache.image(int(i)) for i in indices])
+
+
+def _labels(cache: SliceCache, indices) -> np.ndarray:
+    return np.stack([cache.pv_map(int(cache.image_table["label_index"][i])) for i in indices]).argmax(axis=1)
+
+
+def test_a_generator_that_copies_training_slices_is_flagged(cache):
+    train = cache.label_indices(split="train", datasets=SOURCES)
+    heldout = cache.label_indices(split="test", datasets=SOURCES)
+    reference, fresh = heldout[::2], heldout[1::2]  # half the held-out slices play a generator of new slices
+    rng = np.random.default_rng(0)
+    copies = np.stack([cache.pv_map(int(i)) for i in rng.choice(train, 20)])
+
+    def score(samples: np.ndarray) -> dict:
+        reference_maps = np.stack([cache.pv_map(int(i)) for i in reference])
+        return memorisation_scores(nearest(samples, cache.pv_maps, train), nearest(reference_maps, cache.pv_maps, train),
+                                   flag_share=0.1)
+
+    copying = score(copies)
+    honest = score(np.stack([cache.pv_map(int(i)) for i in fresh]))
+    assert copying["flagged"] and copying["share_closer_than_heldout"] == 1.0
+    assert not honest["flagged"] and honest["share_closer_than_heldout"] <= 0.1
+
+
+def test_noise_scores_a_far_worse_fid_and_kid_than_real_vs_real(cache):
+    torch.manual_seed(0)  # an untrained trunk: any fixed offline network must tell noise from brains
+    features = classifier_features(ModalityDatasetClassifier(2, 2, init_features=16, growth_rate=8, block_config=(2, 2, 2)))
+    train, test = (cache.image_indices(split=s, modalities=["T1"]) for s in ("train", "test"))
+    real = _images(cache, train)
+    noise = np.random.default_rng(0).standard_normal(real.shape).astype(np.float32)  # z-scored noise slices
+
+    def featurise(images):
+        return extract(features, images, 64, torch.device("cpu"))
+
+    scores = realism_scores(featurise(_images(cache, test)), featurise(noise), featurise(real), 100, 20, seed=0)
+    synthetic, floor = scores["synthetic"], scores["real"]
+    assert synthetic["fid"] > 10 * floor["fid"]
+    assert synthetic["kid"] > 10 * max(floor["kid"], 1e-3 * synthetic["kid"])
+
+
+def test_shuffled_label_image_pairs_score_a_far_lower_consistency_dice(cache):
+    train = cache.image_indices(split="train", datasets=["siteA"], modalities=["T1"])
+    test = cache.image_indices(split="test", datasets=["siteA"], modalities=["T1"])
+    # A stand-in segmenter: each pixel gets the tissue whose mean training intensity is nearest.
+    images, labels = _images(cache, train), _labels(cache, train)
+    means = np.array([images[labels == k].mean() if (labels == k).any() else np.inf for k in range(len(cache.channels))])
+
+    def segment(image: np.ndarray) -> np.ndarray:
+        return np.abs(image[..., None] - means).argmin(axis=-1)
+
+    test_images, test_labels = _images(cache, test), _labels(cache, test)
+    predicted = segment_all(segment, test_images)
+    tissues = ["csf", "gm", "wm"]
+    true_pairs = mean_dice(consistency_dice(predicted, test_labels, cache.channels), tissues)
+    shuffled = mean_dice(consistency_dice(predicted, np.roll(test_labels, len(test) // 2, axis=0), cache.channels),
+                         tissues)
+    assert true_pairs > 0.5
+    assert shuffled < 0.6 * true_pairs
+
+
+def test_kid_is_zero_for_one_distribution_and_ms_ssim_uses_what_fits():
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(400, 8, generator=generator), torch.randn(400, 8, generator=generator)
+    assert abs(kid(a, b, 200, 20, seed=0)[0]) < 0.02
+    assert kid(a, b + 1.0, 200, 20, seed=0)[0] > 0.1
+    assert len(ms_ssim_weights((48, 64), 7)) == 3 and len(ms_ssim_weights((192, 256), 7)) == 5
+    assert abs(sum(ms_ssim_weights((96, 128), 7)) - 1) < 1e-9
+    same = np.repeat(np.random.default_rng(0).random((1, 48, 64)), 4, axis=0)
+    assert mean_pairwise_ms_ssim(same, 5, 7, seed=0)[0] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_components_and_holes_of_a_ring_and_two_dots():
+    yy, xx = np.mgrid[:20, :20]
+    ring = (np.hypot(yy - 10, xx - 10) < 7) & (np.hypot(yy - 10, xx - 10) > 3)
+    dots = np.zeros((20, 20), bool)
+    dots[2, 2] = dots[15, 15] = True
+    assert components_and_holes(ring) == (1, 1)
+    assert components_and_holes(dots) == (2, 0)
+
+
+@pytest.mark.slow
+def test_evaluate_generators_writes_the_report_of_every_sample_set(capsys, trained_workdir):
+    code, _, err = run_cli(capsys, "sample", "--n", "8", f"workdir={trained_workdir}", "profile=tiny", "name=eval_set")
+    assert code == 0, err
+    args = ("evaluate-generators", f"workdir={trained_workdir}", "profile=tiny", "samples=eval_set")
+    code, out, err = run_cli(capsys, *args)
+    assert code == 0, err
+    folder = trained_workdir / "evaluation" / "eval_set"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["realism"]["synthetic"]["fid"] > 0 and metrics["realism"]["n_synthetic"] >= 2
+    assert 0 <= metrics["diversity"]["synthetic"] <= 1
+    assert set(metrics["label_realism"]["synthetic"]["volumes"]) == {"background", "csf", "gm", "wm", "tumour", "edema"}
+    assert "no trained nnU-Net of R_iod" in metrics["consistency"]["skipped"]  # no experiment ran in this workdir
+    assert 0 <= metrics["memorisation"]["labels"]["share_closer_than_heldout"] <= 1
+    report = (folder / "report.md").read_text()
+    assert "## Memorisation" in report and "real train split (floor)" in report
+    for figure in ("grid", "intensities", "labels", "nearest_labels", "nearest_images"):
+        assert (folder / "figures" / f"{figure}.png").stat().st_size > 1000
+    assert "| eval_set | siteA/T1 | 8 |" in (trained_workdir / "evaluation" / "summary.md").read_text()
+    assert (folder / "manifest.json").is_file()
+    code, out, _ = run_cli(capsys, *args)  # finished with the same inputs: skipped
+    assert code == 0 and "up to date" in out
+    code, _, err = run_cli(capsys, *args[:-1], "samples=eval_set", "evaluation.segmenter_arm=R_nope")
+    assert code == 1 and "R_nope" in err
+
+
+def test_local_torchscript_feature_weights_give_the_same_features(tmp_path):
+    from brainspade.evaluation.features import torchscript_features
+
+    torch.manual_seed(0)
+    network = ModalityDatasetClassifier(2, 2, init_features=8, growth_rate=4, block_config=(1, 1))
+    direct = classifier_features(network)
+    torch.jit.script(network.trunk).save(str(tmp_path / "trunk.pt"))  # a pooled map: the loader averages it
+    loaded = torchscript_features(tmp_path / "trunk.pt", torch.device("cpu"))
+    images = np.random.default_rng(0).standard_normal((3, 32, 32)).astype(np.float32)
+    torch.testing.assert_close(extract(loaded, images, 2, torch.device("cpu")),
+                               extract(lambda x: network.trunk(x).mean(dim=(2, 3)), images, 2, torch.device("cpu")))
+    assert extract(direct, images, 2, torch.device("cpu")).shape == (3, network.modality_head.in_features)
+
+
+def test_bad_evaluation_settings_fail_in_one_line(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "evaluate-generators", f"workdir={tmp_path}", "evaluation.ms_ssim_kernel=6")
+    assert code == 2 and "ms_ssim_kernel" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(capsys, "evaluate-generators", f"workdir={tmp_path}", "profile=tiny")
+    assert code == 1 and "prepare-data" in err  # no slice cache in this workdir
