@@ -73,11 +73,18 @@ def run(cfg: DictConfig) -> Path:
 
 
 def sample_set_names(samples_root: Path, wanted: str | None) -> list[str]:
-    """The finished sample sets to score: `wanted`, or every one in W/samples."""
+    """The finished sample sets to score: `wanted`, or every one in W/samples made by the learnt generators.
+
+    Domain-randomised sets (`sample-randomised`, no `settings.yaml`) imitate no site: there is no style to score.
+    """
     if wanted:
-        require_complete(samples_root / str(wanted), f"sample set {wanted!r}", "sample")
+        folder = require_complete(samples_root / str(wanted), f"sample set {wanted!r}", "sample")
+        if not (folder / "settings.yaml").is_file():
+            raise BrainspadeError(f"{folder}: a domain-randomised set (sample-randomised) imitates no site; "
+                                  "evaluate-generators scores sets made by `brainspade sample`")
         return [str(wanted)]
-    names = sorted(p.name for p in samples_root.glob("*") if (p / MANIFEST_NAME).is_file()) \
+    names = sorted(p.name for p in samples_root.glob("*")
+                   if (p / MANIFEST_NAME).is_file() and (p / "settings.yaml").is_file()) \
         if samples_root.is_dir() else []
     if not names:
         raise BrainspadeError(f"{samples_root}: no finished sample set; run `brainspade sample` with this workdir first")
