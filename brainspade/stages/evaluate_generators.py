@@ -29,7 +29,7 @@ from brainspade.evaluation.sample_sets import load_sample_set
 from brainspade.evaluation.scoring import evaluate_sample_set
 from brainspade.generation.images import ModalityClassifier
 from brainspade.segmentation.nnunet import Segmenter
-from brainspade.stages.config import open_stage_folder, run_settings, section, stage_path
+from brainspade.stages.config import resolved_yaml, run_settings, section, stage_path
 
 COMMAND = "evaluate-generators"
 DEFAULT_ARM = "R_iod"
@@ -58,9 +58,12 @@ def run(cfg: DictConfig) -> Path:
     for name in names:
         samples_folder = stage_path(cfg, "samples") / name
         fingerprint = config_fingerprint(*inputs, finished_fingerprint(samples_folder))
-        folder = open_stage_folder(cfg, f"evaluation/{name}", COMMAND, fingerprint)
-        if folder is None:
+        folder = StageFolder(stage_path(cfg, "evaluation") / name, fingerprint)
+        if folder.is_up_to_date() and not run_.force:
+            print(f"[{COMMAND}] {folder.path} is up to date")
             continue
+        # A report nothing trains on: one made from other inputs (say, before R_iod existed) is simply redone.
+        folder.prepare(resolved_yaml(cfg), force=True)
         if arm_folder is not None and segmenter is None:
             segmenter = Segmenter(arm_folder / "nnunet", arm, device, segmentation)
         samples = load_sample_set(samples_folder, settings.max_samples)
