@@ -153,3 +153,17 @@ def test_bad_evaluation_settings_fail_in_one_line(capsys, tmp_path):
     assert code == 2 and "ms_ssim_kernel" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli(capsys, "evaluate-generators", f"workdir={tmp_path}", "profile=tiny")
     assert code == 1 and "prepare-data" in err  # no slice cache in this workdir
+
+
+def test_domain_randomised_sets_are_not_scored_as_generator_output(tmp_path):
+    from brainspade.errors import BrainspadeError
+    from brainspade.stages.evaluate_generators import sample_set_names
+
+    for name, learnt in (("S_iod", True), ("D", False)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.json").write_text("{}")
+        if learnt:
+            (tmp_path / name / "settings.yaml").write_text("style_modality: T1\n")
+    assert sample_set_names(tmp_path, None) == ["S_iod"]
+    with pytest.raises(BrainspadeError, match="domain-randomised set"):
+        sample_set_names(tmp_path, "D")
