@@ -1,7 +1,8 @@
 """The user data layout: a folder with manifest.csv, one row per image volume.
 
 Columns: subject, dataset, modality, split, image, labels (paths relative to the folder).
-Several rows may share one labels file (e.g. T1 and FLAIR of one subject).
+Several rows may share one labels file (e.g. T1 and FLAIR of one subject). An optional
+`label_format` column gives a row's label format (empty: `data.label_format`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class VolumeRow:
     image: Path
     labels: Path
     line: int  # line number in manifest.csv, for error messages
+    label_format: str | None = None  # the optional label_format column; None: data.label_format
 
 
 def read_manifest(root: Path) -> list[VolumeRow]:
@@ -63,6 +65,7 @@ def _parse_row(root: Path, manifest: Path, line: int, record: dict[str, str]) ->
         image=_inside(root, manifest, line, values["image"]),
         labels=_inside(root, manifest, line, values["labels"]),
         line=line,
+        label_format=(record.get("label_format") or "").strip() or None,
     )
 
 

@@ -1,0 +1,174 @@
+"""A lab's own scans: FreeSurfer / SynthSeg / FAST labels and registration to MNI space in prepare-data.
+
+Native scans are phantom subjects (the template anatomy) moved by a known random pose onto a
+reoriented grid with other voxels and a wider field of view; their labels are written as a
+FreeSurfer aparc+aseg (.mgz), SynthSeg posteriors and FAST pve files. `prepare-data
+data.register=affine` must give back the MNI-space PV maps and the pose.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import run_cli
+from native_scans import (
+    native_from_template,
+    soft_dice,
+    template_subject,
+    transform_error_mm,
+    write_native_labels,
+)
+
+from brainspade.data import registration
+from brainspade.data.freesurfer import group_label_map
+from brainspade.data.label_sources import LabelReading, load_labels
+from brainspade.data.slice_cache import SliceCache
+from brainspade.data.slicing import crop_or_pad
+from brainspade.errors import BrainspadeError
+
+CHANNELS = ["background", "csf", "gm", "wm"]
+FORMATS = ("freesurfer", "synthseg_posteriors", "fast")
+SITES = {"freesurfer": "siteA", "synthseg_posteriors": "siteC", "fast": "siteB"}  # T1, FLAIR, other-scanner T1
+# FreeSurfer's aseg is always on its 1 mm conformed grid: half the 2 mm template voxel; the others anisotropic.
+VOXEL_FACTORS = {"freesurfer": (0.5, 0.5, 0.5), "synthseg_posteriors": (0.6, 0.75, 0.9), "fast": (0.6, 0.75, 0.9)}
+
+
+def _write_manifest(root: Path, rows: list[list[str]]) -> None:
+    with (root / "manifest.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["subject", "dataset", "modality", "split", "image", "labels", "label_format"])
+        writer.writerows(rows)
+
+
+def _overrides(root: Path, workdir: Path, resolution: int, size: str) -> list[str]:
+    return [f"workdir={workdir}", "profile=tiny", "data=folder", f"data.root={root}", "data.source_datasets=[lab]",
+            f"data.channels=[{','.join(CHANNELS)}]", "data.register=affine",
+            f"data.template_resolution_mm={resolution}", f"slices.size={size}", "slices.every=1"]
+
+
+@pytest.mark.slow
+def test_prepare_data_registers_each_label_format_back_to_mni(capsys, tmp_path):
+    """At 2 mm (the cpu profile): PV Dice >= 0.90 GM/WM, >= 0.80 CSF, and the pose within a fraction of a voxel."""
+    resolution = 2
+    root = tmp_path / "lab"
+    scans, rows = {}, []
+    for seed, label_format in enumerate(FORMATS):
+        subject = f"sub-{seed:02d}"
+        scans[subject] = native_from_template(resolution, SITES[label_format], seed, VOXEL_FACTORS[label_format])
+        labels = write_native_labels(scans[subject], root / subject, subject)
+        rows.append([subject, "lab", "T1", "train", f"{subject}/{subject}_T1w.nii.gz",
+                     f"{subject}/{labels[label_format]}", label_format])
+    _write_manifest(root, rows)
+    started = time.time()
+    code, out, err = run_cli(capsys, "prepare-data", *_overrides(root, tmp_path / "w", resolution, "[96,128]"))
+    seconds = time.time() - started
+    assert code == 0, err
+
+    slices = tmp_path / "w" / "slices"
+    cache = SliceCache.open(slices)
+    _, truth, affine = template_subject(resolution, "siteA", 0)
+    template = registration.load_template(resolution)
+    with (slices / "registration.csv").open() as handle:
+        similarity = {r["subject"]: float(r["tissue_similarity"]) for r in csv.DictReader(handle)}
+    report, measured = [], []
+    for (subject, scan), label_format in zip(scans.items(), FORMATS, strict=True):
+        found = registration.transform_matrix(registration.load_transform(slices / "registration" / f"lab_{subject}.tfm"))
+        error = transform_error_mm(found, scan.template_to_native, np.argwhere(template.brain), affine)
+        rows_of_subject = np.flatnonzero(cache.label_table["subject"] == subject)
+        recovered = np.stack([cache.pv_map(i) for i in rows_of_subject]).astype(np.float32)  # (S, C, H, W)
+        original = np.stack([np.moveaxis(crop_or_pad(truth[:, :, z], [96, 128]), -1, 0)
+                             for z in cache.label_table["slice_index"][rows_of_subject]])
+        if label_format == "freesurfer":  # hard labels: compared as hard labels (argmax of both)
+            recovered, original = (np.eye(len(CHANNELS))[np.argmax(m, axis=1)].transpose(0, 3, 1, 2)
+                                   for m in (recovered, original))
+        dice = {name: soft_dice(recovered[:, c], original[:, c]) for c, name in enumerate(CHANNELS) if c}
+        report.append(f"{label_format}: pose error mean {error.mean():.2f} mm max {error.max():.2f} mm, similarity "
+                      f"{similarity[subject]:.2f}, PV Dice " + " ".join(f"{k} {v:.3f}" for k, v in dice.items()))
+        measured.append((error, dice))
+    print(f"\n[{seconds:.0f} s for 3 registrations at {resolution} mm]\n" + "\n".join(report))
+    for line, (error, dice) in zip(report, measured, strict=True):
+        assert error.mean() < 0.5 * resolution and error.max() < resolution, line
+        assert dice["gm"] >= 0.90 and dice["wm"] >= 0.90 and dice["csf"] >= 0.80, line
+
+
+def test_registration_recovers_a_known_pose_in_seconds():
+    """At 4 mm (the tiny profile) a T1 and a FLAIR scan: pose within 0.3 voxel on average, in seconds."""
+    template = registration.load_template(4)
+    for seed, site in ((0, "siteA"), (1, "siteC")):
+        scan = native_from_template(4, site, seed)
+        started = time.time()
+        found = registration.register_to_template(scan.image, scan.affine, template)
+        seconds = time.time() - started
+        error = transform_error_mm(registration.transform_matrix(found.transform), scan.template_to_native,
+                                   np.argwhere(template.brain), template.grid.affine)
+        assert error.mean() < 1.2 and error.max() < 3.0, (site, error.mean(), error.max())
+        assert found.similarity > 0.4
+        assert seconds < 30
+
+
+def _scan_with_labels(root: Path, image: np.ndarray, affine: np.ndarray, pv: np.ndarray) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(image.astype(np.float32), affine), str(root / "scan.nii.gz"))
+    nib.save(nib.Nifti1Image(pv.astype(np.float32), affine), str(root / "pv.nii.gz"))
+    _write_manifest(root, [["s1", "lab", "T1", "train", "scan.nii.gz", "pv.nii.gz", "pv"]])
+
+
+@pytest.mark.parametrize("case", ["noise", "upside_down"])
+def test_a_failed_registration_is_refused_in_one_line(capsys, tmp_path, case):
+    """A non-brain image, or a brain whose header puts it upside down, is refused; an earlier cache stays."""
+    image, pv, affine = template_subject(4, "siteA", 0)
+    good = tmp_path / "good"
+    _scan_with_labels(good, image, affine, pv)
+    workdir = tmp_path / "w"
+    code, _, err = run_cli(capsys, "prepare-data", *_overrides(good, workdir, 4, "[48,64]"))
+    assert code == 0, err
+    before = (workdir / "slices" / "images.npy").read_bytes()
+
+    if case == "noise":
+        image = np.random.default_rng(0).random(image.shape).astype(np.float32)
+    else:
+        affine = np.diag([1.0, 1.0, -1.0, 1.0]) @ affine  # the header flips head and feet
+    bad = tmp_path / "bad"
+    _scan_with_labels(bad, image, affine, pv)
+    code, _, err = run_cli(capsys, "prepare-data", *_overrides(bad, workdir, 4, "[48,64]"), "force=true")
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "scan.nii.gz" in lines[0] and "registration to the MNI template failed" in lines[0]
+    assert (workdir / "slices" / "images.npy").read_bytes() == before
+
+
+def test_freesurfer_codes_group_by_tissue_with_fallbacks():
+    """Deep GM is its own channel when the schema has one, else GM; aparc parcels are cortex; ventricles are CSF."""
+    codes = np.array([0, 4, 43, 24, 3, 1028, 2035, 2, 41, 10, 50, 16, 8, 7]).reshape(1, 1, -1)
+    small = np.argmax(group_label_map(codes, CHANNELS, None, "aseg"), axis=-1).ravel()
+    assert small.tolist() == [0, 1, 1, 1, 2, 2, 2, 3, 3, 2, 2, 3, 2, 3]
+    full = ["background", "csf", "gm", "wm", "dgm", "brainstem", "cerebellum"]
+    large = np.argmax(group_label_map(codes, full, None, "aseg"), axis=-1).ravel()
+    assert large.tolist() == [0, 1, 1, 1, 2, 2, 2, 3, 3, 4, 4, 5, 6, 6]
+
+
+def test_unknown_codes_are_named_in_one_line_with_the_file(tmp_path):
+    labels = np.zeros((4, 4, 4), dtype=np.int32)
+    labels[0, 0, :2] = [999, 30]
+    path = tmp_path / "aseg.mgz"
+    nib.save(nib.MGHImage(labels, np.eye(4)), str(path))
+    with pytest.raises(BrainspadeError) as error:
+        load_labels(path, "freesurfer", LabelReading(tuple(CHANNELS)))
+    message = str(error.value)
+    assert "\n" not in message and str(path) in message and "[30, 999]" in message and "data.extra_codes" in message
+    pv, _ = load_labels(path, "freesurfer", LabelReading(tuple(CHANNELS), extra_codes={30: "csf", 999: "wm"}))
+    assert pv[0, 0, 0].tolist() == [0, 0, 0, 1] and pv[0, 0, 1].tolist() == [0, 1, 0, 0]
+
+
+def test_fast_pve_files_become_pv_maps_with_the_rest_as_background(tmp_path):
+    rng = np.random.default_rng(0)
+    fractions = rng.dirichlet(np.ones(4), size=(5, 5, 5)).astype(np.float32)  # background, csf, gm, wm
+    for index in range(3):
+        nib.save(nib.Nifti1Image(fractions[..., index + 1], np.eye(4)), str(tmp_path / f"t1_pve_{index}.nii.gz"))
+    pv, _ = load_labels(tmp_path / "t1_pve_1.nii.gz", "fast", LabelReading(tuple(CHANNELS)))
+    np.testing.assert_allclose(pv, fractions, atol=1e-5)
