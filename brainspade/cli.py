@@ -33,6 +33,8 @@ COMMANDS: dict[str, Command] = {
     "train-image-generator": Command("brainspade.stages.train_image_generator", "train the SPADE VAE-GAN image generator"),
     "sample": Command("brainspade.stages.sample", "synthesise (image, label) pairs as an nnU-Net data set (--n N)"),
     "run-experiment": Command("brainspade.stages.run_experiment", "train nnU-Nets on real/synthetic data and compare them (iod|ood|lesion)"),
+    "make-manifest": Command("brainspade.stages.make_manifest", "write manifest.csv for a BIDS-style folder (sub-*/anat + derivatives)"),
+    "segment": Command("brainspade.stages.segment", "segment your own scans with a trained arm, labels on each scan's grid"),
     "demo": Command("brainspade.stages.demo", "run the whole method on the embedded phantom"),
 }
 

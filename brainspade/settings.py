@@ -307,6 +307,27 @@ class SegmentationSettings(Checked):
 
 
 @dataclass(frozen=True)
+class SegmentSettings(Checked):
+    """`brainspade segment`: which trained model, which scans, where the labels go (top-level keys)."""
+
+    model: str = "???"
+    input: str = "???"
+    output: str = "./brainspade_work/segment"
+
+
+@dataclass(frozen=True)
+class BidsSettings(Checked):
+    """`brainspade make-manifest`: a BIDS-style folder and how its label files are found (top-level keys)."""
+
+    bids_root: str = "???"
+    derivatives: str = "derivatives"
+    labels: str = "*_aparc+aseg.mgz"
+    label_format: str = bounded("freesurfer", choices=("pv", "freesurfer", "synthseg", "synthseg_posteriors", "fast"))
+    dataset: str = "mysite"
+    test_fraction: float = bounded(0.2, ge=0, le=1)
+
+
+@dataclass(frozen=True)
 class ExperimentSettings(Checked):
     """The segmentation experiments: arms (real / synthetic training data) and evaluations (test sets)."""
 

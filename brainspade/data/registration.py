@@ -135,7 +135,8 @@ def _run_stage(fixed: sitk.Image, moving: sitk.Image, start: sitk.Transform, res
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(min(1.0, METRIC_SAMPLES / np.prod(fixed.GetSize())), seed)
+    # ITK reads a seed of 0 as "the wall clock": shift by one so that every seed is reproducible.
+    method.SetMetricSamplingPercentage(min(1.0, METRIC_SAMPLES / np.prod(fixed.GetSize())), seed + 1)
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-4, numberOfIterations=iterations,
                                                     relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6)

@@ -1,0 +1,207 @@
+"""Segment a lab's own scans with a trained arm, and hand the labels back on each scan's own grid.
+
+A scan (any orientation, voxel size, field of view) is registered affinely to the MNI template the
+arm's training data lives on, resampled onto that grid, sliced axially and z-scored per slice
+inside the template's brain mask (as prepare-data z-scores inside the labelled brain), and each
+slice is segmented by the arm's 2D nnU-Net. The stacked label volume goes back to the scan's grid
+through the inverse transform: each class's one-hot map is resampled linearly and the largest
+wins, which keeps borders smooth where nearest-neighbour would stair-step.
+
+A model folder (W/segmentation/models/<arm>) is self-contained once it holds `model.json`
+(the arm, the channel schema, the template resolution and the slice geometry): copy it anywhere
+and `brainspade segment model=FOLDER` runs with nothing else.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from brainspade.data.registration import (
+    Grid,
+    Template,
+    check_registration,
+    load_template,
+    register_to_template,
+    resample,
+    resample_to_template,
+)
+from brainspade.data.slicing import brain_slice_indices, crop_or_pad, zscore_in_brain
+from brainspade.engine.atomic import atomic_path, write_text_atomic
+from brainspade.engine.logging import progress
+from brainspade.errors import BrainspadeError
+from brainspade.segmentation.nnunet import Segmenter
+
+MODEL_CARD = "model.json"
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a model folder needs besides nnU-Net's own files to segment a new scan."""
+
+    arm: str  # the nnU-Net data set inside the folder is named after it
+    channels: list[str]  # label id = channel index
+    template_resolution_mm: int  # the MNI template grid the training slices were cut from
+    slice_size: list[int]  # [H, W] after centred crop / pad
+    min_brain_fraction: float  # slices with less template brain than this are left background
+
+    def save(self, folder: Path) -> None:
+        write_text_atomic(folder / MODEL_CARD, json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, folder: Path) -> ModelCard:
+        path = folder / MODEL_CARD
+        if not path.is_file():
+            raise BrainspadeError(f"{path}: missing; run `brainspade segment model=ARM workdir=W` once in the workdir "
+                                  "that trained the arm (it writes the file), then copy the folder")
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (TypeError, json.JSONDecodeError) as error:
+            raise BrainspadeError(f"{path}: not a brainspade model card ({error}); copy it again from the workdir") \
+                from None
+
+
+@dataclass(frozen=True)
+class NativeSegmentation:
+    """One scan's labels on its own grid, and how its registration went."""
+
+    labels: np.ndarray  # uint8, the scan's shape
+    similarity: float
+
+
+def load_scan(path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """A 3D scan as stored (no reorientation: the output must share its grid), plus its data as float32."""
+    try:
+        image = nib.load(str(path))
+        data = np.asarray(image.dataobj, dtype=np.float32)
+    except Exception as error:  # nibabel raises several types for unreadable files
+        raise BrainspadeError(f"{path}: not a readable NIfTI file ({type(error).__name__}); re-export it") from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise BrainspadeError(f"{path}: has shape {data.shape}; segment takes 3D scans")
+    if not np.isfinite(data).all():
+        raise BrainspadeError(f"{path}: contains NaN or infinite values; fix or mask them first")
+    return image, data
+
+
+def scan_files(input_path: Path) -> list[Path]:
+    """The NIfTI files named by `input` (one file, or every *.nii / *.nii.gz in a folder)."""
+    if input_path.is_file():
+        return [input_path]
+    if input_path.is_dir():
+        files = sorted(p for p in input_path.iterdir() if p.name.endswith(NIFTI_SUFFIXES) and
+                       not p.name.endswith(("_seg.nii.gz", "_seg.nii")))
+        if files:
+            return files
+        raise BrainspadeError(f"{input_path}: no .nii / .nii.gz files in this folder; point input= at your scans")
+    raise BrainspadeError(f"{input_path}: not found; set input= to a NIfTI file or a folder of them")
+
+
+def scan_name(path: Path) -> str:
+    return path.name.removesuffix(".gz").removesuffix(".nii")
+
+
+def segment_scan(data: np.ndarray, affine: np.ndarray, segmenter: Segmenter, card: ModelCard,
+                 min_similarity: float, path: Path, seed: int = 0) -> NativeSegmentation:
+    """Register, slice, predict, stack and map back: label ids on the scan's own grid."""
+    template = load_template(card.template_resolution_mm)
+    try:
+        registration = register_to_template(data, affine, template, seed)
+    except BrainspadeError as error:
+        raise BrainspadeError(f"{path}: {error}") from None
+    check_registration(registration, min_similarity, path)
+    moved = resample_to_template(data, affine, registration.transform, template)
+    labels = segment_template_volume(moved, template, segmenter, card)
+    one_hot = np.eye(len(card.channels), dtype=np.float32)[labels]
+    back = resample(one_hot, template.grid.affine, registration.transform.GetInverse(), Grid(data.shape, affine))
+    back[..., 0] += (back.sum(axis=-1) < 0.5)  # outside the template grid: background
+    return NativeSegmentation(np.argmax(back, axis=-1).astype(np.uint8), registration.similarity)
+
+
+def segment_template_volume(image: np.ndarray, template: Template, segmenter: Segmenter, card: ModelCard) -> np.ndarray:
+    """Label ids (X, Y, Z) of a template-grid image: each brain slice segmented as prepare-data cuts it."""
+    labels = np.zeros(image.shape, dtype=np.uint8)
+    fill = float(image.min())
+    for z in brain_slice_indices(template.brain, card.min_brain_fraction, every=1):
+        plane = crop_or_pad(image[:, :, z], card.slice_size, fill=fill)
+        brain = crop_or_pad(template.brain[:, :, z], card.slice_size, fill=False)
+        # The cache stores float16 slices: the network sees the same rounding here.
+        normalised = zscore_in_brain(plane, brain).astype(np.float16).astype(np.float32)
+        # crop_or_pad back to the plane's own size undoes the centred crop / pad exactly.
+        labels[:, :, z] = crop_or_pad(segmenter.segment(normalised), image.shape[:2])
+    return labels
+
+
+def write_labels(path: Path, labels: np.ndarray, like: nib.Nifti1Image) -> None:
+    """`labels` as NIfTI with the scan's shape, affine and orientation codes."""
+    header = like.header.copy() if isinstance(like, nib.Nifti1Image) else None
+    out = nib.Nifti1Image(labels.astype(np.uint8), like.affine, header=header)
+    out.set_data_dtype(np.uint8)
+    out.header.set_slope_inter(1, 0)
+    with atomic_path(path) as tmp:
+        nib.save(out, str(tmp))
+
+
+def class_volumes_ml(labels: np.ndarray, affine: np.ndarray, channels: list[str]) -> dict[str, float]:
+    """Millilitres of each foreground class in a label volume."""
+    voxel_ml = abs(float(np.linalg.det(np.asarray(affine)[:3, :3]))) / 1000.0
+    counts = np.bincount(labels.ravel(), minlength=len(channels))
+    return {name: round(float(counts[i]) * voxel_ml, 3) for i, name in enumerate(channels) if i}
+
+
+def write_volumes_table(path: Path, rows: list[dict]) -> None:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def segment_files(files: list[Path], output: Path, segmenter: Segmenter, card: ModelCard, min_similarity: float,
+                  seed: int = 0) -> list[dict]:
+    """Segment every scan into `output` (<name>_seg.nii.gz, volumes.csv, qc.png); return the volumes rows."""
+    output.mkdir(parents=True, exist_ok=True)
+    rows, shown = [], []
+    for path in progress(files, desc="segment", unit="scan"):
+        image, data = load_scan(path)
+        result = segment_scan(data, image.affine, segmenter, card, min_similarity, path, seed)
+        name = scan_name(path)
+        write_labels(output / f"{name}_seg.nii.gz", result.labels, image)
+        rows.append({"scan": name, **{f"{k}_ml": v for k, v in class_volumes_ml(result.labels, image.affine,
+                                                                                  card.channels).items()},
+                     "tissue_similarity": round(result.similarity, 4)})
+        shown.append((name, data, result.labels, image.affine))
+    write_volumes_table(output / "volumes.csv", rows)
+    write_qc_figure(output / "qc.png", shown, len(card.channels))
+    return rows
+
+
+def write_qc_figure(path: Path, scans: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], n_classes: int) -> None:
+    """One row per scan: labels over the image on its middle sagittal, coronal and axial slices (RAS view)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(9, 3 * len(scans)))
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(len(scans), 3, squeeze=False)
+    for row, (name, data, labels, affine) in zip(axes, scans, strict=True):
+        orientation = nib.orientations.ornt_transform(nib.io_orientation(affine), nib.orientations.axcodes2ornt("RAS"))
+        data = nib.orientations.apply_orientation(data, orientation)
+        labels = nib.orientations.apply_orientation(labels, orientation)
+        for axis, view in enumerate(row):
+            middle = data.shape[axis] // 2
+            plane, plane_labels = np.take(data, middle, axis=axis).T, np.take(labels, middle, axis=axis).T
+            view.imshow(plane, cmap="gray", origin="lower")
+            view.imshow(np.ma.masked_equal(plane_labels, 0), cmap="tab10", vmin=0, vmax=max(n_classes, 10) - 1,
+                        alpha=0.45, origin="lower", interpolation="nearest")
+            view.set_axis_off()
+        row[0].set_title(name, fontsize=8, loc="left")
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=80)
