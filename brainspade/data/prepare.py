@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,6 +25,9 @@ from brainspade.data.slicing import background_channel, brain_slice_indices, cro
 from brainspade.data.volumes import check_same_grid, load_image
 from brainspade.engine.logging import progress
 from brainspade.errors import BrainspadeError
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
 
 
 def build_slice_cache(
@@ -58,7 +62,7 @@ def build_slice_cache(
     images, pv_maps, image_rows, label_rows = [], [], [], []
     label_index_of: dict[tuple[Path, int], int] = {}
     loaded_labels: dict[Path, tuple[np.ndarray, np.ndarray]] = {}
-    transforms: dict[Path, object] = {}
+    transforms: dict[Path, sitk.Transform] = {}
     registration_rows: list[dict] = []
 
     for row in progress(rows, desc="prepare-data", unit="volume"):
@@ -137,7 +141,7 @@ def _into_template_space(
     image: np.ndarray,
     image_affine: np.ndarray,
     loaded_labels: dict[Path, tuple[np.ndarray, np.ndarray]],
-    transforms: dict[Path, object],
+    transforms: dict[Path, sitk.Transform],
     target: RegistrationTarget,
     transform_folder: Path,
     records: list[dict],
@@ -156,8 +160,7 @@ def _into_template_space(
         loaded_labels[row.labels] = (moved, template.grid.affine)  # later rows of this labels file reuse it
         transforms[row.labels] = registration.transform
         transform_folder.mkdir(parents=True, exist_ok=True)
-        name = f"{row.dataset}_{row.subject}.tfm"
-        save_transform(registration.transform, transform_folder / name)
+        save_transform(registration.transform, transform_folder / f"{row.dataset}_{row.subject}.tfm")
         similarity = registration.similarity
     else:
         similarity = None

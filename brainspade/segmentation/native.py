@@ -194,12 +194,15 @@ def write_qc_figure(path: Path, scans: list[tuple[str, np.ndarray, np.ndarray, n
         orientation = nib.orientations.ornt_transform(nib.io_orientation(affine), nib.orientations.axcodes2ornt("RAS"))
         data = nib.orientations.apply_orientation(data, orientation)
         labels = nib.orientations.apply_orientation(labels, orientation)
+        zooms = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))[orientation[:, 0].astype(int).argsort()]
         for axis, view in enumerate(row):
             middle = data.shape[axis] // 2
             plane, plane_labels = np.take(data, middle, axis=axis).T, np.take(labels, middle, axis=axis).T
-            view.imshow(plane, cmap="gray", origin="lower")
+            across, up = (a for a in range(3) if a != axis)
+            aspect = float(zooms[up] / zooms[across])  # millimetres, not voxels: anisotropic scans keep their shape
+            view.imshow(plane, cmap="gray", origin="lower", aspect=aspect)
             view.imshow(np.ma.masked_equal(plane_labels, 0), cmap="tab10", vmin=0, vmax=max(n_classes, 10) - 1,
-                        alpha=0.45, origin="lower", interpolation="nearest")
+                        alpha=0.45, origin="lower", interpolation="nearest", aspect=aspect)
             view.set_axis_off()
         row[0].set_title(name, fontsize=8, loc="left")
     figure.tight_layout()
