@@ -4,8 +4,9 @@ A scan (any orientation, voxel size, field of view) is registered affinely to th
 arm's training data lives on, resampled onto that grid, sliced axially and z-scored per slice
 inside the template's brain mask (as prepare-data z-scores inside the labelled brain), and each
 slice is segmented by the arm's 2D nnU-Net. The stacked label volume goes back to the scan's grid
-through the inverse transform: each class's one-hot map is resampled linearly and the largest
-wins, which keeps borders smooth where nearest-neighbour would stair-step.
+through the inverse transform: the network's per-class probabilities are resampled linearly and
+the largest wins, which keeps borders smooth where nearest-neighbour would stair-step, and keeps
+thin CSF that resampling hard labels would erode.
 
 A model folder (W/segmentation/models/<arm>) is self-contained once it holds `model.json`
 (the arm, the channel schema, the template resolution and the slice geometry): copy it anywhere
@@ -14,7 +15,9 @@ and `brainspade segment model=FOLDER` runs with nothing else.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,7 +38,7 @@ from brainspade.data.slicing import brain_slice_indices, crop_or_pad, zscore_in_
 from brainspade.engine.atomic import atomic_path, write_text_atomic
 from brainspade.engine.logging import progress
 from brainspade.errors import BrainspadeError
-from brainspade.segmentation.nnunet import Segmenter
+from brainspade.segmentation.nnunet import SPACING_2D, Segmenter
 
 MODEL_CARD = "model.json"
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -118,16 +121,20 @@ def segment_scan(data: np.ndarray, affine: np.ndarray, segmenter: Segmenter, car
         raise BrainspadeError(f"{path}: {error}") from None
     check_registration(registration, min_similarity, path)
     moved = resample_to_template(data, affine, registration.transform, template)
-    labels = segment_template_volume(moved, template, segmenter, card)
-    one_hot = np.eye(len(card.channels), dtype=np.float32)[labels]
-    back = resample(one_hot, template.grid.affine, registration.transform.GetInverse(), Grid(data.shape, affine))
+    probabilities = template_probabilities(moved, template, segmenter, card)
+    back = resample(probabilities, template.grid.affine, registration.transform.GetInverse(), Grid(data.shape, affine))
     back[..., 0] += (back.sum(axis=-1) < 0.5)  # outside the template grid: background
     return NativeSegmentation(np.argmax(back, axis=-1).astype(np.uint8), registration.similarity)
 
 
-def segment_template_volume(image: np.ndarray, template: Template, segmenter: Segmenter, card: ModelCard) -> np.ndarray:
-    """Label ids (X, Y, Z) of a template-grid image: each brain slice segmented as prepare-data cuts it."""
-    labels = np.zeros(image.shape, dtype=np.uint8)
+def template_probabilities(image: np.ndarray, template: Template, segmenter: Segmenter,
+                           card: ModelCard) -> np.ndarray:
+    """Class probabilities (X, Y, Z, C) of a template-grid image: each brain slice segmented as prepare-data cuts it.
+
+    Slices without enough template brain are background with certainty.
+    """
+    probabilities = np.zeros((*image.shape, len(card.channels)), dtype=np.float32)
+    probabilities[..., 0] = 1.0
     fill = float(image.min())
     for z in brain_slice_indices(template.brain, card.min_brain_fraction, every=1):
         plane = crop_or_pad(image[:, :, z], card.slice_size, fill=fill)
@@ -135,8 +142,16 @@ def segment_template_volume(image: np.ndarray, template: Template, segmenter: Se
         # The cache stores float16 slices: the network sees the same rounding here.
         normalised = zscore_in_brain(plane, brain).astype(np.float16).astype(np.float32)
         # crop_or_pad back to the plane's own size undoes the centred crop / pad exactly.
-        labels[:, :, z] = crop_or_pad(segmenter.segment(normalised), image.shape[:2])
-    return labels
+        probabilities[:, :, z] = crop_or_pad(slice_probabilities(segmenter, normalised), image.shape[:2])
+    return probabilities
+
+
+def slice_probabilities(segmenter: Segmenter, image: np.ndarray) -> np.ndarray:
+    """Softmax (H, W, C) of one slice from the arm's nnU-Net predictor (Segmenter.segment gives only the argmax)."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        _, probabilities = segmenter.predictor.predict_single_npy_array(
+            np.asarray(image, dtype=np.float32)[None, None], {"spacing": list(SPACING_2D)}, None, None, True)
+    return np.moveaxis(np.asarray(probabilities, dtype=np.float32).reshape(-1, *image.shape), 0, -1)
 
 
 def write_labels(path: Path, labels: np.ndarray, like: nib.Nifti1Image) -> None:
