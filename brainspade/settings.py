@@ -313,6 +313,7 @@ class SegmentSettings(Checked):
     model: str = "???"
     input: str = "???"
     output: str = "./brainspade_work/segment"
+    export: Optional[str] = None
 
 
 @dataclass(frozen=True)

@@ -92,12 +92,20 @@ def test_segment_gives_native_labels_as_good_as_in_mni_space(capsys, trained, tm
         assert float(row[f"{name}_ml"]) == pytest.approx((labels == label).sum() * voxel_ml, abs=1e-3)
     assert (tmp_path / "out" / "qc.png").stat().st_size > 0
 
-    # The model folder carries what it needs: a copy elsewhere gives the same labels.
-    copy = tmp_path / "shipped_model"
+    # The model folder carries what it needs: the arm folder copied elsewhere, or the model alone
+    # (export=), gives the same labels without the workdir.
+    copy = tmp_path / "copied_arm"
     shutil.copytree(workdir / "segmentation" / "models" / "R_iod", copy, symlinks=True)
+    exported = tmp_path / "exported_model"
     code, _, err = run_cli(capsys, "segment", f"workdir={tmp_path / 'elsewhere'}", "profile=tiny", f"model={copy}",
-                           f"input={path}", f"output={tmp_path / 'out2'}")
+                           f"input={path}", f"output={tmp_path / 'out2'}", f"export={exported}")
     assert code == 0, err
+    assert sorted(p.name for p in exported.rglob("*") if p.is_file()) == [
+        "checkpoint_final.pth", "dataset.json", "model.json", "plans.json"]
+    code, _, err = run_cli(capsys, "segment", f"workdir={tmp_path / 'elsewhere'}", "profile=tiny",
+                           f"model={exported}", f"input={path}", f"output={tmp_path / 'out3'}")
+    assert code == 0, err
+    assert np.mean(np.asarray(nib.load(str(tmp_path / "out3" / "lab_scan_seg.nii.gz")).dataobj) == labels) > 0.999
     shipped = np.asarray(nib.load(str(tmp_path / "out2" / "lab_scan_seg.nii.gz")).dataobj)
     # ITK's multithreaded filters differ in the last float digits between runs (seeded sampling, ~1e-8).
     assert np.mean(shipped == labels) > 0.999

@@ -9,8 +9,9 @@ the largest wins, which keeps borders smooth where nearest-neighbour would stair
 thin CSF that resampling hard labels would erode.
 
 A model folder (W/segmentation/models/<arm>) is self-contained once it holds `model.json`
-(the arm, the channel schema, the template resolution and the slice geometry): copy it anywhere
-and `brainspade segment model=FOLDER` runs with nothing else.
+(the arm, the channel schema, the template resolution and the slice geometry); `export_model`
+copies just the model (no training data) anywhere, and `brainspade segment model=FOLDER` runs
+from it with nothing else.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import contextlib
 import csv
 import io
 import json
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -38,7 +40,7 @@ from brainspade.data.slicing import brain_slice_indices, crop_or_pad, zscore_in_
 from brainspade.engine.atomic import atomic_path, write_text_atomic
 from brainspade.engine.logging import progress
 from brainspade.errors import BrainspadeError
-from brainspade.segmentation.nnunet import SPACING_2D, Segmenter
+from brainspade.segmentation.nnunet import FOLD, SPACING_2D, Segmenter, results_folder
 
 MODEL_CARD = "model.json"
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -68,6 +70,23 @@ class ModelCard:
         except (TypeError, json.JSONDecodeError) as error:
             raise BrainspadeError(f"{path}: not a brainspade model card ({error}); copy it again from the workdir") \
                 from None
+
+
+def export_model(folder: Path, card: ModelCard, destination: Path) -> Path:
+    """Copy what `segment` needs (model.json, nnU-Net's plans, dataset.json, final weights) to `destination`.
+
+    The arm folder also holds its training data (raw links, preprocessed arrays: gigabytes for a
+    20,000-slice arm); the exported folder holds only the model (megabytes).
+    """
+    source = results_folder(folder / "nnunet", card.arm)
+    target = results_folder(destination / "nnunet", card.arm)
+    for name in ("plans.json", "dataset.json", f"fold_{FOLD}/checkpoint_final.pth"):
+        if not (source / name).is_file():
+            raise BrainspadeError(f"{source / name}: missing; the arm {card.arm} is not a finished nnU-Net")
+        with atomic_path(target / name) as tmp:
+            shutil.copyfile(source / name, tmp)
+    card.save(destination)
+    return destination
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,8 @@
 
 Writes `<name>_seg.nii.gz` per scan (its shape and affine), `volumes.csv` and `qc.png` into
 `output`. Given an arm name, the arm's folder in this workdir first gets its `model.json`
-(schema, template resolution, slice geometry from the slice cache it was trained on), so the
-folder can be copied and used elsewhere as `model=FOLDER`.
+(schema, template resolution, slice geometry from the slice cache it was trained on);
+`export=PATH` copies the model alone there, to be used elsewhere as `model=PATH`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from brainspade.engine.runtime import select_device
 from brainspade.engine.stage import require_complete
 from brainspade.errors import BrainspadeError
-from brainspade.segmentation.native import MODEL_CARD, ModelCard, scan_files, segment_files
+from brainspade.segmentation.native import MODEL_CARD, ModelCard, export_model, scan_files, segment_files
 from brainspade.segmentation.nnunet import Segmenter
 from brainspade.settings import SegmentSettings
 from brainspade.stages.config import run_settings, section, stage_path
@@ -29,6 +29,9 @@ def run(cfg: DictConfig) -> Path:
     files = scan_files(Path(settings.input).expanduser().resolve())
     folder = model_folder(cfg, settings.model)
     card = ModelCard.load(folder)
+    if settings.export is not None:
+        exported = export_model(folder, card, Path(settings.export).expanduser().resolve())
+        print(f"[segment] model exported to {exported} (use it as model={exported})")
     segmenter = Segmenter(folder / "nnunet", card.arm, select_device(run_.device), section(cfg, "segmentation"))
     output = Path(settings.output).expanduser().resolve()
     rows = segment_files(files, output, segmenter, card, section(cfg, "data").min_similarity, run_.seed)
