@@ -110,7 +110,7 @@ class DataSettings(Checked):
     extra_codes: dict[int, str] = field(default_factory=dict)  # FreeSurfer codes the built-in grouping lacks
     register: str = bounded("none", choices=("none", "affine"))
     template_resolution_mm: int = bounded(2, choices=(1, 2, 4))
-    min_similarity: float = bounded(0.15, ge=0, le=1)
+    min_similarity: float = bounded(0.3, ge=0, le=1)
 
 
 # ---------------------------------------------------------------- label generator

@@ -128,9 +128,11 @@ def template_subject(resolution_mm: int, site: str, seed: int) -> tuple[np.ndarr
 
 
 def native_from_template(resolution_mm: int, site: str, seed: int,
-                         voxel_factors: tuple[float, float, float] = (0.6, 0.75, 0.9)) -> NativeScan:
+                         voxel_factors: tuple[float, float, float] = (0.6, 0.75, 0.9), head: bool = False) -> NativeScan:
     """A template-anatomy subject moved by a random known pose onto a finer, reoriented, wider native grid."""
     image, pv, affine = template_subject(resolution_mm, site, seed)
+    if head:
+        image, pv, affine = with_head(image, pv, affine, resolution_mm)
     rng = np.random.default_rng(1000 + seed)
     centre = (affine @ np.r_[(np.array(pv.shape[:3]) - 1) / 2, 1])[:3]
     voxel = tuple(resolution_mm * f for f in voxel_factors)
@@ -146,3 +148,19 @@ def transform_error_mm(found: np.ndarray, known: np.ndarray, brain_voxels: np.nd
 def soft_dice(a: np.ndarray, b: np.ndarray) -> float:
     """Dice of two fraction maps (2 sum min / sum + sum): 1 when the PV maps agree exactly."""
     return float(2 * np.minimum(a, b).sum() / max(a.sum() + b.sum(), 1e-9))
+
+
+def with_head(image: np.ndarray, pv: np.ndarray, affine: np.ndarray, resolution_mm: int,
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The brain-only phantom inside a crude head: a dark skull shell, then bright scalp (as on a T1), on a wider grid."""
+    from scipy.ndimage import distance_transform_edt
+
+    pad = int(20 / resolution_mm)
+    image = np.pad(image, pad)
+    pv = np.pad(pv, ((pad, pad),) * 3 + ((0, 0),))
+    pv[..., 0][pv.sum(axis=-1) == 0] = 1.0
+    affine = affine.copy()
+    affine[:3, 3] -= pad * resolution_mm * np.sign(np.diag(affine)[:3])
+    outside_mm = distance_transform_edt(pv[..., 0] > 0.5) * resolution_mm
+    head = image + 0.15 * ((outside_mm > 1) & (outside_mm < 5)) + 0.8 * ((outside_mm >= 5) & (outside_mm < 11))
+    return head.astype(np.float32), pv, affine

@@ -151,7 +151,7 @@ def _into_template_space(
     if row.labels not in transforms:
         transforms.clear()
         try:
-            registration = register_to_template(image, image_affine, template, target.seed)
+            registration = register_to_template(image, image_affine, template, target.seed, target.min_similarity)
         except BrainspadeError as error:
             raise BrainspadeError(f"{row.image}: {error}") from None
         check_registration(registration, target.min_similarity, row.image)

@@ -135,7 +135,7 @@ def segment_scan(data: np.ndarray, affine: np.ndarray, segmenter: Segmenter, car
     """Register, slice, predict, stack and map back: label ids on the scan's own grid."""
     template = load_template(card.template_resolution_mm)
     try:
-        registration = register_to_template(data, affine, template, seed)
+        registration = register_to_template(data, affine, template, seed, accept=min_similarity)
     except BrainspadeError as error:
         raise BrainspadeError(f"{path}: {error}") from None
     check_registration(registration, min_similarity, path)
