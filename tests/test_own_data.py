@@ -27,6 +27,7 @@ from native_scans import (
 from brainspade.data import registration
 from brainspade.data.freesurfer import group_label_map
 from brainspade.data.label_sources import LabelReading, load_labels
+from brainspade.data.manifest import read_manifest
 from brainspade.data.slice_cache import SliceCache
 from brainspade.data.slicing import crop_or_pad
 from brainspade.errors import BrainspadeError
@@ -172,3 +173,9 @@ def test_fast_pve_files_become_pv_maps_with_the_rest_as_background(tmp_path):
         nib.save(nib.Nifti1Image(fractions[..., index + 1], np.eye(4)), str(tmp_path / f"t1_pve_{index}.nii.gz"))
     pv, _ = load_labels(tmp_path / "t1_pve_1.nii.gz", "fast", LabelReading(tuple(CHANNELS)))
     np.testing.assert_allclose(pv, fractions, atol=1e-5)
+
+
+def test_a_bad_label_format_column_names_the_manifest_line(tmp_path):
+    _write_manifest(tmp_path, [["s1", "lab", "T1", "train", "scan.nii.gz", "aseg.mgz", "aseg"]])
+    with pytest.raises(BrainspadeError, match=r"manifest.csv:2: label_format 'aseg' must be one of pv, freesurfer"):
+        read_manifest(tmp_path)

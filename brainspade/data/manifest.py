@@ -11,6 +11,7 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
+from brainspade.data.label_sources import LABEL_FORMATS
 from brainspade.errors import BrainspadeError
 
 MANIFEST_COLUMNS = ("subject", "dataset", "modality", "split", "image", "labels")
@@ -57,6 +58,10 @@ def _parse_row(root: Path, manifest: Path, line: int, record: dict[str, str]) ->
         raise BrainspadeError(f"{manifest}:{line}: empty {', '.join(empty)}; every column needs a value")
     if values["split"] not in SPLITS:
         raise BrainspadeError(f"{manifest}:{line}: split {values['split']!r} must be one of {', '.join(SPLITS)}")
+    label_format = (record.get("label_format") or "").strip() or None
+    if label_format is not None and label_format not in LABEL_FORMATS:
+        raise BrainspadeError(f"{manifest}:{line}: label_format {label_format!r} must be one of "
+                              f"{', '.join(LABEL_FORMATS)} (or empty: data.label_format)")
     return VolumeRow(
         subject=values["subject"],
         dataset=values["dataset"],
@@ -65,7 +70,7 @@ def _parse_row(root: Path, manifest: Path, line: int, record: dict[str, str]) ->
         image=_inside(root, manifest, line, values["image"]),
         labels=_inside(root, manifest, line, values["labels"]),
         line=line,
-        label_format=(record.get("label_format") or "").strip() or None,
+        label_format=label_format,
     )
 
 

@@ -7,7 +7,7 @@ installed with nnU-Net (no new dependency, wheels for every platform, no torch p
 the toolkit ANTs itself is built on; a similarity then an affine stage with Mattes mutual
 information is the standard ANTs recipe ("antsRegistration -t Similarity -t Affine -m MI").
 
-Coordinates: nibabel affines are RAS; ITK's physical space is LPS. `to_sitk` / `grid_of` convert,
+Coordinates: nibabel affines are RAS; ITK's physical space is LPS. `to_sitk` / `from_sitk` convert,
 so a transform found here maps template physical points (LPS) to subject physical points, ITK's
 convention for resampling the subject onto the template grid.
 
