@@ -17,7 +17,10 @@ import numpy as np
 import pytest
 from conftest import run_cli
 from native_scans import (
+    freesurfer_codes,
+    make_native,
     native_from_template,
+    random_pose,
     soft_dice,
     template_subject,
     transform_error_mm,
@@ -179,3 +182,24 @@ def test_a_bad_label_format_column_names_the_manifest_line(tmp_path):
     _write_manifest(tmp_path, [["s1", "lab", "T1", "train", "scan.nii.gz", "aseg.mgz", "aseg"]])
     with pytest.raises(BrainspadeError, match=r"manifest.csv:2: label_format 'aseg' must be one of pv, freesurfer"):
         read_manifest(tmp_path)
+
+
+def test_labels_on_their_own_grid_follow_the_image(capsys, tmp_path):
+    """FreeSurfer writes aseg.mgz on its conformed LIA grid, not the T1's: registration goes through physical space."""
+    image, pv, affine = template_subject(4, "siteA", 0)
+    pose = random_pose(np.random.default_rng(3), (affine @ np.r_[(np.array(pv.shape[:3]) - 1) / 2, 1])[:3])
+    scan = make_native(image, pv, affine, pose, (2.4, 3.0, 3.6))
+    conformed = make_native(image, pv, affine, pose, (2.0, 2.0, 2.0), axes=(0, 2, 1), flips=(True, True, False))
+    root = tmp_path / "lab"
+    root.mkdir()
+    nib.save(nib.Nifti1Image(scan.image, scan.affine), str(root / "t1.nii.gz"))
+    nib.save(nib.MGHImage(freesurfer_codes(conformed), conformed.affine), str(root / "aseg.mgz"))
+    _write_manifest(root, [["s1", "lab", "T1", "train", "t1.nii.gz", "aseg.mgz", "freesurfer"]])
+    code, _, err = run_cli(capsys, "prepare-data", *_overrides(root, tmp_path / "w", 4, "[48,64]"))
+    assert code == 0, err
+    cache = SliceCache.open(tmp_path / "w" / "slices")
+    recovered = np.argmax(np.stack([cache.pv_map(i) for i in range(len(cache.pv_maps))]), axis=1)
+    original = np.stack([np.argmax(crop_or_pad(pv[:, :, z], [48, 64]), axis=-1) for z in cache.label_table["slice_index"]])
+    for label in (2, 3):  # GM, WM at 4 mm (CSF is one voxel thin here)
+        overlap = 2 * np.sum((recovered == label) & (original == label))
+        assert overlap / (np.sum(recovered == label) + np.sum(original == label)) > 0.8
