@@ -201,7 +201,7 @@ def segment_files(files: list[Path], output: Path, segmenter: Segmenter, card: M
                   seed: int = 0) -> list[dict]:
     """Segment every scan into `output` (<name>_seg.nii.gz, volumes.csv, qc.png); return the volumes rows."""
     output.mkdir(parents=True, exist_ok=True)
-    rows, shown = [], []
+    rows, views = [], []
     for path in progress(files, desc="segment", unit="scan"):
         image, data = load_scan(path)
         result = segment_scan(data, image.affine, segmenter, card, min_similarity, path, seed)
@@ -210,30 +210,39 @@ def segment_files(files: list[Path], output: Path, segmenter: Segmenter, card: M
         rows.append({"scan": name, **{f"{k}_ml": v for k, v in class_volumes_ml(result.labels, image.affine,
                                                                                   card.channels).items()},
                      "tissue_similarity": round(result.similarity, 4)})
-        shown.append((name, data, result.labels, image.affine))
+        views.append((name, qc_planes(data, result.labels, image.affine)))  # three planes, not the volume
     write_volumes_table(output / "volumes.csv", rows)
-    write_qc_figure(output / "qc.png", shown, len(card.channels))
+    write_qc_figure(output / "qc.png", views, len(card.channels))
     return rows
 
 
-def write_qc_figure(path: Path, scans: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], n_classes: int) -> None:
-    """One row per scan: labels over the image on its middle sagittal, coronal and axial slices (RAS view)."""
+def qc_planes(data: np.ndarray, labels: np.ndarray, affine: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """The middle sagittal, coronal and axial planes (RAS view) of a scan and its labels, with their aspect ratios."""
+    orientation = nib.orientations.ornt_transform(nib.io_orientation(affine), nib.orientations.axcodes2ornt("RAS"))
+    data = nib.orientations.apply_orientation(data, orientation)
+    labels = nib.orientations.apply_orientation(labels, orientation)
+    zooms = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))[orientation[:, 0].astype(int).argsort()]
+    planes = []
+    for axis in range(3):
+        middle = data.shape[axis] // 2
+        across, up = (a for a in range(3) if a != axis)
+        # Millimetres, not voxels: anisotropic scans keep their shape.
+        planes.append((np.take(data, middle, axis=axis).T, np.take(labels, middle, axis=axis).T,
+                       float(zooms[up] / zooms[across])))
+    return planes
+
+
+def write_qc_figure(path: Path, views: list[tuple[str, list[tuple[np.ndarray, np.ndarray, float]]]],
+                    n_classes: int) -> None:
+    """One row per scan: labels over the image on its middle sagittal, coronal and axial slices."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(9, 3 * len(scans)))
+    figure = Figure(figsize=(9, 3 * len(views)))
     FigureCanvasAgg(figure)
-    axes = figure.subplots(len(scans), 3, squeeze=False)
-    for row, (name, data, labels, affine) in zip(axes, scans, strict=True):
-        orientation = nib.orientations.ornt_transform(nib.io_orientation(affine), nib.orientations.axcodes2ornt("RAS"))
-        data = nib.orientations.apply_orientation(data, orientation)
-        labels = nib.orientations.apply_orientation(labels, orientation)
-        zooms = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))[orientation[:, 0].astype(int).argsort()]
-        for axis, view in enumerate(row):
-            middle = data.shape[axis] // 2
-            plane, plane_labels = np.take(data, middle, axis=axis).T, np.take(labels, middle, axis=axis).T
-            across, up = (a for a in range(3) if a != axis)
-            aspect = float(zooms[up] / zooms[across])  # millimetres, not voxels: anisotropic scans keep their shape
+    axes = figure.subplots(len(views), 3, squeeze=False)
+    for row, (name, planes) in zip(axes, views, strict=True):
+        for view, (plane, plane_labels, aspect) in zip(row, planes, strict=True):
             view.imshow(plane, cmap="gray", origin="lower", aspect=aspect)
             view.imshow(np.ma.masked_equal(plane_labels, 0), cmap="tab10", vmin=0, vmax=max(n_classes, 10) - 1,
                         alpha=0.45, origin="lower", interpolation="nearest", aspect=aspect)
