@@ -107,7 +107,7 @@ class DataSettings(Checked):
     pv_tolerance: float = bounded(1e-3, gt=0)
     label_format: str = bounded("pv", choices=("pv", "freesurfer", "synthseg", "synthseg_posteriors", "fast"))
     posterior_codes: Optional[list[int]] = None  # FreeSurfer code of each SynthSeg --post channel (None: SynthSeg 2.0's)
-    extra_codes: dict[int, str] = field(default_factory=dict)  # FreeSurfer codes the built-in grouping lacks
+    extra_codes: Optional[dict[str, list[int]]] = None  # channel -> FreeSurfer codes the built-in grouping lacks
     register: str = bounded("none", choices=("none", "affine"))
     template_resolution_mm: int = bounded(2, choices=(1, 2, 4))
     min_similarity: float = bounded(0.3, ge=0, le=1)

@@ -165,7 +165,7 @@ def test_unknown_codes_are_named_in_one_line_with_the_file(tmp_path):
         load_labels(path, "freesurfer", LabelReading(tuple(CHANNELS)))
     message = str(error.value)
     assert "\n" not in message and str(path) in message and "[30, 999]" in message and "data.extra_codes" in message
-    pv, _ = load_labels(path, "freesurfer", LabelReading(tuple(CHANNELS), extra_codes={30: "csf", 999: "wm"}))
+    pv, _ = load_labels(path, "freesurfer", LabelReading(tuple(CHANNELS), extra_codes={30: "csf", 999: "wm"}))  # per code
     assert pv[0, 0, 0].tolist() == [0, 0, 0, 1] and pv[0, 0, 1].tolist() == [0, 1, 0, 0]
 
 
@@ -193,9 +193,14 @@ def test_labels_on_their_own_grid_follow_the_image(capsys, tmp_path):
     root = tmp_path / "lab"
     root.mkdir()
     nib.save(nib.Nifti1Image(scan.image, scan.affine), str(root / "t1.nii.gz"))
-    nib.save(nib.MGHImage(freesurfer_codes(conformed), conformed.affine), str(root / "aseg.mgz"))
+    codes = freesurfer_codes(conformed)
+    codes[np.nonzero(codes == 24)[0][0], np.nonzero(codes == 24)[1][0], np.nonzero(codes == 24)[2][0]] = 30  # a vessel
+    nib.save(nib.MGHImage(codes, conformed.affine), str(root / "aseg.mgz"))
     _write_manifest(root, [["s1", "lab", "T1", "train", "t1.nii.gz", "aseg.mgz", "freesurfer"]])
     code, _, err = run_cli(capsys, "prepare-data", *_overrides(root, tmp_path / "w", 4, "[48,64]"))
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "aseg.mgz: unknown label code(s) [30]" in err, err
+    code, _, err = run_cli(capsys, "prepare-data", *_overrides(root, tmp_path / "w", 4, "[48,64]"),
+                           "data.extra_codes={csf: [30]}")
     assert code == 0, err
     cache = SliceCache.open(tmp_path / "w" / "slices")
     recovered = np.argmax(np.stack([cache.pv_map(i) for i in range(len(cache.pv_maps))]), axis=1)

@@ -63,7 +63,7 @@ def channel_of_codes(codes: Sequence[int], channels: Sequence[str], extra: Mappi
     unknown = sorted(int(c) for c in codes if int(c) not in FREESURFER_TISSUES and int(c) not in extra)
     if unknown:
         raise BrainspadeError(f"{source}: unknown label code(s) {unknown[:12]}{' ...' if len(unknown) > 12 else ''}; "
-                              "map them with data.extra_codes={CODE: channel} (README, 'Your own data')")
+                              "map them with data.extra_codes={channel: [CODE, ...]} (README, 'Your own data')")
     mapping = {}
     for code in codes:
         code = int(code)

@@ -71,7 +71,9 @@ def label_reading(data: DataSettings) -> LabelReading:
         label_values=data.label_values,
         tolerance=data.pv_tolerance,
         posterior_codes=tuple(data.posterior_codes or SYNTHSEG_POSTERIOR_CODES),
-        extra_codes=dict(data.extra_codes),
+        # Written per channel in config (Hydra's override grammar takes no integer dict keys), read per code.
+        extra_codes={int(code): channel for channel, codes in (data.extra_codes or {}).items()
+                     for code in codes},
     )
 
 
