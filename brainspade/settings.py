@@ -322,7 +322,7 @@ class BidsSettings(Checked):
 
     bids_root: str = "???"
     derivatives: str = "derivatives"
-    labels: str = "*_aparc+aseg.mgz"
+    labels: str = "*aparc+aseg.mgz"
     label_format: str = bounded("freesurfer", choices=("pv", "freesurfer", "synthseg", "synthseg_posteriors", "fast"))
     dataset: str = "mysite"
     test_fraction: float = bounded(0.2, ge=0, le=1)

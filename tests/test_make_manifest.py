@@ -30,8 +30,7 @@ def _bids(root, n_subjects=3, flair_for=("sub-01",)):
 
 def test_bids_folder_becomes_a_manifest_that_prepare_data_reads(capsys, tmp_path):
     root = _bids(tmp_path / "bids")
-    code, out, err = run_cli(capsys, "make-manifest", f"bids_root={root}", "labels=aparc+aseg.mgz",
-                             "dataset=lab", "test_fraction=0.34", f"workdir={tmp_path / 'w'}")
+    code, out, err = run_cli(capsys, "make-manifest", f"bids_root={root}", "dataset=lab", "test_fraction=0.34", f"workdir={tmp_path / 'w'}")
     assert code == 0, err
     assert out.strip().splitlines()[-1] == str(root)
     with (root / "manifest.csv").open() as handle:

@@ -30,7 +30,7 @@ class BidsLayout:
 
     root: Path
     derivatives: str = "derivatives"  # folder inside root holding the label files
-    labels: str = "*_aparc+aseg.mgz"  # glob of one subject's label file below derivatives/**/sub-XX/
+    labels: str = "*aparc+aseg.mgz"  # glob of one subject's label file below derivatives/**/sub-XX/
     label_format: str = "freesurfer"
     dataset: str = "mysite"
     test_fraction: float = 0.2
