@@ -38,6 +38,8 @@ COMMANDS: dict[str, Command] = {
     "run-experiment": Command("brainspade.stages.run_experiment", "train nnU-Nets on real/synthetic data and compare them (iod|ood|lesion)"),
     "evaluate-generators": Command("brainspade.stages.evaluate_generators",
                                    "score sample sets: realism (FID/KID), diversity, consistency, memorisation"),
+    "make-manifest": Command("brainspade.stages.make_manifest", "write manifest.csv for a BIDS-style folder (sub-*/anat + derivatives)"),
+    "segment": Command("brainspade.stages.segment", "segment your own scans with a trained arm, labels on each scan's grid"),
     "demo": Command("brainspade.stages.demo", "run the whole method on the embedded phantom"),
 }
 

@@ -110,6 +110,12 @@ class DataSettings(Checked):
     source_datasets: list[str] = field(default_factory=list)
     target_datasets: list[str] = field(default_factory=list)
     pv_tolerance: float = bounded(1e-3, gt=0)
+    label_format: str = bounded("pv", choices=("pv", "freesurfer", "synthseg", "synthseg_posteriors", "fast"))
+    posterior_codes: Optional[list[int]] = None  # FreeSurfer code of each SynthSeg --post channel (None: SynthSeg 2.0's)
+    extra_codes: Optional[dict[str, list[int]]] = None  # channel -> FreeSurfer codes the built-in grouping lacks
+    register: str = bounded("none", choices=("none", "affine"))
+    template_resolution_mm: int = bounded(2, choices=(1, 2, 4))
+    min_similarity: float = bounded(0.3, ge=0, le=1)
 
 
 # ---------------------------------------------------------------- label generator
@@ -319,6 +325,28 @@ class SegmentationSettings(Checked):
     test_time_mirroring: bool = True
     processes: int = bounded(2, ge=1)
     augmentation_processes: int = bounded(0, ge=0)
+
+
+@dataclass(frozen=True)
+class SegmentSettings(Checked):
+    """`brainspade segment`: which trained model, which scans, where the labels go (top-level keys)."""
+
+    model: str = "???"
+    input: str = "???"
+    output: str = "./brainspade_work/segment"
+    export: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class BidsSettings(Checked):
+    """`brainspade make-manifest`: a BIDS-style folder and how its label files are found (top-level keys)."""
+
+    bids_root: str = "???"
+    derivatives: str = "derivatives"
+    labels: str = "*aparc+aseg.mgz"
+    label_format: str = bounded("freesurfer", choices=("pv", "freesurfer", "synthseg", "synthseg_posteriors", "fast"))
+    dataset: str = "mysite"
+    test_fraction: float = bounded(0.2, ge=0, le=1)
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,10 @@ from conftest import run_cli
 
 from brainspade.cli import COMMANDS, expand_short_forms
 
-COMMAND_NAMES = [
+ALL_COMMANDS = [
     "make-phantom", "prepare-data", "train-label-vae", "train-label-ldm", "sample-labels",
     "train-modisc", "train-image-generator", "sample", "sample-randomised", "run-experiment",
-    "evaluate-generators", "demo",
+    "evaluate-generators", "make-manifest", "segment", "demo",
 ]
 
 
@@ -17,8 +17,18 @@ def test_help_lists_every_command(capsys):
     code, out, _ = run_cli(capsys, "--help")
     assert code == 0
     listed = [line.split()[0] for line in out.splitlines() if line.startswith("  ") and line.split()]
-    assert [c for c in listed if c in COMMAND_NAMES] == COMMAND_NAMES
-    assert set(COMMANDS) == set(COMMAND_NAMES)
+    assert [c for c in listed if c in ALL_COMMANDS] == ALL_COMMANDS
+    assert set(COMMANDS) == set(ALL_COMMANDS)
+
+
+def test_own_data_keys_are_checked_before_work(capsys, tmp_path):
+    """A bad label format or registration mode, or segment without its model, fails in one line naming the key."""
+    for args, key in ((["prepare-data", "data.label_format=aseg"], "label_format"),
+                      (["prepare-data", "data.register=rigid"], "register"),
+                      (["segment", "input=scan.nii.gz"], "model")):
+        code, _, err = run_cli(capsys, *args, f"workdir={tmp_path}")
+        assert code == 2 and len(err.strip().splitlines()) == 1 and key in err, err
+    assert not (tmp_path / "phantom").exists()
 
 
 def test_command_help_shows_its_keys(capsys):

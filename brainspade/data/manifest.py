@@ -1,7 +1,8 @@
 """The user data layout: a folder with manifest.csv, one row per image volume.
 
 Columns: subject, dataset, modality, split, image, labels (paths relative to the folder).
-Several rows may share one labels file (e.g. T1 and FLAIR of one subject).
+Several rows may share one labels file (e.g. T1 and FLAIR of one subject). An optional
+`label_format` column gives a row's label format (empty: `data.label_format`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
+from brainspade.data.label_sources import LABEL_FORMATS
 from brainspade.errors import BrainspadeError
 
 MANIFEST_COLUMNS = ("subject", "dataset", "modality", "split", "image", "labels")
@@ -28,6 +30,7 @@ class VolumeRow:
     image: Path
     labels: Path
     line: int  # line number in manifest.csv, for error messages
+    label_format: str | None = None  # the optional label_format column; None: data.label_format
 
 
 def read_manifest(root: Path) -> list[VolumeRow]:
@@ -59,6 +62,10 @@ def _parse_row(root: Path, manifest: Path, line: int, record: dict[str, str]) ->
         raise BrainspadeError(f"{manifest}:{line}: empty {', '.join(empty)}; every column needs a value")
     if values["split"] not in SPLITS:
         raise BrainspadeError(f"{manifest}:{line}: split {values['split']!r} must be one of {', '.join(SPLITS)}")
+    label_format = (record.get("label_format") or "").strip() or None
+    if label_format is not None and label_format not in LABEL_FORMATS:
+        raise BrainspadeError(f"{manifest}:{line}: label_format {label_format!r} must be one of "
+                              f"{', '.join(LABEL_FORMATS)} (or empty: data.label_format)")
     return VolumeRow(
         subject=values["subject"],
         dataset=values["dataset"],
@@ -67,6 +74,7 @@ def _parse_row(root: Path, manifest: Path, line: int, record: dict[str, str]) ->
         image=_inside(root, manifest, line, values["image"]),
         labels=_inside(root, manifest, line, values["labels"]),
         line=line,
+        label_format=label_format,
     )
 
 

@@ -3,17 +3,31 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from brainspade.data.label_sources import LabelReading, load_labels, normalised
 from brainspade.data.manifest import VolumeRow
+from brainspade.data.registration import (
+    RegistrationTarget,
+    check_registration,
+    load_template,
+    register_to_template,
+    resample_to_template,
+    save_transform,
+    tissue_similarity,
+)
 from brainspade.data.slice_cache import IMAGE_COLUMNS, LABEL_COLUMNS, write_table
 from brainspade.data.slicing import background_channel, brain_slice_indices, crop_or_pad, zscore_in_brain
-from brainspade.data.volumes import check_same_grid, load_image, load_pv_maps
+from brainspade.data.volumes import check_same_grid, load_image
 from brainspade.engine.logging import progress
 from brainspade.errors import BrainspadeError
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
 
 
 def build_slice_cache(
@@ -23,16 +37,22 @@ def build_slice_cache(
     root: Path,
     channels: Sequence[str],
     lesion_channels: Sequence[str],
-    label_values: Mapping[str, int] | None,
-    pv_tolerance: float,
+    reading: LabelReading,
+    label_format: str,
+    registration: RegistrationTarget | None,
     size: Sequence[int],
     min_brain_fraction: float,
     every: int,
 ) -> dict[str, int]:
     """Validate every volume and write the cache arrays and tables into `out_folder`.
 
-    Every row is validated before anything is written, so a bad row leaves nothing behind
-    (the caller builds into a temporary folder). Returns counts for the stage manifest.
+    Labels are read in `label_format` (a row's own `label_format` column wins). With a
+    `registration`, each labels file's first image is registered to the MNI template, its
+    labels follow through the same transform (linear on PV maps), further images sharing the
+    labels file (T1 and FLAIR of one subject) are resampled with it too, and the transforms
+    are saved in `out_folder/registration/`. Every row is validated before anything is
+    written, so a bad row leaves nothing behind (the caller builds into a temporary folder).
+    Returns counts for the stage manifest.
     """
     unknown = [c for c in lesion_channels if c not in channels]
     if unknown:
@@ -42,14 +62,20 @@ def build_slice_cache(
     images, pv_maps, image_rows, label_rows = [], [], [], []
     label_index_of: dict[tuple[Path, int], int] = {}
     loaded_labels: dict[Path, tuple[np.ndarray, np.ndarray]] = {}
+    transforms: dict[Path, sitk.Transform] = {}
+    registration_rows: list[dict] = []
 
     for row in progress(rows, desc="prepare-data", unit="volume"):
         image, image_affine = load_image(row.image)
         if row.labels not in loaded_labels:
             loaded_labels.clear()  # rows sharing a labels file are adjacent in practice; keep memory flat
-            loaded_labels[row.labels] = load_pv_maps(row.labels, channels, label_values, pv_tolerance)
+            loaded_labels[row.labels] = load_labels(row.labels, row.label_format or label_format, reading)
         pv, labels_affine = loaded_labels[row.labels]
-        check_same_grid(row.image, row.labels, image.shape, pv.shape[:3], image_affine, labels_affine)
+        if registration is None:
+            check_same_grid(row.image, row.labels, image.shape, pv.shape[:3], image_affine, labels_affine)
+        else:
+            image, pv = _into_template_space(row, image, image_affine, loaded_labels, transforms, registration,
+                                             out_folder / "registration", registration_rows)
         brain = pv[..., background] < 0.5
         depth = image.shape[2]
         for z in brain_slice_indices(brain, min_brain_fraction, every):
@@ -103,6 +129,49 @@ def build_slice_cache(
     np.save(out_folder / "pv_maps.npy", np.stack(pv_maps))
     write_table(out_folder / "images.csv", IMAGE_COLUMNS, image_rows)
     write_table(out_folder / "labels.csv", [*LABEL_COLUMNS, *[f"lesion_{c}" for c in lesion_channels]], label_rows)
+    if registration_rows:
+        write_table(out_folder / "registration.csv", list(registration_rows[0]), registration_rows)
     schema = {"channels": list(channels), "lesion_channels": list(lesion_channels), "size": list(size)}
     (out_folder / "schema.json").write_text(json.dumps(schema, indent=2) + "\n")
     return {"image_slices": len(images), "label_slices": len(pv_maps), "volumes": len(rows)}
+
+
+def _into_template_space(
+    row: VolumeRow,
+    image: np.ndarray,
+    image_affine: np.ndarray,
+    loaded_labels: dict[Path, tuple[np.ndarray, np.ndarray]],
+    transforms: dict[Path, sitk.Transform],
+    target: RegistrationTarget,
+    transform_folder: Path,
+    records: list[dict],
+) -> tuple[np.ndarray, np.ndarray]:
+    """The row's image and PV maps on the template grid; registers when its labels file is new."""
+    template = load_template(target.resolution_mm)
+    if row.labels not in transforms:
+        transforms.clear()
+        try:
+            registration = register_to_template(image, image_affine, template, target.seed, target.min_similarity)
+        except BrainspadeError as error:
+            raise BrainspadeError(f"{row.image}: {error}") from None
+        check_registration(registration, target.min_similarity, row.image)
+        pv, labels_affine = loaded_labels[row.labels]
+        moved = normalised(resample_to_template(pv, labels_affine, registration.transform, template))
+        loaded_labels[row.labels] = (moved, template.grid.affine)  # later rows of this labels file reuse it
+        transforms[row.labels] = registration.transform
+        transform_folder.mkdir(parents=True, exist_ok=True)
+        save_transform(registration.transform, transform_folder / f"{row.dataset}_{row.subject}.tfm")
+        similarity = registration.similarity
+    else:
+        similarity = None
+    transform = transforms[row.labels]
+    moved_image = resample_to_template(image, image_affine, transform, template)
+    if similarity is None:  # a second image of the subject, moved with the first one's transform
+        similarity = tissue_similarity(moved_image, template)
+        if similarity < target.min_similarity:
+            raise BrainspadeError(f"{row.image}: does not line up with the other scan of {row.subject} after "
+                                  f"registration (tissue similarity {similarity:.2f}); are both in one physical space?")
+    records.append({"subject": row.subject, "dataset": row.dataset, "modality": row.modality,
+                    "image_file": row.image.name, "transform": f"registration/{row.dataset}_{row.subject}.tfm",
+                    "tissue_similarity": round(float(similarity), 4)})
+    return moved_image, loaded_labels[row.labels][0]

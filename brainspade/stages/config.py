@@ -113,6 +113,10 @@ def check_config(cfg: DictConfig) -> None:
             section(cfg, key)
     if "n" in cfg:
         count(cfg)
+    if "model" in cfg and "input" in cfg:
+        section(cfg, "", typed.SegmentSettings)
+    if "bids_root" in cfg:
+        section(cfg, "", typed.BidsSettings)
     if "experiments" in cfg:
         experiment_plan(section(cfg, "experiments"), None)
 

@@ -7,14 +7,23 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from brainspade.data.freesurfer import SYNTHSEG_POSTERIOR_CODES
+from brainspade.data.label_sources import LabelReading
 from brainspade.data.manifest import read_manifest
 from brainspade.data.manifest_checks import check_manifest
 from brainspade.data.prepare import build_slice_cache
+from brainspade.data.registration import RegistrationTarget
 from brainspade.engine.atomic import atomic_folder
 from brainspade.engine.stage import StageFolder, config_fingerprint
 from brainspade.errors import BrainspadeError
+from brainspade.settings import DataSettings
 from brainspade.stages.config import data_root, plain, run_settings, section, stage_path
 from brainspade.stages.make_phantom import ensure_phantom
+
+# Keys added for labs' own data (issue 16): left out of the fingerprint while at their defaults, so
+# slice caches made before them stay reusable.
+IMPORT_KEYS = ("label_format", "posterior_codes", "extra_codes", "register", "template_resolution_mm",
+               "min_similarity")
 
 
 def run(cfg: DictConfig) -> Path:
@@ -30,7 +39,7 @@ def run(cfg: DictConfig) -> Path:
     check_manifest(rows, root / "manifest.csv", data.source_datasets, data.target_datasets)
     manifest_hash = hashlib.sha256((root / "manifest.csv").read_bytes()).hexdigest()
     # Hashed as the plain config nodes, as before the typed settings, so existing caches stay valid.
-    fingerprint = config_fingerprint(plain(cfg.data), plain(cfg.slices), manifest_hash)
+    fingerprint = config_fingerprint(_fingerprinted(plain(cfg.data), data), plain(cfg.slices), manifest_hash)
     target = stage_path(cfg, "slices")
     if StageFolder(target, fingerprint).reusable(run_.force):
         print(f"[prepare-data] {target} is up to date")
@@ -43,8 +52,9 @@ def run(cfg: DictConfig) -> Path:
             root=root,
             channels=data.channels,
             lesion_channels=data.lesion_channels,
-            label_values=data.label_values,
-            pv_tolerance=data.pv_tolerance,
+            reading=label_reading(data),
+            label_format=data.label_format,
+            registration=registration_target(data, run_.seed),
             size=slices.size,
             min_brain_fraction=slices.min_brain_fraction,
             every=slices.every,
@@ -54,3 +64,33 @@ def run(cfg: DictConfig) -> Path:
     print(f"[prepare-data] {counts['image_slices']} image slices, {counts['label_slices']} PV slices from {counts['volumes']} volumes")
     return target
 
+
+def label_reading(data: DataSettings) -> LabelReading:
+    """How this run reads label files (the schema and the format-specific mappings)."""
+    return LabelReading(
+        channels=tuple(data.channels),
+        label_values=data.label_values,
+        tolerance=data.pv_tolerance,
+        posterior_codes=tuple(data.posterior_codes or SYNTHSEG_POSTERIOR_CODES),
+        # Written per channel in config (Hydra's override grammar takes no integer dict keys), read per code.
+        extra_codes={int(code): channel for channel, codes in (data.extra_codes or {}).items()
+                     for code in codes},
+    )
+
+
+def registration_target(data: DataSettings, seed: int) -> RegistrationTarget | None:
+    """The template scans are registered to, or None when they are already in MNI space (register=none)."""
+    if data.register == "none":
+        return None
+    return RegistrationTarget(data.template_resolution_mm, data.min_similarity, seed)
+
+
+def _fingerprinted(node: dict, data: DataSettings) -> dict:
+    """The data section as hashed: the import keys only when they change what is read."""
+    defaults = DataSettings()
+    node = dict(node)
+    for key in IMPORT_KEYS:
+        if key in node and (data.register == "none" and key in ("template_resolution_mm", "min_similarity")
+                            or getattr(data, key) == getattr(defaults, key)):
+            node.pop(key)
+    return node

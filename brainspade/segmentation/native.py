@@ -1,0 +1,253 @@
+"""Segment a lab's own scans with a trained arm, and hand the labels back on each scan's own grid.
+
+A scan (any orientation, voxel size, field of view) is registered affinely to the MNI template the
+arm's training data lives on, resampled onto that grid, sliced axially and z-scored per slice
+inside the template's brain mask (as prepare-data z-scores inside the labelled brain), and each
+slice is segmented by the arm's 2D nnU-Net. The stacked label volume goes back to the scan's grid
+through the inverse transform: the network's per-class probabilities are resampled linearly and
+the largest wins, which keeps borders smooth where nearest-neighbour would stair-step, and keeps
+thin CSF that resampling hard labels would erode.
+
+A model folder (W/segmentation/models/<arm>) is self-contained once it holds `model.json`
+(the arm, the channel schema, the template resolution and the slice geometry); `export_model`
+copies just the model (no training data) anywhere, and `brainspade segment model=FOLDER` runs
+from it with nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from brainspade.data.registration import (
+    Grid,
+    Template,
+    check_registration,
+    load_template,
+    register_to_template,
+    resample,
+    resample_to_template,
+)
+from brainspade.data.slicing import brain_slice_indices, crop_or_pad, zscore_in_brain
+from brainspade.engine.atomic import atomic_path, write_text_atomic
+from brainspade.engine.logging import progress
+from brainspade.errors import BrainspadeError
+from brainspade.segmentation.nnunet import FOLD, SPACING_2D, Segmenter, results_folder
+
+MODEL_CARD = "model.json"
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a model folder needs besides nnU-Net's own files to segment a new scan."""
+
+    arm: str  # the nnU-Net data set inside the folder is named after it
+    channels: list[str]  # label id = channel index
+    template_resolution_mm: int  # the MNI template grid the training slices were cut from
+    slice_size: list[int]  # [H, W] after centred crop / pad
+    min_brain_fraction: float  # slices with less template brain than this are left background
+
+    def save(self, folder: Path) -> None:
+        write_text_atomic(folder / MODEL_CARD, json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, folder: Path) -> ModelCard:
+        path = folder / MODEL_CARD
+        if not path.is_file():
+            raise BrainspadeError(f"{path}: missing; run `brainspade segment model=ARM workdir=W` once in the workdir "
+                                  "that trained the arm (it writes the file), then copy the folder")
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (TypeError, json.JSONDecodeError) as error:
+            raise BrainspadeError(f"{path}: not a brainspade model card ({error}); copy it again from the workdir") \
+                from None
+
+
+def export_model(folder: Path, card: ModelCard, destination: Path) -> Path:
+    """Copy what `segment` needs (model.json, nnU-Net's plans, dataset.json, final weights) to `destination`.
+
+    The arm folder also holds its training data (raw links, preprocessed arrays: gigabytes for a
+    20,000-slice arm); the exported folder holds only the model (megabytes).
+    """
+    source = results_folder(folder / "nnunet", card.arm)
+    target = results_folder(destination / "nnunet", card.arm)
+    for name in ("plans.json", "dataset.json", f"fold_{FOLD}/checkpoint_final.pth"):
+        if not (source / name).is_file():
+            raise BrainspadeError(f"{source / name}: missing; the arm {card.arm} is not a finished nnU-Net")
+        with atomic_path(target / name) as tmp:
+            shutil.copyfile(source / name, tmp)
+    card.save(destination)
+    return destination
+
+
+@dataclass(frozen=True)
+class NativeSegmentation:
+    """One scan's labels on its own grid, and how its registration went."""
+
+    labels: np.ndarray  # uint8, the scan's shape
+    similarity: float
+
+
+def load_scan(path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """A 3D scan as stored (no reorientation: the output must share its grid), plus its data as float32."""
+    try:
+        image = nib.load(str(path))
+        data = np.asarray(image.dataobj, dtype=np.float32)
+    except Exception as error:  # nibabel raises several types for unreadable files
+        raise BrainspadeError(f"{path}: not a readable NIfTI file ({type(error).__name__}); re-export it") from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise BrainspadeError(f"{path}: has shape {data.shape}; segment takes 3D scans")
+    if not np.isfinite(data).all():
+        raise BrainspadeError(f"{path}: contains NaN or infinite values; fix or mask them first")
+    return image, data
+
+
+def scan_files(input_path: Path) -> list[Path]:
+    """The NIfTI files named by `input` (one file, or every *.nii / *.nii.gz in a folder)."""
+    if input_path.is_file():
+        return [input_path]
+    if input_path.is_dir():
+        files = sorted(p for p in input_path.iterdir() if p.name.endswith(NIFTI_SUFFIXES) and
+                       not p.name.endswith(("_seg.nii.gz", "_seg.nii")))
+        if files:
+            return files
+        raise BrainspadeError(f"{input_path}: no .nii / .nii.gz files in this folder; point input= at your scans")
+    raise BrainspadeError(f"{input_path}: not found; set input= to a NIfTI file or a folder of them")
+
+
+def scan_name(path: Path) -> str:
+    return path.name.removesuffix(".gz").removesuffix(".nii")
+
+
+def segment_scan(data: np.ndarray, affine: np.ndarray, segmenter: Segmenter, card: ModelCard,
+                 min_similarity: float, path: Path, seed: int = 0) -> NativeSegmentation:
+    """Register, slice, predict, stack and map back: label ids on the scan's own grid."""
+    template = load_template(card.template_resolution_mm)
+    try:
+        registration = register_to_template(data, affine, template, seed, accept=min_similarity)
+    except BrainspadeError as error:
+        raise BrainspadeError(f"{path}: {error}") from None
+    check_registration(registration, min_similarity, path)
+    moved = resample_to_template(data, affine, registration.transform, template)
+    probabilities = template_probabilities(moved, template, segmenter, card)
+    back = resample(probabilities, template.grid.affine, registration.transform.GetInverse(), Grid(data.shape, affine))
+    back[..., 0] += (back.sum(axis=-1) < 0.5)  # outside the template grid: background
+    return NativeSegmentation(np.argmax(back, axis=-1).astype(np.uint8), registration.similarity)
+
+
+def template_probabilities(image: np.ndarray, template: Template, segmenter: Segmenter,
+                           card: ModelCard) -> np.ndarray:
+    """Class probabilities (X, Y, Z, C) of a template-grid image: each brain slice segmented as prepare-data cuts it.
+
+    Slices without enough template brain are background with certainty.
+    """
+    probabilities = np.zeros((*image.shape, len(card.channels)), dtype=np.float32)
+    probabilities[..., 0] = 1.0
+    fill = float(image.min())
+    for z in brain_slice_indices(template.brain, card.min_brain_fraction, every=1):
+        plane = crop_or_pad(image[:, :, z], card.slice_size, fill=fill)
+        brain = crop_or_pad(template.brain[:, :, z], card.slice_size, fill=False)
+        # The cache stores float16 slices: the network sees the same rounding here.
+        normalised = zscore_in_brain(plane, brain).astype(np.float16).astype(np.float32)
+        # crop_or_pad back to the plane's own size undoes the centred crop / pad exactly.
+        probabilities[:, :, z] = crop_or_pad(slice_probabilities(segmenter, normalised), image.shape[:2])
+    return probabilities
+
+
+def slice_probabilities(segmenter: Segmenter, image: np.ndarray) -> np.ndarray:
+    """Softmax (H, W, C) of one slice from the arm's nnU-Net predictor (Segmenter.segment gives only the argmax)."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        _, probabilities = segmenter.predictor.predict_single_npy_array(
+            np.asarray(image, dtype=np.float32)[None, None], {"spacing": list(SPACING_2D)}, None, None, True)
+    return np.moveaxis(np.asarray(probabilities, dtype=np.float32).reshape(-1, *image.shape), 0, -1)
+
+
+def write_labels(path: Path, labels: np.ndarray, like: nib.Nifti1Image) -> None:
+    """`labels` as NIfTI with the scan's shape, affine and orientation codes."""
+    header = like.header.copy() if isinstance(like, nib.Nifti1Image) else None
+    out = nib.Nifti1Image(labels.astype(np.uint8), like.affine, header=header)
+    out.set_data_dtype(np.uint8)
+    out.header.set_slope_inter(1, 0)
+    with atomic_path(path) as tmp:
+        nib.save(out, str(tmp))
+
+
+def class_volumes_ml(labels: np.ndarray, affine: np.ndarray, channels: list[str]) -> dict[str, float]:
+    """Millilitres of each foreground class in a label volume."""
+    voxel_ml = abs(float(np.linalg.det(np.asarray(affine)[:3, :3]))) / 1000.0
+    counts = np.bincount(labels.ravel(), minlength=len(channels))
+    return {name: round(float(counts[i]) * voxel_ml, 3) for i, name in enumerate(channels) if i}
+
+
+def write_volumes_table(path: Path, rows: list[dict]) -> None:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def segment_files(files: list[Path], output: Path, segmenter: Segmenter, card: ModelCard, min_similarity: float,
+                  seed: int = 0) -> list[dict]:
+    """Segment every scan into `output` (<name>_seg.nii.gz, volumes.csv, qc.png); return the volumes rows."""
+    output.mkdir(parents=True, exist_ok=True)
+    rows, views = [], []
+    for path in progress(files, desc="segment", unit="scan"):
+        image, data = load_scan(path)
+        result = segment_scan(data, image.affine, segmenter, card, min_similarity, path, seed)
+        name = scan_name(path)
+        write_labels(output / f"{name}_seg.nii.gz", result.labels, image)
+        rows.append({"scan": name, **{f"{k}_ml": v for k, v in class_volumes_ml(result.labels, image.affine,
+                                                                                  card.channels).items()},
+                     "tissue_similarity": round(result.similarity, 4)})
+        views.append((name, qc_planes(data, result.labels, image.affine)))  # three planes, not the volume
+    write_volumes_table(output / "volumes.csv", rows)
+    write_qc_figure(output / "qc.png", views, len(card.channels))
+    return rows
+
+
+def qc_planes(data: np.ndarray, labels: np.ndarray, affine: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """The middle sagittal, coronal and axial planes (RAS view) of a scan and its labels, with their aspect ratios."""
+    orientation = nib.orientations.ornt_transform(nib.io_orientation(affine), nib.orientations.axcodes2ornt("RAS"))
+    data = nib.orientations.apply_orientation(data, orientation)
+    labels = nib.orientations.apply_orientation(labels, orientation)
+    zooms = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))[orientation[:, 0].astype(int).argsort()]
+    planes = []
+    for axis in range(3):
+        middle = data.shape[axis] // 2
+        across, up = (a for a in range(3) if a != axis)
+        # Millimetres, not voxels: anisotropic scans keep their shape.
+        planes.append((np.take(data, middle, axis=axis).T, np.take(labels, middle, axis=axis).T,
+                       float(zooms[up] / zooms[across])))
+    return planes
+
+
+def write_qc_figure(path: Path, views: list[tuple[str, list[tuple[np.ndarray, np.ndarray, float]]]],
+                    n_classes: int) -> None:
+    """One row per scan: labels over the image on its middle sagittal, coronal and axial slices."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(9, 3 * len(views)))
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(len(views), 3, squeeze=False)
+    for row, (name, planes) in zip(axes, views, strict=True):
+        for view, (plane, plane_labels, aspect) in zip(row, planes, strict=True):
+            view.imshow(plane, cmap="gray", origin="lower", aspect=aspect)
+            view.imshow(np.ma.masked_equal(plane_labels, 0), cmap="tab10", vmin=0, vmax=max(n_classes, 10) - 1,
+                        alpha=0.45, origin="lower", interpolation="nearest", aspect=aspect)
+            view.set_axis_off()
+        row[0].set_title(name, fontsize=8, loc="left")
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=80)
