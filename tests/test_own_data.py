@@ -9,6 +9,7 @@ data.register=affine` must give back the MNI-space PV maps and the pose.
 from __future__ import annotations
 
 import csv
+import shutil
 import time
 from pathlib import Path
 
@@ -43,10 +44,20 @@ VOXEL_FACTORS = {"freesurfer": (0.5, 0.5, 0.5), "synthseg_posteriors": (0.6, 0.7
 
 
 def _write_manifest(root: Path, rows: list[list[str]]) -> None:
+    """manifest.csv of `rows`, plus a held-out copy of the first subject: every data set needs a test split."""
+    first = rows[0]
+    heldout = root / "heldout"
+    for folder in {Path(first[4]).parent, Path(first[5]).parent}:
+        (heldout / folder).mkdir(parents=True, exist_ok=True)
+        for file in (root / folder).iterdir():
+            if file.is_file() and file.name != "manifest.csv":
+                shutil.copy2(file, heldout / folder / file.name)
+    test_row = [f"{first[0]}-heldout", first[1], first[2], "test", f"heldout/{first[4]}", f"heldout/{first[5]}",
+                *first[6:]]
     with (root / "manifest.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["subject", "dataset", "modality", "split", "image", "labels", "label_format"])
-        writer.writerows(rows)
+        writer.writerows([*rows, test_row])
 
 
 def _overrides(root: Path, workdir: Path, resolution: int, size: str) -> list[str]:
