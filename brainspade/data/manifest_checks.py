@@ -18,12 +18,17 @@ from brainspade.data.manifest import VolumeRow
 from brainspade.errors import BrainspadeError
 
 
-def check_manifest(rows: Sequence[VolumeRow], manifest: Path, sources: Sequence[str], targets: Sequence[str]) -> None:
-    """Refuse, naming the lines: duplicate rows, subjects in two splits, data sets short of a split, mixed voxel sizes."""
+def check_manifest(rows: Sequence[VolumeRow], manifest: Path, sources: Sequence[str], targets: Sequence[str],
+                   *, one_voxel_size: bool = True) -> None:
+    """Refuse, naming the lines: duplicate rows, subjects in two splits, data sets short of a split, mixed voxel sizes.
+
+    `one_voxel_size=False` when the volumes are registered (and so resampled) to the template grid anyway.
+    """
     check_duplicates(rows, manifest)
     check_subject_splits(rows, manifest)
     check_roles(rows, manifest, sources, targets)
-    check_voxel_sizes(rows, manifest)
+    if one_voxel_size:
+        check_voxel_sizes(rows, manifest)
 
 
 def check_duplicates(rows: Sequence[VolumeRow], manifest: Path) -> None:
@@ -84,7 +89,7 @@ def check_roles(rows: Sequence[VolumeRow], manifest: Path, sources: Sequence[str
 def check_voxel_sizes(rows: Sequence[VolumeRow], manifest: Path, tolerance_mm: float = 0.01) -> None:
     """All images share one voxel size (read from headers only): slices of another size cover another field of view.
 
-    brainspade does not resample here: register and resample to one grid first (the README says how).
+    Without registration brainspade does not resample: `data.register=affine` resamples to the template grid.
     """
     reference: tuple[np.ndarray, VolumeRow] | None = None
     for row in rows:
@@ -100,7 +105,8 @@ def check_voxel_sizes(rows: Sequence[VolumeRow], manifest: Path, tolerance_mm: f
         elif not np.allclose(voxel_size, reference[0], atol=tolerance_mm):
             raise BrainspadeError(
                 f"{manifest}:{row.line}: {row.image.name} has {_mm(voxel_size)} voxels but {reference[1].image.name} "
-                f"(line {reference[1].line}) has {_mm(reference[0])}; resample every volume to one voxel size"
+                f"(line {reference[1].line}) has {_mm(reference[0])}; resample every volume to one voxel size "
+                "or set data.register=affine"
             )
 
 

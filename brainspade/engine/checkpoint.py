@@ -8,6 +8,7 @@ another data schema is refused with one line instead of failing deep inside `loa
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -98,23 +99,28 @@ NNUNET_PLAIN_GLOBALS = (np._core.multiarray.scalar, np.dtype, np.dtypes.Float32D
                         np.dtypes.Int64DType)
 
 
-def load_nnunet_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_nnunet_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
+                           content: bytes | None = None) -> dict[str, Any]:
     """An nnU-Net checkpoint loaded weights-only (nnU-Net's own loader unpickles anything: a planted file runs code).
+
+    `content`: the file's bytes, already read (then exactly these bytes are checked; `path` names them).
 
     Raises:
         BrainspadeError: the file is missing, unreadable, or holds anything but weights and plain values.
     """
     path = Path(path)
-    if not path.is_file():
+    if content is None and not path.is_file():
         raise BrainspadeError(f"{path}: nnU-Net checkpoint not found; re-run the experiment to train the arm")
     with torch.serialization.safe_globals(list(NNUNET_PLAIN_GLOBALS)):
         return _load_weights_only(path, map_location, "nnU-Net checkpoint",
-                                  "delete the arm's folder (or run with force=true) to retrain it")
+                                  "delete the arm's folder (or run with force=true) to retrain it", content)
 
 
-def _load_weights_only(path: Path, map_location: str | torch.device, what: str, fix: str) -> dict[str, Any]:
+def _load_weights_only(path: Path, map_location: str | torch.device, what: str, fix: str,
+                       content: bytes | None = None) -> dict[str, Any]:
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        source = io.BytesIO(content) if content is not None else path
+        state = torch.load(source, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises many types for truncated, foreign or code-carrying files
         reason = _unsafe_reason(error)
         raise BrainspadeError(f"{path}: not a readable {what} ({reason}); {fix}") from error

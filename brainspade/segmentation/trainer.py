@@ -6,6 +6,7 @@ only when a model is trained or loaded. It imports nothing of `segmentation.nnun
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -76,10 +77,17 @@ class BrainspadeTrainer(nnUNetTrainer):
             super().save_checkpoint(str(temporary))
 
     def load_checkpoint(self, filename_or_checkpoint: dict[str, Any] | str) -> None:
-        # Weights-only, whoever calls it: nnU-Net's own loader unpickles code from a replaced file.
-        if isinstance(filename_or_checkpoint, str):
-            filename_or_checkpoint = load_nnunet_checkpoint(filename_or_checkpoint, self.device)
-        super().load_checkpoint(filename_or_checkpoint)
+        # Checked weights-only, whoever calls it: nnU-Net's own loader unpickles code from a replaced file.
+        if not isinstance(filename_or_checkpoint, str):
+            return super().load_checkpoint(filename_or_checkpoint)
+        content = Path(filename_or_checkpoint).read_bytes()
+        load_nnunet_checkpoint(filename_or_checkpoint, self.device, content=content)  # refuses all but weights
+        # nnU-Net's loader takes only a file name (its dict branch is broken); it gets the very bytes just checked,
+        # so a file swapped in after the check is never read.
+        with tempfile.TemporaryDirectory() as folder:
+            verified = Path(folder) / Path(filename_or_checkpoint).name
+            verified.write_bytes(content)
+            super().load_checkpoint(str(verified))
 
     def plot_network_architecture(self):
         pass  # nnU-Net's plot needs hiddenlayer; nothing a brainspade user reads

@@ -36,7 +36,8 @@ def run(cfg: DictConfig) -> Path:
     run_ = run_settings(cfg)
     data, slices = section(cfg, "data"), section(cfg, "slices")
     rows = read_manifest(root)
-    check_manifest(rows, root / "manifest.csv", data.source_datasets, data.target_datasets)
+    check_manifest(rows, root / "manifest.csv", data.source_datasets, data.target_datasets,
+                   one_voxel_size=data.register == "none")
     manifest_hash = hashlib.sha256((root / "manifest.csv").read_bytes()).hexdigest()
     # Hashed as the plain config nodes, as before the typed settings, so existing caches stay valid.
     fingerprint = config_fingerprint(_fingerprinted(plain(cfg.data), data), plain(cfg.slices), manifest_hash)
