@@ -20,7 +20,7 @@ import numpy as np
 from brainspade.engine.logging import LABEL_COLOURS
 from brainspade.segmentation.evaluation import RESULT_COLUMNS, Evaluation, TestVolume
 from brainspade.segmentation.metrics import mean_sd
-from brainspade.segmentation.statistics import paired_difference, paired_tests
+from brainspade.segmentation.statistics import PairedDifference, paired_difference, paired_tests
 
 
 def _in_plain_style(plot: Callable) -> Callable:
@@ -87,11 +87,21 @@ def volume_means(rows: Sequence[dict[str, Any]], evaluation: Evaluation, arm: st
         return np.nanmean(per_class, axis=0).tolist()
 
 
+MIN_VOLUMES_FOR_A_VERDICT = 5  # a bootstrap over fewer volumes says nothing (2 volumes: 3 possible resamples)
+
+
+def relation_verdict(difference: PairedDifference) -> str:
+    """holds (95% CI above 0), reversed (below 0), n.s. (covers 0), or too few volumes to say."""
+    if difference.n < MIN_VOLUMES_FOR_A_VERDICT or math.isnan(difference.low):
+        return f"too few volumes (n={difference.n})"
+    return "holds" if difference.low > 0 else "reversed" if difference.high < 0 else "n.s."
+
+
 def relations_section(evaluations: Sequence[Evaluation], rows: Sequence[dict[str, Any]]) -> list[str]:
     """The report's opening table: each finding of the paper, our paired difference, its CI and p, and a verdict.
 
     A relation holds when the 95% CI of (better − worse) lies above 0, is reversed when it lies below 0,
-    and is not shown (n.s.) otherwise. Values are per-volume means over the evaluation's classes.
+    and is not shown (n.s.) otherwise; with fewer than MIN_VOLUMES_FOR_A_VERDICT test volumes no verdict is given. Values are per-volume means over the evaluation's classes.
     """
     relations = [(evaluation, relation) for evaluation in evaluations for relation in evaluation.relations]
     if not relations:
@@ -106,8 +116,7 @@ def relations_section(evaluations: Sequence[Evaluation], rows: Sequence[dict[str
         better = volume_means(rows, evaluation, relation.better, relation.metric)
         worse = volume_means(rows, evaluation, relation.worse, relation.metric)
         difference, tests = paired_difference(better, worse), paired_tests(better, worse)
-        verdict = ("holds" if difference.low > 0 else "reversed" if difference.high < 0
-                   else "n.s." if not math.isnan(difference.low) else "n/a")
+        verdict = relation_verdict(difference)
         lines.append(f"| {evaluation.name} ({evaluation.test_dataset} {evaluation.test_modality}) | "
                      f"{relation.finding} | {relation.better} − {relation.worse} ({relation.metric}) | "
                      f"{format_difference(better, worse)} | {format_p(tests.t_test_p)} / "
