@@ -116,3 +116,16 @@ def trained_workdir(tiny_slices, tmp_path_factory) -> Path:
     for command in TRAINING_COMMANDS:
         _run(command, workdir)
     return workdir
+
+
+def markdown_table(report: str, title: str) -> dict[str, list[str]]:
+    """The first markdown table after the heading `title` of a report: {first cell: other cells}."""
+    lines = report[report.index(title):].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0]] = cells[1:]
+    return rows

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import markdown_table, run_cli
 
 from brainspade.data.slice_cache import SliceCache
 from brainspade.segmentation.evaluation import load_volume
@@ -66,19 +66,6 @@ def _results(folder: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def _table(report: str, title: str) -> dict[str, list[str]]:
-    """The first markdown table after the heading `title`: {first cell: other cells}."""
-    lines = report[report.index(title):].splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
-    rows = {}
-    for line in lines[start + 2:]:
-        if not line.startswith("|"):
-            break
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        rows[cells[0]] = cells[1:]
-    return rows
-
-
 def _truth_and_predictions(folder: Path, workdir: Path) -> tuple[dict, dict]:
     """Ground truth rebuilt from the slice cache (test split) and each arm's saved prediction volumes."""
     cache = SliceCache.open(workdir / "slices")
@@ -121,14 +108,14 @@ def test_report_tables_match_results(experiment):
         chosen = sorted((r for r in rows if r["arm"] == arm and r["class"] == class_name), key=lambda r: r["subject"])
         return [float(r["dice"]) for r in chosen]
 
-    means = _table(report, "### Dice (mean ± sd over test volumes)")
+    means = markdown_table(report, "### Dice (mean ± sd over test volumes)")
     assert list(means) == ARMS
     for arm in ARMS:
         for class_name, cell in zip(CLASSES, means[arm], strict=True):
             mean, sd, _ = mean_sd(values(arm, class_name))
             shown = [float(x) for x in re.findall(r"-?\d+\.\d+", cell)[:2]]
             assert shown == pytest.approx([mean, sd], abs=6e-5), (arm, class_name, cell)
-    tests = _table(report, "### Dice: paired differences")
+    tests = markdown_table(report, "### Dice: paired differences")
     assert list(tests) == ["R_iod − S_iod", "R_iod − D", "S_iod − D"]
     for class_name, cell in zip(CLASSES, tests["R_iod − S_iod"], strict=True):
         first, second = values("R_iod", class_name), values("S_iod", class_name)
@@ -146,7 +133,7 @@ def test_report_opens_with_the_papers_finding_tested_against_results(experiment)
     report = (folder / "report.md").read_text()
     assert report.index("## The paper's findings, tested here") < report.index("## Models")
     rows = _results(folder)
-    findings = _table(report, "## The paper's findings, tested here")
+    findings = markdown_table(report, "## The paper's findings, tested here")
     (finding,) = findings.values()
     assert finding[1] == "R_iod − S_iod (dice)"
     per_volume = {arm: np.nanmean([[float(r["dice"]) for r in sorted(rows, key=lambda r: r["subject"])
@@ -161,7 +148,7 @@ def test_report_opens_with_the_papers_finding_tested_against_results(experiment)
 def test_report_says_what_each_model_trained_on(experiment):
     folder, workdir, calls, _ = experiment
     report = (folder / "report.md").read_text()
-    models = _table(report, "## Models")
+    models = markdown_table(report, "## Models")
     assert "real siteA T1 (train split, 3 volumes" in models["R_iod"][0]
     assert "synthetic 'S_iod'" in models["S_iod"][0] and "siteA T1" in models["S_iod"][0]
     assert "domain-randomised 'D'" in models["D"][0] and "label maps of 'S_iod'" in models["D"][0]

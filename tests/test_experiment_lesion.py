@@ -11,6 +11,7 @@ import re
 
 import numpy as np
 import pytest
+from conftest import markdown_table
 
 from brainspade.segmentation.report import relation_verdict
 from brainspade.segmentation.statistics import paired_difference, paired_tests
@@ -29,19 +30,6 @@ def lesion_experiment(trained_workdir):
     return trained_workdir / "experiments" / "lesion", trained_workdir
 
 
-def _table(report: str, title: str) -> dict[str, list[str]]:
-    """The first markdown table after the heading `title`: {first cell: other cells}."""
-    lines = report[report.index(title):].splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
-    rows = {}
-    for line in lines[start + 2:]:
-        if not line.startswith("|"):
-            break
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        rows[cells[0]] = cells[1:]
-    return rows
-
-
 def _per_volume(rows: list[dict], arm: str, metric: str) -> np.ndarray:
     chosen = sorted((r for r in rows if r["arm"] == arm), key=lambda r: (r["subject"], r["class"]))
     values = np.array([float(r[metric]) if r[metric] not in ("", "nan") else np.nan for r in chosen])
@@ -56,12 +44,12 @@ def test_lesion_report_has_the_randomised_arm_and_its_findings_match_results(les
     assert sorted({r["arm"] for r in rows}) == sorted(ARMS)
     assert all(r["precision"] != "" and r["recall"] != "" for r in rows)  # lesion metrics for every arm
 
-    dice = _table(report, "### Dice (mean ± sd over test volumes)")
+    dice = markdown_table(report, "### Dice (mean ± sd over test volumes)")
     assert list(dice) == ARMS and len(dice["D_les"]) == len(CLASSES)
-    models = _table(report, "## Models")
+    models = markdown_table(report, "## Models")
     assert "label maps of 'S_les'" in models["D_les"][0]
 
-    (finding,) = _table(report, "## The paper's findings, tested here").values()
+    (finding,) = markdown_table(report, "## The paper's findings, tested here").values()
     assert finding[1] == "H_les − R_les (recall)"
     better, worse = _per_volume(rows, "H_les", "recall"), _per_volume(rows, "R_les", "recall")
     expected, tests = paired_difference(better, worse), paired_tests(better, worse)
