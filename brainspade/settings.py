@@ -322,9 +322,15 @@ class SegmentationSettings(Checked):
     lesion_case_share: Optional[float] = bounded(None, gt=0, le=1)
     base_features: Optional[int] = bounded(None, ge=4)
     max_features: Optional[int] = bounded(None, ge=4)
+    class_weights: Optional[dict[str, float]] = None  # label name -> cross-entropy weight (others 1; Dice unchanged)
     test_time_mirroring: bool = True
     processes: int = bounded(2, ge=1)
     augmentation_processes: int = bounded(0, ge=0)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if any(not weight > 0 for weight in (self.class_weights or {}).values()):
+            raise BrainspadeError(f"class_weights={self.class_weights!r}: every weight must be > 0")
 
 
 @dataclass(frozen=True)

@@ -375,34 +375,76 @@ def test_case_sampling_gives_lesion_cases_the_asked_share_of_draws(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_trainer_draws_lesion_slices_at_the_asked_share(cache, tmp_path):
+def _siteT_trainer(cache, root, raw, settings, lesion_share=None):
+    """An initialised BrainspadeTrainer on the cache's siteT FLAIR train slices, and its case probabilities."""
     import io
 
     import torch
     from batchgenerators.utilities.file_and_folder_operations import load_json
 
     from brainspade.segmentation import nnunet
-    from brainspade.segmentation.trainer import BrainspadeTrainer, case_loader
+    from brainspade.segmentation.trainer import BrainspadeTrainer
 
     indices = cache.image_indices(split="train", datasets=["siteT"], modalities=["FLAIR"])
-    raw_dataset.export_real_slices(cache, indices, tmp_path / "real", cache.channels)
-    root = tmp_path / "nnunet"
+    raw_dataset.export_real_slices(cache, indices, raw, cache.channels)
     lesion_ids = [cache.channels.index(c) for c in cache.lesion_channels]
     with nnunet.nnunet_environment(root), nnunet.environment(nnUNet_n_proc_DA="0"):
-        nnunet.link_raw_dataset([tmp_path / "real"], root / "raw" / nnunet.dataset_name("arm"))
-        probabilities = nnunet.write_case_sampling(root, "arm", lesion_ids, 0.5)
-        natural = sum(p > min(probabilities.values()) for p in probabilities.values()) / len(probabilities)
-        assert natural < 0.4  # lesions are rare in the data itself
+        nnunet.link_raw_dataset([raw], root / "raw" / nnunet.dataset_name("arm"))
+        probabilities = nnunet.write_case_sampling(root, "arm", lesion_ids, lesion_share)
         nnunet.plan_and_preprocess(root, 1, io.StringIO())
         preprocessed = root / "preprocessed" / nnunet.dataset_name("arm")
         plans = {**load_json(str(preprocessed / "nnUNetPlans.json")), "continue_training": False}
         trainer = BrainspadeTrainer(plans, "2d", "all", load_json(str(preprocessed / "dataset.json")),
                                     torch.device("cpu"))
-        trainer.configure(SegmentationSettings(augmentation_processes=0), None, probabilities)
+        trainer.configure(settings, None, probabilities)
         trainer.initialize()
+    return trainer, probabilities
+
+
+def test_the_trainer_draws_lesion_slices_at_the_asked_share(cache, tmp_path):
+    from brainspade.segmentation import nnunet
+    from brainspade.segmentation.trainer import case_loader
+
+    root = tmp_path / "nnunet"
+    trainer, probabilities = _siteT_trainer(cache, root, tmp_path / "real",
+                                            SegmentationSettings(augmentation_processes=0), lesion_share=0.5)
+    natural = sum(p > min(probabilities.values()) for p in probabilities.values()) / len(probabilities)
+    assert natural < 0.4  # lesions are rare in the data itself
+    with nnunet.nnunet_environment(root), nnunet.environment(nnUNet_n_proc_DA="0"):
         train, _ = trainer.get_dataloaders()
         lesion_cases = {case for case, p in probabilities.items() if p > min(probabilities.values())}
         np.random.seed(0)
         drawn = np.concatenate([case_loader(train).get_indices() for _ in range(300)])
     share = np.isin(drawn, list(lesion_cases)).mean()
     assert share == pytest.approx(0.5, abs=0.05)
+
+
+def test_class_weights_make_a_missed_tumour_pixel_cost_more_in_the_cross_entropy_only(cache, tmp_path):
+    import torch
+
+    weighted, _ = _siteT_trainer(cache, tmp_path / "w", tmp_path / "real_w",
+                                 SegmentationSettings(augmentation_processes=0, class_weights={"tumour": 5.0}))
+    plain, _ = _siteT_trainer(cache, tmp_path / "p", tmp_path / "real_p", SegmentationSettings(augmentation_processes=0))
+    labels = weighted.dataset_json["labels"]
+    tumour = int(labels["tumour"])
+    weights = weighted.loss.loss.ce.weight
+    assert weights[tumour] == 5.0 and torch.all(weights[torch.arange(len(labels)) != tumour] == 1.0)
+    assert plain.loss.loss.ce.weight is None  # nnU-Net's own loss when no weights are set
+    # one tumour pixel predicted as background among background pixels predicted right
+    logits = torch.full((1, len(labels), 2, 2), -4.0)
+    logits[:, 0] = 4.0
+    target = torch.zeros(1, 1, 2, 2)
+    target[0, 0, 0, 0] = tumour
+    assert weighted.loss.loss.ce(logits, target) > 2 * plain.loss.loss.ce(logits, target)
+    assert weighted.loss.loss.dc(logits, target) == pytest.approx(float(plain.loss.loss.dc(logits, target)))
+
+
+def test_class_weights_naming_no_label_are_refused_before_any_training(cache, capsys):
+    workdir = cache.folder.parent
+    code, _, err = run_cli(capsys, "run-experiment", "iod", f"workdir={workdir}", "profile=tiny",
+                           "segmentation.class_weights={tumor: 5}")
+    assert code != 0 and "segmentation.class_weights: tumor is not a label" in err and err.count("\n") == 1
+    assert not (workdir / "segmentation").exists()
+    code, _, err = run_cli(capsys, "run-experiment", "iod", f"workdir={workdir}", "profile=tiny",
+                           "segmentation.class_weights={tumour: 0}")
+    assert code != 0 and "segmentation.class_weights={'tumour': 0.0}: every weight must be > 0" in err

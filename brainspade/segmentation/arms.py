@@ -36,7 +36,7 @@ from brainspade.segmentation.raw_dataset import export_real_slices
 from brainspade.settings import SegmentationSettings
 
 TRAINING_KEYS = ("epochs", "iterations_per_epoch", "val_iterations_per_epoch", "batch_size", "lesion_case_share",
-                 "base_features", "max_features")
+                 "base_features", "max_features", "class_weights")
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,9 @@ def ensure_arm(
         "arm": arm.as_dict(),
         "slices": finished_fingerprint(cache.folder),
         "samples": None if samples is None else finished_fingerprint(samples),
-        "training": {key: getattr(settings, key) for key in TRAINING_KEYS},
+        # an unset class_weights leaves the fingerprint (and so every arm trained before the key existed) unchanged
+        "training": {key: getattr(settings, key) for key in TRAINING_KEYS
+                     if key != "class_weights" or settings.class_weights},
     }
     fingerprint = config_fingerprint(inputs)
     stage = StageFolder(folder, fingerprint)

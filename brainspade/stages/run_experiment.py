@@ -34,6 +34,10 @@ def run(cfg: DictConfig) -> Path:
     cache = SliceCache.open(require_complete(stage_path(cfg, "slices"), "slice cache", "prepare-data"))
     for evaluation in evaluations:
         evaluation.check_classes(cache.channels)
+    unknown = sorted(set(settings.class_weights or {}) - set(cache.channels))
+    if unknown:
+        raise BrainspadeError(f"segmentation.class_weights: {', '.join(unknown)} is not a label of the slice cache; "
+                              f"use one of {', '.join(cache.channels)}")
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
 
     def synthetic_samples(source: SyntheticSource | RandomisedSource) -> Path:
