@@ -68,3 +68,28 @@ def test_cfg_job_prints_the_resolved_config(capsys, tmp_path):
     code, out, _ = run_cli(capsys, "prepare-data", f"workdir={tmp_path}", "profile=tiny", "--cfg", "job")
     assert code == 0
     assert "size:" in out and "- 48" in out
+
+
+def test_every_profile_passes_every_commands_checks_and_bench_is_the_cpu_profile_made_longer(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from brainspade.cli import CONFIG_DIR
+    from brainspade.stages.config import check_config
+
+    profiles = sorted(path.stem for path in (CONFIG_DIR / "profile").glob("*.yaml"))
+    assert profiles == ["bench", "cpu", "paper", "tiny"]
+    configs = {}
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        for profile in profiles:
+            for command in COMMANDS:
+                extra = {"segment": ["model=R_iod", "input=scan.nii.gz"], "make-manifest": ["bids_root=."]}
+                cfg = compose(config_name=command, overrides=[f"profile={profile}", f"workdir={tmp_path}",
+                                                                  *extra.get(command, [])])
+                check_config(cfg)  # any bad value in a profile fails here
+            configs[profile] = compose(config_name="demo", overrides=[f"profile={profile}"])
+    cpu, bench = configs["cpu"], configs["bench"]
+    assert bench.profile_name == "bench" and bench.slices.size == cpu.slices.size
+    assert bench.image_generator.generator == cpu.image_generator.generator  # the same networks, trained longer
+    assert bench.label_vae.steps >= 1500 and bench.label_ldm.steps >= 3000 and bench.experiments.n_synthetic >= 2000
+    assert min(test for _, test in bench.phantom.subjects_per_site.values()) >= 20
+    assert bench.segmentation.epochs > cpu.segmentation.epochs
