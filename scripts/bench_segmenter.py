@@ -8,8 +8,11 @@ Usage (a workdir with a finished slice cache, e.g. after `brainspade prepare-dat
 Each --config is a set of `segmentation` keys on top of the profile's (cpu by default). Every
 (config, seed) trains the arm from scratch in its own folder under --scratch (never the
 workdir's models), then segments the test split: the table gives Dice mean over test
-volumes per class, the training minutes, and for two seeds the largest per-class gap. Real
-arms (`experiments.arms.<arm>.real`) only: a synthetic arm's samples would be made first.
+volumes per class, the training minutes, and for two seeds the largest per-class gap. A
+synthetic or randomised arm trains on the finished sample set of that name in the workdir
+(`W/samples/<name>`, e.g. after `brainspade demo`); the script never makes samples. The
+arm's own keys (`experiments.arms.<arm>.segmentation`, e.g. the lesion arms' longer training)
+are not applied: each --config states the whole setting on top of the profile's `segmentation`.
 """
 
 from __future__ import annotations
@@ -65,8 +68,8 @@ def main() -> None:
             folder = args.scratch / f"{args.arm}_{re.sub(r'[^A-Za-z0-9]+', '_', config) or 'profile'}_seed{seed}"
             shutil.rmtree(folder, ignore_errors=True)
             started = time.time()
-            trained = ensure_arm(arm, folder, cache, settings, lambda source: None, seed=seed, force=True,
-                                 device=torch.device("cpu"))
+            trained = ensure_arm(arm, folder, cache, settings, lambda source: args.workdir / "samples" / source.samples,
+                                 seed=seed, force=True, device=torch.device("cpu"))
             minutes = (time.time() - started) / 60
             segmenter = Segmenter(trained.nnunet_root, args.arm, torch.device("cpu"), settings)
             predictions = predict_test_set(segmenter, volumes, f"{args.arm} {config}")

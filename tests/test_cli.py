@@ -93,3 +93,21 @@ def test_every_profile_passes_every_commands_checks_and_bench_is_the_cpu_profile
     assert bench.label_vae.steps >= 1500 and bench.label_ldm.steps >= 3000 and bench.experiments.n_synthetic >= 2000
     assert min(test for _, test in bench.phantom.subjects_per_site.values()) >= 20
     assert bench.segmentation.epochs > cpu.segmentation.epochs
+
+
+def test_lesion_arms_train_on_their_own_nnunet_keys_checked_before_work(capsys, tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from brainspade.cli import CONFIG_DIR
+    from brainspade.stages.config import arm_segmentation, experiment_plan, section
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="run-experiment", overrides=["profile=cpu", "experiments.lesion_segmentation.epochs=7"])
+    _, arms = experiment_plan(section(cfg, "experiments"), None)
+    epochs = {name: arm_segmentation(cfg, arm).epochs for name, arm in arms.items()}
+    assert {name for name, value in epochs.items() if value == 7} == {"R_les", "S_les", "H_les", "D_les"}
+    assert {value for name, value in epochs.items() if not name.endswith("_les")} == {cfg.segmentation.epochs}
+    code, _, err = run_cli(capsys, "run-experiment", "lesion", f"workdir={tmp_path}", "profile=cpu",
+                           "experiments.lesion_segmentation.epochs=0")
+    assert code == 2 and "experiments.arms.R_les.segmentation.epochs=0: must be >= 1" in err
+    assert err.count("\n") == 1 and not (tmp_path / "segmentation").exists()

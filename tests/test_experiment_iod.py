@@ -134,15 +134,15 @@ def test_report_opens_with_the_papers_finding_tested_against_results(experiment)
     assert report.index("## The paper's findings, tested here") < report.index("## Models")
     rows = _results(folder)
     findings = markdown_table(report, "## The paper's findings, tested here")
-    (finding,) = findings.values()
-    assert finding[1] == "R_iod − S_iod (dice)"
+    assert [cells[1] for cells in findings.values()] == ["R_iod − S_iod (dice)", "S_iod − D (dice)"]
     per_volume = {arm: np.nanmean([[float(r["dice"]) for r in sorted(rows, key=lambda r: r["subject"])
                                     if r["arm"] == arm and r["class"] == c] for c in CLASSES], axis=0)
-                  for arm in ("R_iod", "S_iod")}
-    expected = paired_difference(per_volume["R_iod"], per_volume["S_iod"])
-    shown = [float(x) for x in re.findall(r"[-+]\d+\.\d+", finding[2])]
-    assert shown[0] == pytest.approx(expected.mean, abs=6e-4)
-    assert finding[-1] == relation_verdict(expected) and finding[-1].startswith("too few volumes")  # tiny: 2 test volumes
+                  for arm in ARMS}
+    for finding, (better, worse) in zip(findings.values(), [("R_iod", "S_iod"), ("S_iod", "D")], strict=True):
+        expected = paired_difference(per_volume[better], per_volume[worse])
+        shown = [float(x) for x in re.findall(r"[-+]\d+\.\d+", finding[2])]
+        assert shown[0] == pytest.approx(expected.mean, abs=6e-4)
+        assert finding[-1] == relation_verdict(expected) and finding[-1].startswith("too few volumes")  # tiny: 2 volumes
 
 
 def test_report_says_what_each_model_trained_on(experiment):

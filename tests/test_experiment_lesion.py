@@ -48,9 +48,11 @@ def test_lesion_report_has_the_randomised_arm_and_its_findings_match_results(les
     assert list(dice) == ARMS and len(dice["D_les"]) == len(CLASSES)
     models = markdown_table(report, "## Models")
     assert "label maps of 'S_les'" in models["D_les"][0]
+    assert {cells[2] for cells in models.values()} == {"2 x 5 iterations"}  # the tiny profile's nnU-Net length
 
-    (finding,) = markdown_table(report, "## The paper's findings, tested here").values()
-    assert finding[1] == "H_les − R_les (recall)"
+    findings = markdown_table(report, "## The paper's findings, tested here")
+    assert [cells[1] for cells in findings.values()] == ["H_les − R_les (recall)", "S_les − D_les (dice)"]
+    finding = next(iter(findings.values()))
     better, worse = _per_volume(rows, "H_les", "recall"), _per_volume(rows, "R_les", "recall")
     expected, tests = paired_difference(better, worse), paired_tests(better, worse)
     shown = [float(x) for x in re.findall(r"[-+]\d+\.\d+", finding[2])]

@@ -307,6 +307,12 @@ def test_arm_and_evaluation_specs_parse_plain_config_and_refuse_malformed_ones(c
         ArmSpec.from_dict("X", {"reel": {}})
     with pytest.raises(BrainspadeError, match=r"experiments.arms.X.real: give dataset, modality, volumes"):
         ArmSpec.from_dict("X", {"real": {"dataset": "siteA", "modality": "T1", "subjects": 2}})
+    longer = ArmSpec.from_dict("R_les", {"real": both["real"], "segmentation": {"epochs": 40}})
+    assert longer.segmentation == {"epochs": 40} and longer.as_dict()["segmentation"] == {"epochs": 40}
+    with pytest.raises(BrainspadeError, match=r"experiments.arms.X.segmentation: an arm may set .*; got processes"):
+        ArmSpec.from_dict("X", {"real": both["real"], "segmentation": {"processes": 4}})
+    with pytest.raises(BrainspadeError, match=r"experiments.arms.X: give `real`"):
+        ArmSpec.from_dict("X", {"segmentation": {"epochs": 4}})  # training keys, but nothing to train on
 
     node = {"name": "iod", "test": {"dataset": "siteA", "modality": "T1"}, "arms": ["R_iod", "S_iod"],
             "classes": ["csf", "gm"], "lesion_metrics": False}

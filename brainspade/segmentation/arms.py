@@ -71,12 +71,16 @@ SOURCES = {"real": RealSource, "synthetic": SyntheticSource, "randomised": Rando
 
 @dataclass(frozen=True)
 class ArmSpec:
-    """What one arm trains on: real slices and/or one generated sample set (learnt or randomised images)."""
+    """What one arm trains on: real slices and/or one generated sample set (learnt or randomised images).
+
+    `segmentation`: nnU-Net training keys (`TRAINING_KEYS`) that this arm sets on top of the profile's.
+    """
 
     name: str
     real: RealSource | None = None
     synthetic: SyntheticSource | None = None
     randomised: RandomisedSource | None = None
+    segmentation: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def generated(self) -> SyntheticSource | RandomisedSource | None:
@@ -85,9 +89,14 @@ class ArmSpec:
     @classmethod
     def from_dict(cls, name: str, spec: Mapping[str, Any] | None) -> ArmSpec:
         """An arm of `experiments.arms` (plain containers), refused in one line when malformed."""
-        if not spec or set(spec) - set(SOURCES) or {"synthetic", "randomised"} <= set(spec):
-            raise BrainspadeError(f"experiments.arms.{name}: give `real` and/or one of `synthetic`, `randomised`; "
-                                  f"got {sorted(spec or {})}")
+        if not spec or not set(spec) & set(SOURCES) or set(spec) - {*SOURCES, "segmentation"} \
+                or {"synthetic", "randomised"} <= set(spec):
+            raise BrainspadeError(f"experiments.arms.{name}: give `real` and/or one of `synthetic`, `randomised` "
+                                  f"(and optionally `segmentation`); got {sorted(spec or {})}")
+        segmentation = dict(spec.get("segmentation") or {})
+        if set(segmentation) - set(TRAINING_KEYS):
+            raise BrainspadeError(f"experiments.arms.{name}.segmentation: an arm may set {', '.join(TRAINING_KEYS)}; "
+                                  f"got {', '.join(sorted(set(segmentation) - set(TRAINING_KEYS)))}")
         parts = {}
         for key, source in SOURCES.items():
             if key in spec:
@@ -97,11 +106,14 @@ class ArmSpec:
                 except TypeError:
                     raise BrainspadeError(f"experiments.arms.{name}.{key}: give {', '.join(wanted)}, "
                                           f"got {sorted(spec[key] or {})}") from None
-        return cls(name, **parts)
+        return cls(name, **parts, segmentation=segmentation)
 
     def as_dict(self) -> dict[str, Any]:
         """The spec as written in the config (the arm's fingerprint and report read this)."""
-        return {key: dataclasses.asdict(getattr(self, key)) for key in SOURCES if getattr(self, key) is not None}
+        spec = {key: dataclasses.asdict(getattr(self, key)) for key in SOURCES if getattr(self, key) is not None}
+        if self.segmentation:  # absent when unset: arms trained before the key existed keep their fingerprints
+            spec["segmentation"] = dict(self.segmentation)
+        return spec
 
 
 @dataclass(frozen=True)
@@ -152,6 +164,8 @@ def ensure_arm(
     if stage.reusable(force):
         return TrainedArm(arm.name, folder, fingerprint, stage.read_manifest()["training"])
     training = _describe(arm, cache, samples)
+    training["updates"] = {"epochs": settings.epochs, "iterations_per_epoch": settings.iterations_per_epoch,
+                           "class_weights": settings.class_weights}
     _discard_partial_run(folder, fingerprint, force)
     stage.prepare(config_yaml, force=force)
     write_text_atomic(folder / "fingerprint.txt", fingerprint + "\n")

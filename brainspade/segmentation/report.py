@@ -162,7 +162,8 @@ def evaluation_section(
 
 def models_section(trained: dict[str, dict[str, Any]], folders: dict[str, str]) -> list[str]:
     """What each arm was trained on."""
-    lines = ["## Models", "", "| arm | trained on | training slices | model folder |", "|---|---|---|---|"]
+    lines = ["## Models", "", "| arm | trained on | training slices | nnU-Net training | model folder |",
+             "|---|---|---|---|---|"]
     for arm, training in trained.items():
         parts = []
         if "real" in training:
@@ -177,8 +178,18 @@ def models_section(trained: dict[str, dict[str, Any]], folders: dict[str, str]) 
             randomised = training["randomised"]
             parts.append(f"domain-randomised '{randomised['samples']}' ({randomised['slices']} pairs, SynthSeg-style "
                          f"images on the label maps of '{randomised['labels_from']}')")
-        lines.append(f"| {arm} | {' + '.join(parts)} | {training['slices']} | {folders[arm]} |")
+        lines.append(f"| {arm} | {' + '.join(parts)} | {training['slices']} | {_updates(training.get('updates'))} | "
+                     f"{folders[arm]} |")
     return lines + [""]
+
+
+def _updates(updates: dict[str, Any] | None) -> str:
+    """'40 x 25 iterations, tumour weight 5' (unknown for arms trained before the report showed it)."""
+    if not updates:
+        return "not recorded"
+    text = f"{updates['epochs']} x {updates['iterations_per_epoch']} iterations"
+    weights = updates.get("class_weights") or {}
+    return text + "".join(f", {label} weight {weight:g}" for label, weight in weights.items())
 
 
 @_in_plain_style

@@ -10,7 +10,7 @@ import dataclasses
 import os
 import shutil
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -18,6 +18,9 @@ from omegaconf.errors import OmegaConfBaseException
 from brainspade import settings as typed
 from brainspade.engine.stage import StageFolder
 from brainspade.errors import BrainspadeError
+
+if TYPE_CHECKING:
+    from brainspade.segmentation.arms import ArmSpec
 
 T = TypeVar("T")
 
@@ -118,7 +121,10 @@ def check_config(cfg: DictConfig) -> None:
     if "bids_root" in cfg:
         section(cfg, "", typed.BidsSettings)
     if "experiments" in cfg:
-        experiment_plan(section(cfg, "experiments"), None)
+        _, arms = experiment_plan(section(cfg, "experiments"), None)
+        if "segmentation" in cfg:
+            for arm in arms.values():
+                arm_segmentation(cfg, arm)
 
 
 def experiment_plan(settings: typed.ExperimentSettings, name: str | None) -> tuple[list, dict]:
@@ -139,6 +145,17 @@ def experiment_plan(settings: typed.ExperimentSettings, name: str | None) -> tup
             raise BrainspadeError(f"arm {arm!r} is not defined; experiments.arms has {sorted(settings.arms)}")
         arms[arm] = ArmSpec.from_dict(arm, settings.arms[arm])
     return evaluations, arms
+
+
+def arm_segmentation(cfg: DictConfig, arm: ArmSpec) -> typed.SegmentationSettings:
+    """The profile's nnU-Net settings with the arm's own `segmentation` keys on top, typed and checked alike."""
+    if not arm.segmentation:
+        return section(cfg, "segmentation")
+    node = OmegaConf.create({"segmentation": OmegaConf.merge(cfg.segmentation, dict(arm.segmentation))})
+    try:
+        return section(node, "segmentation")
+    except BrainspadeError as error:
+        raise BrainspadeError(f"experiments.arms.{arm.name}.{error}") from None
 
 
 def count(cfg: DictConfig) -> int:

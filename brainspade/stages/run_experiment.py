@@ -19,7 +19,14 @@ from brainspade.errors import BrainspadeError
 from brainspade.segmentation.arms import ArmSpec, RandomisedSource, SyntheticSource, ensure_arm
 from brainspade.segmentation.experiment import evaluate
 from brainspade.settings import ExperimentSettings, SegmentationSettings
-from brainspade.stages.config import experiment_plan, run_settings, section, stage_path, workdir
+from brainspade.stages.config import (
+    arm_segmentation,
+    experiment_plan,
+    run_settings,
+    section,
+    stage_path,
+    workdir,
+)
 
 
 def run(cfg: DictConfig) -> Path:
@@ -34,7 +41,8 @@ def run(cfg: DictConfig) -> Path:
     cache = SliceCache.open(require_complete(stage_path(cfg, "slices"), "slice cache", "prepare-data"))
     for evaluation in evaluations:
         evaluation.check_classes(cache.channels)
-    unknown = sorted(set(settings.class_weights or {}) - set(cache.channels))
+    weighted = {label for spec in specs.values() for label in arm_segmentation(cfg, spec).class_weights or {}}
+    unknown = sorted(weighted - set(cache.channels))
     if unknown:
         raise BrainspadeError(f"segmentation.class_weights: {', '.join(unknown)} is not a label of the slice cache; "
                               f"use one of {', '.join(cache.channels)}")
@@ -50,7 +58,8 @@ def run(cfg: DictConfig) -> Path:
                                    style_dataset=source.style_dataset, style_modality=source.style_modality,
                                    conditions=source.conditions)
 
-    arms = {spec.name: ensure_arm(spec, stage_path(cfg, "segmentation") / "models" / spec.name, cache, settings,
+    arms = {spec.name: ensure_arm(spec, stage_path(cfg, "segmentation") / "models" / spec.name, cache,
+                                  arm_segmentation(cfg, spec),
                                   synthetic_samples, seed=run_config.seed, force=run_config.force, device=device,
                                   config_yaml=config_yaml)
             for spec in specs.values()}
@@ -67,7 +76,8 @@ def run(cfg: DictConfig) -> Path:
         f"# Experiment {name}",
         "",
         f"Workdir {workdir(cfg)}, profile {cfg.get('profile_name', '?')}, seed {run_config.seed}. 2D nnU-Net v2 per "
-        f"arm ({settings.epochs} epochs x {settings.iterations_per_epoch} iterations). Per-volume "
+        f"arm ({settings.epochs} epochs x {settings.iterations_per_epoch} iterations unless the Models table says "
+        "otherwise). Per-volume "
         "scores are in results.csv, predicted volumes in predictions/. Dice is undefined (n/a, skipped) where "
         "a class is absent from both prediction and ground truth.",
         "",
