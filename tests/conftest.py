@@ -118,14 +118,18 @@ def trained_workdir(tiny_slices, tmp_path_factory) -> Path:
     return workdir
 
 
-def markdown_table(report: str, title: str) -> dict[str, list[str]]:
-    """The first markdown table after the heading `title` of a report: {first cell: other cells}."""
+def markdown_rows(report: str, title: str) -> list[list[str]]:
+    """The cells of each row of the first markdown table after the heading `title` of a report."""
     lines = report[report.index(title):].splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("|"))
-    rows = {}
+    rows = []
     for line in lines[start + 2:]:
         if not line.startswith("|"):
             break
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        rows[cells[0]] = cells[1:]
+        rows.append([c.strip() for c in line.strip("|").split("|")])
     return rows
+
+
+def markdown_table(report: str, title: str) -> dict[str, list[str]]:
+    """The same table as {first cell: other cells} (for tables whose first cells differ)."""
+    return {cells[0]: cells[1:] for cells in markdown_rows(report, title)}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import markdown_table, run_cli
+from conftest import markdown_rows, markdown_table, run_cli
 
 from brainspade.data.slice_cache import SliceCache
 from brainspade.segmentation.evaluation import load_volume
@@ -133,12 +133,12 @@ def test_report_opens_with_the_papers_finding_tested_against_results(experiment)
     report = (folder / "report.md").read_text()
     assert report.index("## The paper's findings, tested here") < report.index("## Models")
     rows = _results(folder)
-    findings = markdown_table(report, "## The paper's findings, tested here")
-    assert [cells[1] for cells in findings.values()] == ["R_iod − S_iod (dice)", "S_iod − D (dice)"]
+    findings = [cells[1:] for cells in markdown_rows(report, "## The paper's findings, tested here")]
+    assert [cells[1] for cells in findings] == ["R_iod − S_iod (dice)", "S_iod − D (dice)"]
     per_volume = {arm: np.nanmean([[float(r["dice"]) for r in sorted(rows, key=lambda r: r["subject"])
                                     if r["arm"] == arm and r["class"] == c] for c in CLASSES], axis=0)
                   for arm in ARMS}
-    for finding, (better, worse) in zip(findings.values(), [("R_iod", "S_iod"), ("S_iod", "D")], strict=True):
+    for finding, (better, worse) in zip(findings, [("R_iod", "S_iod"), ("S_iod", "D")], strict=True):
         expected = paired_difference(per_volume[better], per_volume[worse])
         shown = [float(x) for x in re.findall(r"[-+]\d+\.\d+", finding[2])]
         assert shown[0] == pytest.approx(expected.mean, abs=6e-4)

@@ -11,7 +11,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import markdown_table
+from conftest import markdown_rows, markdown_table
 
 from brainspade.segmentation.report import relation_verdict
 from brainspade.segmentation.statistics import paired_difference, paired_tests
@@ -50,9 +50,9 @@ def test_lesion_report_has_the_randomised_arm_and_its_findings_match_results(les
     assert "label maps of 'S_les'" in models["D_les"][0]
     assert {cells[2] for cells in models.values()} == {"2 x 5 iterations"}  # the tiny profile's nnU-Net length
 
-    findings = markdown_table(report, "## The paper's findings, tested here")
-    assert [cells[1] for cells in findings.values()] == ["H_les − R_les (recall)", "S_les − D_les (dice)"]
-    finding = next(iter(findings.values()))
+    findings = [cells[1:] for cells in markdown_rows(report, "## The paper's findings, tested here")]
+    assert [cells[1] for cells in findings] == ["H_les − R_les (recall)", "S_les − D_les (dice)"]
+    finding = findings[0]
     better, worse = _per_volume(rows, "H_les", "recall"), _per_volume(rows, "R_les", "recall")
     expected, tests = paired_difference(better, worse), paired_tests(better, worse)
     shown = [float(x) for x in re.findall(r"[-+]\d+\.\d+", finding[2])]
