@@ -38,6 +38,8 @@ from brainspade.training.modisc import train_classifier
 
 COMMAND = "evaluate-generators"
 DEFAULT_ARM = "R_iod"
+# W/evaluation folders of the style-match report, not sample sets: the summary skips them.
+STYLE_MATCH_FOLDERS = ("site_classifier", "style_match")
 
 
 def run(cfg: DictConfig) -> Path:
@@ -94,7 +96,7 @@ def style_match_report(cfg: DictConfig, settings: StyleMatchSettings, cache: Sli
         return None
     run_ = run_settings(cfg)
     datasets = sorted(set(cache.image_table["dataset"].tolist()))
-    classifier_folder = StageFolder(stage_path(cfg, "evaluation") / "site_classifier",
+    classifier_folder = StageFolder(stage_path(cfg, "evaluation") / STYLE_MATCH_FOLDERS[0],
                                     config_fingerprint(settings.site_classifier, run_.seed, finished_fingerprint(slices)))
     if run_.force or not classifier_folder.is_up_to_date():
         classifier_folder.prepare(resolved_yaml(cfg), force=True)
@@ -106,7 +108,7 @@ def style_match_report(cfg: DictConfig, settings: StyleMatchSettings, cache: Sli
                                    run_.seed, resolved_config(cfg))
         write_json_atomic(classifier_folder.path / "metrics.json", metrics)
         classifier_folder.finish({"checkpoint": CHECKPOINT_NAME, "metrics": "metrics.json"})
-    folder = StageFolder(stage_path(cfg, "evaluation") / "style_match",
+    folder = StageFolder(stage_path(cfg, "evaluation") / STYLE_MATCH_FOLDERS[1],
                          config_fingerprint(settings, run_.seed, sources, finished_fingerprint(generator_folder),
                                             finished_fingerprint(classifier_folder.path)))
     if folder.is_up_to_date() and not run_.force:
@@ -174,7 +176,8 @@ def write_summary(folder: Path, names: list[str]) -> Path:
     import json
 
     scored = [folder / name for name in names] + sorted(
-        p for p in folder.glob("*") if p.name not in names and (p / MANIFEST_NAME).is_file())
+        p for p in folder.glob("*")
+        if p.name not in names and p.name not in STYLE_MATCH_FOLDERS and (p / MANIFEST_NAME).is_file())
     table = report.summary_table([json.loads((p / "metrics.json").read_text()) for p in scored
                                   if (p / MANIFEST_NAME).is_file()])
     write_text_atomic(folder / "summary.md", "# Sample sets scored by evaluate-generators\n\n" + table + "\n")
