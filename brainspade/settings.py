@@ -260,12 +260,26 @@ class GeneratorEvaluation(Checked):
 
 
 @dataclass(frozen=True)
+class AppearanceAugmentation(Checked):
+    """One random scanner appearance per (target, style) training pair, the same for both slices."""
+
+    probability: float = bounded(0.0, ge=0, le=1)
+    curve: float = bounded(0.5, ge=0)
+    bias_field: float = bounded(0.3, ge=0)
+    log_gamma: list[float] = bounded([-0.3, 0.3], interval=True)
+    blur_std: list[float] = bounded([0.0, 1.0], ge=0, interval=True)
+    noise_std: list[float] = bounded([0.0, 0.05], ge=0, interval=True)
+
+
+@dataclass(frozen=True)
 class ImageGeneratorSettings(Checked):
     style_encoder: dict[str, Any] = field(default_factory=dict)  # StyleEncoder arguments
     generator: dict[str, Any] = field(default_factory=dict)  # SpadeGenerator arguments (label_channels, z_dim, size are derived)
     discriminator: dict[str, Any] = field(default_factory=dict)  # MultiScalePatchGAN arguments (in_channels is derived)
     sampled_code: bool = True
     style_modality_input: bool = False
+    style_appearance_input: bool = False
+    appearance_augmentation: AppearanceAugmentation = field(default_factory=AppearanceAugmentation)
     batch_size: int = bounded(8, ge=1)
     steps: int = bounded(100000, ge=1)
     lr_generator: float = bounded(1e-4, gt=0)
@@ -371,6 +385,16 @@ class ExperimentSettings(Checked):
 
 
 @dataclass(frozen=True)
+class StyleMatchSettings(Checked):
+    """Whether each style source's look reaches the generated images (evaluation/style_match.py)."""
+
+    enabled: bool = True
+    max_images: int = bounded(128, ge=2)
+    batch_size: int = bounded(16, ge=1)
+    site_classifier: ModiscSettings = field(default_factory=ModiscSettings)
+
+
+@dataclass(frozen=True)
 class EvaluationSettings(Checked):
     """How `evaluate-generators` scores a sample set against the real slices it imitates."""
 
@@ -388,6 +412,7 @@ class EvaluationSettings(Checked):
     figure_samples: int = bounded(8, ge=1)
     nearest_pairs_shown: int = bounded(6, ge=1)
     histogram_bins: int = bounded(50, ge=2)
+    style_match: StyleMatchSettings = field(default_factory=StyleMatchSettings)
 
     def __post_init__(self) -> None:
         super().__post_init__()

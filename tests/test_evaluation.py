@@ -128,6 +128,12 @@ def test_evaluate_generators_writes_the_report_of_every_sample_set(capsys, train
         assert (folder / "figures" / f"{figure}.png").stat().st_size > 1000
     assert "| eval_set | siteA/T1 | 8 |" in (trained_workdir / "evaluation" / "summary.md").read_text()
     assert (folder / "manifest.json").is_file()
+    style_match = json.loads((trained_workdir / "evaluation" / "style_match" / "metrics.json").read_text())
+    assert set(style_match["styles"]) == {"siteA/T1", "siteB/T1", "siteC/FLAIR", "siteT/T1", "siteT/FLAIR"}
+    for entry in style_match["styles"].values():  # every site is a class of the evaluation-only classifier
+        assert set(entry["site_shares"]) == {"siteA", "siteB", "siteC", "siteT"}
+        assert abs(sum(entry["site_shares"].values()) - 1) < 1e-6 and entry["real"]["gm_wm"] > 0
+    assert "Does the style reach the image" in (trained_workdir / "evaluation" / "style_match" / "report.md").read_text()
     code, out, _ = run_cli(capsys, *args)  # finished with the same inputs: skipped
     assert code == 0 and "up to date" in out
     code, _, err = run_cli(capsys, *args[:-1], "samples=eval_set", "evaluation.segmenter_arm=R_nope")
@@ -167,3 +173,49 @@ def test_domain_randomised_sets_are_not_scored_as_generator_output(tmp_path):
     assert sample_set_names(tmp_path, None) == ["S_iod"]
     with pytest.raises(BrainspadeError, match="domain-randomised set"):
         sample_set_names(tmp_path, "D")
+
+
+# ---------------------------------------------------------------- style match (issue 19)
+
+
+def test_tissue_levels_rescale_each_brain_and_give_the_contrast_ratios():
+    """Pure tissues at 0.2 / 0.6 / 1.0 (CSF / GM / WM): after the brain's 1st-99th percentile -> [0, 1],
+    CSF 0, GM 0.5, WM 1; the same image brighter and shifted gives the same levels (a positive scale)."""
+    from brainspade.evaluation.style_match import tissue_levels
+
+    labels = np.zeros((1, 40, 40), dtype=int)
+    labels[0, 5:35, 5:15], labels[0, 5:35, 15:25], labels[0, 5:35, 25:35] = 1, 2, 3
+    pv = np.eye(4, dtype=np.float32)[labels].transpose(0, 3, 1, 2)
+    image = np.einsum("nchw,c->nhw", pv, np.array([0.0, 0.2, 0.6, 1.0], dtype=np.float32))[:, None]
+    channels = ["background", "csf", "gm", "wm"]
+    levels = tissue_levels(image, pv, channels)
+    assert levels["csf"] == pytest.approx(0.0, abs=1e-6) and levels["wm"] == pytest.approx(1.0, abs=1e-6)
+    assert levels["gm_wm"] == pytest.approx(0.5, abs=1e-6) and levels["csf_gm"] == pytest.approx(0.0, abs=1e-6)
+    assert tissue_levels(3 * image - 7, pv, channels) == pytest.approx(levels)
+    assert "csf" not in tissue_levels(image, pv[:, [0, 2, 3]], ["background", "gm", "wm"])  # no CSF channel
+
+
+def test_style_match_scores_every_style_source_with_shares_over_every_site(cache):
+    """A stub generator that paints the PV maps with a fixed T1 contrast whatever the style: every style
+    source gets that contrast's ratios, and the site shares are a distribution over all sites."""
+    from brainspade.evaluation.style_match import style_match, style_match_table
+    from brainspade.generation.images import ModalityClassifier
+
+    class PaintT1:
+        def generate(self, pv_maps, style_images, seeds):
+            assert len(pv_maps) == len(style_images) == len(seeds)
+            contrast = torch.tensor([0.0, 0.2, 0.6, 1.0, 0.3, 0.7])
+            return torch.einsum("nchw,c->nhw", pv_maps, contrast)[:, None]
+
+    datasets = sorted(set(cache.image_table["dataset"].tolist()))
+    network = ModalityDatasetClassifier(2, len(datasets), init_features=8, growth_rate=4, block_config=(1, 1))
+    site = ModalityClassifier(network, ["FLAIR", "T1"], datasets, torch.device("cpu"))
+    metrics = style_match(PaintT1(), site, cache, SOURCES, max_images=6, batch_size=4, seed=0)
+    assert set(metrics["styles"]) == {"siteA/T1", "siteB/T1", "siteC/FLAIR", "siteT/T1", "siteT/FLAIR"}
+    ratios = {round(entry["generated"]["gm_wm"], 6) for entry in metrics["styles"].values()}
+    assert len(ratios) == 1 and 0.3 < ratios.pop() < 0.8  # the style is ignored: one contrast for all
+    flair = metrics["styles"]["siteC/FLAIR"]["real"]
+    assert flair["gm_wm"] > 1 > metrics["styles"]["siteA/T1"]["real"]["gm_wm"]  # real FLAIR: GM brighter than WM
+    for entry in metrics["styles"].values():
+        assert abs(sum(entry["site_shares"].values()) - 1) < 1e-9 and entry["site_match"] is not None
+    assert style_match_table(metrics).count("\n| site") == 5

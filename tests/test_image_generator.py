@@ -283,3 +283,103 @@ def test_generator_fed_the_classifier_modality_depends_on_it_and_is_saved_with_i
     loaded = ImageGenerator.from_checkpoint(tmp_path / "checkpoint.pt", torch.device("cpu"))
     torch.testing.assert_close(loaded.generate(batch["pv_map"], batch["style"], [1, 2]),
                                model.generate(batch["pv_map"], batch["style"], [1, 2]))
+
+
+# ---------------------------------------------------------------- appearance statistics (issue 19)
+
+
+def _phantom_slice(noise: float = 0.02, seed: int = 0) -> torch.Tensor:
+    """A z-scored disc 'brain' with three tissue levels on a zero background, plus noise inside."""
+    generator = torch.Generator().manual_seed(seed)
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, 64), torch.linspace(-1, 1, 64), indexing="ij")
+    brain = (ys**2 + xs**2) < 0.7
+    image = brain * (1.0 + (ys > 0) + 0.5 * (xs > 0.3))
+    image = image + brain * noise * torch.randn(image.shape, generator=generator)
+    values = image[brain]
+    return ((image - values.mean()) / values.std())[None, None].float()
+
+
+def test_appearance_statistics_are_scale_free_and_move_with_noise_and_blur():
+    from brainspade.generation.appearance import STATISTICS, appearance_statistics, gaussian_blur
+
+    image = _phantom_slice()
+    noisy = _phantom_slice(noise=0.3)
+    blurred = gaussian_blur(image, 2.0)
+    stats = appearance_statistics(torch.cat([image, 2.5 * image + 4.0, noisy, blurred]))
+    assert stats.shape == (4, len(STATISTICS)) and torch.isfinite(stats).all()
+    torch.testing.assert_close(stats[0], stats[1], atol=1e-3, rtol=1e-3)  # a brighter copy: the same site
+    noise, sharpness = STATISTICS.index("log_noise"), STATISTICS.index("log_sharpness")
+    assert stats[2, noise] > stats[0, noise] + 1.0  # 15x more noise: clearly higher noise estimate
+    assert stats[3, sharpness] < stats[0, sharpness] and stats[3, noise] < stats[0, noise]  # blur: softer, less noise
+
+
+def test_appearance_statistics_follow_a_contrast_change():
+    """A monotone remap of the tissue levels (the darker half further down) moves the quantiles: the statistics
+    see contrast, not only brightness (which the re-standardisation removes)."""
+    from brainspade.generation.appearance import appearance_statistics
+
+    image = _phantom_slice()
+    remapped = torch.where(image < 0, image - 1.0, image)
+    stats = appearance_statistics(torch.cat([image, remapped]))
+    assert (stats[1, :7] - stats[0, :7]).abs().max() > 0.1
+
+
+def test_pair_augmentation_gives_both_slices_one_appearance():
+    """The same random draw for target and style: identical inputs stay (up to noise) identical, and change."""
+    from brainspade.generation.appearance import appearance_statistics
+    from brainspade.settings import AppearanceAugmentation
+    from brainspade.training.appearance_augmentation import augment_pairs
+
+    torch.manual_seed(0)
+    image = _phantom_slice().repeat(4, 1, 1, 1)
+    brain = (image > image.amin()).float()
+    targets, styles = augment_pairs(image, image.clone(), brain, brain,
+                                    AppearanceAugmentation(probability=1.0, noise_std=[0.0, 0.0]))
+    torch.testing.assert_close(targets, styles)  # without noise the pair is changed exactly alike
+    assert (targets - image).abs().mean() > 0.05
+    inside = brain.bool()
+    assert targets[inside].mean().abs() < 1e-3 and (targets[inside].std() - 1).abs() < 1e-2  # z-scored again
+    kept, _ = augment_pairs(image, image.clone(), brain, brain, AppearanceAugmentation(probability=0.0))
+    assert torch.equal(kept, image)
+    noisy_t, noisy_s = augment_pairs(image, image.clone(), brain, brain, AppearanceAugmentation(probability=1.0))
+    assert (appearance_statistics(noisy_t) - appearance_statistics(noisy_s)).abs().max() < 0.5
+
+
+def test_generator_output_follows_the_style_appearance_and_noise_and_is_rebuilt_from_its_checkpoint(tmp_path):
+    """style_appearance_input + noise_input: a noisier style image gives another image; the noise is seeded
+    per image; the checkpoint alone rebuilds the same generator."""
+    from brainspade.generation.appearance import STATISTICS
+
+    torch.manual_seed(0)
+    args = model_args()
+    args["generator"] = {**args["generator"], "z_dim": 8 + len(STATISTICS), "style_at_every_scale": True,
+                         "noise_input": True, "size": [64, 64]}
+    style_encoder, generator, discriminator = build_image_models(args)
+    with torch.no_grad():
+        generator.noise_scale.bias.fill_(0.5)  # zero at initialisation: give the noise a path for the test
+    model = ImageGenerator(style_encoder, generator, ["a"] * CHANNELS, (64, 64), torch.device("cpu"),
+                           sampled_code=False, appearance_input=True)
+    pv = torch.nn.functional.interpolate(pv_maps(2), size=(64, 64))
+    clean, noisy = _phantom_slice().repeat(2, 1, 1, 1), _phantom_slice(noise=0.3).repeat(2, 1, 1, 1)
+    with torch.no_grad():  # the learnt code's share cut: what differs is the statistics
+        generator.fc.weight[:, :8].zero_()
+        for module in generator.modules():
+            if isinstance(module, torch.nn.Conv2d) and module.in_channels == CHANNELS + 8 + len(STATISTICS):
+                module.weight[:, CHANNELS : CHANNELS + 8].zero_()
+    a = model.generate(pv, clean, [1, 2])
+    assert not torch.allclose(model.generate(pv, noisy, [1, 2]), a, atol=1e-4)
+    assert not torch.allclose(model.generate(pv, clean, [3, 4]), a, atol=1e-4)  # the seed draws the pixel noise
+    torch.testing.assert_close(model.generate(pv[:1], clean[:1], [1]), a[:1])  # batch-independent
+
+    ema = {"style_encoder": style_encoder, "generator": generator}
+    save_checkpoint(tmp_path / "checkpoint.pt", step=1, models={"discriminator": discriminator}, optimizers={},
+                    ema_models=ema, signature=schema_signature(["a"] * CHANNELS, [], (64, 64), args),
+                    extra={"sampled_code": False, "style_appearance_input": list(STATISTICS)})
+    loaded = ImageGenerator.from_checkpoint(tmp_path / "checkpoint.pt", torch.device("cpu"))
+    assert loaded.appearance_input == list(STATISTICS)
+    torch.testing.assert_close(loaded.generate(pv, clean, [1, 2]), a)
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    state["extra"]["style_appearance_input"] = ["q50"]
+    torch.save(state, tmp_path / "other.pt")
+    with pytest.raises(BrainspadeError, match="appearance statistics"):
+        ImageGenerator.from_checkpoint(tmp_path / "other.pt", torch.device("cpu"))

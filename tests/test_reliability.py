@@ -299,6 +299,9 @@ def test_a_style_modality_the_filter_cannot_accept_is_refused_and_warned_without
     assert "T2" in warning and "T1/FLAIR verdict" in warning
     assert check_style_modality("T2", None, []) is None  # a code-only generator conditions on the image alone
     assert check_style_modality("T1", ["T1", "FLAIR"], ["T1", "FLAIR"]) is None
+    # With the appearance input (issue 19) the warning says what still reaches the generator from a T2 image.
+    warning = check_style_modality("T2", None, ["T1", "FLAIR"], ["q50", "log_noise"])
+    assert "T1/FLAIR verdict" in warning and "appearance statistics (q50, log_noise)" in warning
 
 
 @pytest.mark.slow

@@ -13,6 +13,8 @@ from torch import nn
 
 from brainspade.engine.checkpoint import build_model, load_checkpoint
 from brainspade.engine.stage import load_stage_checkpoint
+from brainspade.errors import BrainspadeError
+from brainspade.generation.appearance import STATISTICS, appearance_statistics
 from brainspade.models.modality_classifier import ModalityDatasetClassifier
 from brainspade.models.spade_generator import SpadeGenerator
 from brainspade.models.style_encoder import StyleEncoder
@@ -26,12 +28,25 @@ def sample_style_codes(mu: torch.Tensor, logvar: torch.Tensor, seeds: Sequence[i
     return mu + torch.exp(0.5 * logvar) * noise
 
 
-def with_style_modality(codes: torch.Tensor, style_images: torch.Tensor, classifier: nn.Module | None) -> torch.Tensor:
-    """The style codes, followed by the frozen classifier's modality probabilities for the style images if given."""
-    if classifier is None:
-        return codes
-    modality_logits, _ = classifier(style_images)
-    return torch.cat([codes, modality_logits.softmax(dim=1).to(codes)], dim=1)
+def seeded_noise(seeds: Sequence[int], shape: Sequence[int]) -> torch.Tensor:
+    """Per-pixel N(0, 1) noise (B, *shape), image i drawn from a generator seeded with seeds[i] (batch-independent)."""
+    return torch.stack([
+        torch.randn(*shape, generator=torch.Generator().manual_seed((int(seed) * 1000003 + 17) % 2**63))
+        for seed in seeds
+    ])
+
+
+def with_style_modality(codes: torch.Tensor, style_images: torch.Tensor, classifier: nn.Module | None,
+                        appearance: bool = False) -> torch.Tensor:
+    """The style codes, then the frozen classifier's modality probabilities for the style images if given,
+    then the style images' appearance statistics if `appearance`."""
+    parts = [codes]
+    if classifier is not None:
+        modality_logits, _ = classifier(style_images)
+        parts.append(modality_logits.softmax(dim=1).to(codes))
+    if appearance:
+        parts.append(appearance_statistics(style_images).to(codes))
+    return torch.cat(parts, dim=1)
 
 
 class ImageGenerator:
@@ -39,7 +54,8 @@ class ImageGenerator:
 
     def __init__(self, style_encoder: StyleEncoder, generator: SpadeGenerator, channels: list[str],
                  size: tuple[int, int], device: torch.device, sampled_code: bool = True,
-                 style_classifier: nn.Module | None = None, modality_input: Sequence[str] = ()):
+                 style_classifier: nn.Module | None = None, modality_input: Sequence[str] = (),
+                 appearance_input: bool = False):
         self.sampled_code = sampled_code  # False: the code is the encoder mean, as it was in training
         self.style_encoder = style_encoder.to(device).eval().requires_grad_(False)
         self.generator = generator.to(device).eval().requires_grad_(False)
@@ -48,6 +64,8 @@ class ImageGenerator:
                                  if style_classifier is not None else None)
         # The modalities that classifier tells apart: the only ones the generator's modality input can carry.
         self.modality_input = list(modality_input) if style_classifier is not None else []
+        # The style image's appearance statistics (generation/appearance.py) are part of the generator's input.
+        self.appearance_input = list(STATISTICS) if appearance_input else []
         self.channels = list(channels)
         self.size = tuple(size)
         self.device = device
@@ -67,6 +85,10 @@ class ImageGenerator:
     def _from_state(cls, state: dict, device: torch.device) -> ImageGenerator:
         extra = state["extra"]
         style_classifier = None
+        appearance = extra.get("style_appearance_input", [])
+        if appearance and list(appearance) != list(STATISTICS):
+            raise BrainspadeError(f"the generator was trained on the appearance statistics {appearance}; this version "
+                             f"computes {list(STATISTICS)}: retrain it (train-image-generator)")
         if extra.get("style_modality_input", False):
             saved = extra["style_classifier"]
             style_classifier = ModalityDatasetClassifier(**saved["model_args"])
@@ -74,7 +96,7 @@ class ImageGenerator:
         return cls(build_model(state, "style_encoder", StyleEncoder, ema=True),
                    build_model(state, "generator", SpadeGenerator, ema=True), state["signature"]["channels"],
                    tuple(state["signature"]["size"]), device, bool(extra.get("sampled_code", True)), style_classifier,
-                   extra.get("modalities", ()))
+                   extra.get("modalities", ()), bool(appearance))
 
     @torch.no_grad()
     def generate(self, pv_maps: torch.Tensor, style_images: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
@@ -88,8 +110,11 @@ class ImageGenerator:
         style_images = style_images.to(self.device, torch.float32)
         mu, logvar = self.style_encoder(style_images)
         codes = sample_style_codes(mu, logvar, seeds) if self.sampled_code else mu
-        codes = with_style_modality(codes, style_images, self.style_classifier)
-        return self.generator(pv_maps, codes)
+        codes = with_style_modality(codes, style_images, self.style_classifier, bool(self.appearance_input))
+        noise = None
+        if getattr(self.generator, "noise_scale", None) is not None:
+            noise = seeded_noise(seeds, (1, *pv_maps.shape[-2:])).to(self.device)
+        return self.generator(pv_maps, codes, noise)
 
 
 class ModalityClassifier:

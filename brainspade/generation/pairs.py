@@ -32,7 +32,7 @@ class PairBatch:
 
 
 def check_style_modality(modality: str, filter_modalities: Sequence[str] | None,
-                         generator_modalities: Sequence[str]) -> str | None:
+                         generator_modalities: Sequence[str], appearance_input: Sequence[str] = ()) -> str | None:
     """Refuse a style modality the modality filter can never accept; warn where the generator cannot condition on it.
 
     Returns the warning (None when the modality is fully supported). Raises BrainspadeError with the filter on
@@ -45,9 +45,12 @@ def check_style_modality(modality: str, filter_modalities: Sequence[str] | None,
             f"train-modisc on data that has {modality} images"
         )
     if generator_modalities and modality not in generator_modalities:
+        appearance = (f"; it also takes the style image's appearance statistics ({', '.join(appearance_input)}), "
+                      "measured from any image, but learnt only on the appearances of its training modalities"
+                      if appearance_input else "")
         return (f"style.modality={modality} is not one of the modalities the generator conditions on "
                 f"{list(generator_modalities)}: it takes the style image's code, and its modality input will carry "
-                f"the classifier's {'/'.join(generator_modalities)} verdict for these {modality} images")
+                f"the classifier's {'/'.join(generator_modalities)} verdict for these {modality} images{appearance}")
     return None
 
 

@@ -43,6 +43,7 @@ class SpadeGenerator(nn.Module):
         spade_hidden: int = 128,
         out_channels: int = 1,
         style_at_every_scale: bool = False,
+        noise_input: bool = False,
     ):
         super().__init__()
         self.style_at_every_scale = style_at_every_scale
@@ -63,15 +64,25 @@ class SpadeGenerator(nn.Module):
             )
             for i in range(len(channels))
         )
+        self.noise_scale = None
+        if noise_input:
+            # Starts at zero: the generator adds noise only as far as its losses ask for it.
+            self.noise_scale = nn.Linear(z_dim, widths[-2])
+            nn.init.zeros_(self.noise_scale.weight)
+            nn.init.zeros_(self.noise_scale.bias)
         self.out = Convolution(
             spatial_dims=2, in_channels=channels[-1], out_channels=out_channels, kernel_size=3, conv_only=True
         )
 
-    def forward(self, pv_maps: torch.Tensor, style_code: torch.Tensor) -> torch.Tensor:
+    def forward(self, pv_maps: torch.Tensor, style_code: torch.Tensor, noise: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """`noise` (B,1,H,W), used only with `noise_input`; None there means no noise (a mean image)."""
         x = self.fc(style_code).view(-1, *self.coarse_shape)
         for i, block in enumerate(self.blocks):
             if i > 0:
                 x = F.interpolate(x, scale_factor=2, mode="nearest")
+            if self.noise_scale is not None and noise is not None and i == len(self.blocks) - 1:
+                x = x + self.noise_scale(style_code)[:, :, None, None] * noise.to(x)
             modulation = F.adaptive_avg_pool2d(pv_maps, x.shape[-2:])
             if self.style_at_every_scale:
                 code = style_code[:, :, None, None].expand(-1, -1, *x.shape[-2:])

@@ -8,13 +8,15 @@ W/evaluation/summary.md holds one line per scored set.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from brainspade.data.slice_cache import SliceCache
-from brainspade.engine.atomic import write_text_atomic
-from brainspade.engine.runtime import select_device
+from brainspade.engine.atomic import write_json_atomic, write_text_atomic
+from brainspade.engine.checkpoint import CHECKPOINT_NAME
+from brainspade.engine.runtime import Runtime, select_device
 from brainspade.engine.stage import (
     MANIFEST_NAME,
     StageFolder,
@@ -27,12 +29,17 @@ from brainspade.evaluation import report
 from brainspade.evaluation.features import classifier_features, torchscript_features
 from brainspade.evaluation.sample_sets import load_sample_set
 from brainspade.evaluation.scoring import evaluate_sample_set
-from brainspade.generation.images import ModalityClassifier
+from brainspade.evaluation.style_match import style_match, style_match_table
+from brainspade.generation.images import ImageGenerator, ModalityClassifier
 from brainspade.segmentation.nnunet import Segmenter
-from brainspade.stages.config import resolved_yaml, run_settings, section, stage_path
+from brainspade.settings import StyleMatchSettings
+from brainspade.stages.config import resolved_config, resolved_yaml, run_settings, section, stage_path
+from brainspade.training.modisc import train_classifier
 
 COMMAND = "evaluate-generators"
 DEFAULT_ARM = "R_iod"
+# W/evaluation folders of the style-match report, not sample sets: the summary skips them.
+STYLE_MATCH_FOLDERS = ("site_classifier", "style_match")
 
 
 def run(cfg: DictConfig) -> Path:
@@ -40,9 +47,12 @@ def run(cfg: DictConfig) -> Path:
     settings, data = section(cfg, "evaluation"), section(cfg, "data")
     segmentation = section(cfg, "segmentation")
     slices = require_complete(stage_path(cfg, "slices"), "slice cache", "prepare-data")
-    names = sample_set_names(stage_path(cfg, "samples"), cfg.get("samples"))
     device = select_device(run_.device)
     cache = SliceCache.open(slices)
+    matched = style_match_report(cfg, settings.style_match, cache, slices, data.source_datasets, device)
+    names = sample_set_names(stage_path(cfg, "samples"), cfg.get("samples"), required=matched is None)
+    if not names:
+        return stage_path(cfg, "evaluation")
     if settings.feature_weights:
         features, feature_source = torchscript_features(settings.feature_weights, device), settings.feature_weights
         feature_key = feature_source
@@ -75,8 +85,58 @@ def run(cfg: DictConfig) -> Path:
     return write_summary(stage_path(cfg, "evaluation"), names)
 
 
-def sample_set_names(samples_root: Path, wanted: str | None) -> list[str]:
+def style_match_report(cfg: DictConfig, settings: StyleMatchSettings, cache: SliceCache, slices: Path,
+                       sources: list[str], device) -> Path | None:
+    """W/evaluation/style_match (report.md, metrics.json) for the workdir's image generator; None when off or absent.
+
+    Its site classifier (W/evaluation/site_classifier) is trained once per slice cache and settings.
+    """
+    generator_folder = stage_path(cfg, "image_generator")
+    if not settings.enabled or not StageFolder(generator_folder, "").is_complete():
+        return None
+    run_ = run_settings(cfg)
+    datasets = sorted(set(cache.image_table["dataset"].tolist()))
+    classifier_folder = StageFolder(stage_path(cfg, "evaluation") / STYLE_MATCH_FOLDERS[0],
+                                    config_fingerprint(settings.site_classifier, run_.seed, finished_fingerprint(slices)))
+    if run_.force or not classifier_folder.is_up_to_date():
+        classifier_folder.prepare(resolved_yaml(cfg), force=True)
+        print(f"[{COMMAND}] training the evaluation-only site classifier on train slices of {', '.join(datasets)}",
+              flush=True)
+        # Every site's train split, targets included: this classifier only measures, nothing trains on it.
+        metrics = train_classifier(classifier_folder.path, cache, cache.image_indices(split="train"), datasets,
+                                   settings.site_classifier, Runtime.create(section(cfg, "runtime"), run_.device),
+                                   run_.seed, resolved_config(cfg))
+        write_json_atomic(classifier_folder.path / "metrics.json", metrics)
+        classifier_folder.finish({"checkpoint": CHECKPOINT_NAME, "metrics": "metrics.json"})
+    folder = StageFolder(stage_path(cfg, "evaluation") / STYLE_MATCH_FOLDERS[1],
+                         config_fingerprint(settings, run_.seed, sources, finished_fingerprint(generator_folder),
+                                            finished_fingerprint(classifier_folder.path)))
+    if folder.is_up_to_date() and not run_.force:
+        print(f"[{COMMAND}] {folder.path} is up to date")
+        return folder.path
+    folder.prepare(resolved_yaml(cfg), force=True)
+    site_classifier = ModalityClassifier.from_folder(classifier_folder.path, device, cache.channels)
+    generator = ImageGenerator.from_folder(generator_folder, device, cache.channels)
+    metrics = style_match(generator, site_classifier, cache, sources, settings.max_images, settings.batch_size,
+                          run_.seed)
+    held = json.loads((classifier_folder.path / "metrics.json").read_text())
+    metrics["site_classifier_heldout"] = {k: v.get("dataset_accuracy") for k, v in held["per_test_set"].items()}
+    write_json_atomic(folder.path / "metrics.json", metrics)
+    table = style_match_table(metrics)
+    accuracy = ", ".join(f"{k} {v:.2f}" for k, v in metrics["site_classifier_heldout"].items())
+    write_text_atomic(folder.path / "report.md", "# Does the style reach the image?\n\n"
+                      f"Held-out source PV maps ({metrics['pv_maps']}) styled with train-split slices of each source; "
+                      "tissue levels: mean intensity at PV > 0.9, each image's brain 1st-99th percentile rescaled "
+                      "to [0, 1] (clipped); real = test-split images of the style's site. Site classifier (evaluation only) "
+                      f"accuracy on real test slices: {accuracy}.\n\n{table}\n")
+    print(f"[{COMMAND}] {folder.path / 'report.md'}:\n{table}", flush=True)
+    return folder.finish({"report": "report.md", "metrics": "metrics.json"})
+
+
+def sample_set_names(samples_root: Path, wanted: str | None, required: bool = True) -> list[str]:
     """The finished sample sets to score: `wanted`, or every one in W/samples made by the learnt generators.
+
+    Without `required`, no finished set is no error (the style-match report was the work).
 
     Domain-randomised sets (`sample-randomised`, no `settings.yaml`) imitate no site: there is no style to score.
     """
@@ -89,7 +149,7 @@ def sample_set_names(samples_root: Path, wanted: str | None) -> list[str]:
     names = sorted(p.name for p in samples_root.glob("*")
                    if (p / MANIFEST_NAME).is_file() and (p / "settings.yaml").is_file()) \
         if samples_root.is_dir() else []
-    if not names:
+    if not names and required:
         raise BrainspadeError(f"{samples_root}: no finished sample set; run `brainspade sample` with this workdir first")
     return names
 
@@ -116,7 +176,8 @@ def write_summary(folder: Path, names: list[str]) -> Path:
     import json
 
     scored = [folder / name for name in names] + sorted(
-        p for p in folder.glob("*") if p.name not in names and (p / MANIFEST_NAME).is_file())
+        p for p in folder.glob("*")
+        if p.name not in names and p.name not in STYLE_MATCH_FOLDERS and (p / MANIFEST_NAME).is_file())
     table = report.summary_table([json.loads((p / "metrics.json").read_text()) for p in scored
                                   if (p / MANIFEST_NAME).is_file()])
     write_text_atomic(folder / "summary.md", "# Sample sets scored by evaluate-generators\n\n" + table + "\n")

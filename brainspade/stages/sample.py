@@ -105,7 +105,7 @@ def make_samples(
     image_generator = ImageGenerator.from_folder(image_generator_folder, device, cache.channels)
     classifier = ModalityClassifier.from_folder(modisc, device, cache.channels) if use_filter else None
     warning = check_style_modality(style_modality, classifier.modalities if classifier else None,
-                                   image_generator.modality_input)
+                                   image_generator.modality_input, image_generator.appearance_input)
     if warning:
         print(f"[sample] warning: {warning}", flush=True)
     bank = _style_bank(cache, style_dataset, style_modality, style_folder)

@@ -26,6 +26,7 @@ from brainspade.engine.ema import make_ema, update_ema
 from brainspade.engine.logging import colourise_labels, grey_to_rgb, log_image_columns
 from brainspade.engine.runtime import Runtime
 from brainspade.errors import BrainspadeError
+from brainspade.generation.appearance import STATISTICS
 from brainspade.generation.fidelity import paired_fidelity
 from brainspade.generation.images import ImageGenerator, ModalityClassifier, with_style_modality
 from brainspade.losses.gan import feature_matching_loss, hinge_discriminator_loss, hinge_generator_loss
@@ -37,6 +38,7 @@ from brainspade.models.multiscale_patchgan import MultiScalePatchGAN
 from brainspade.models.spade_generator import SpadeGenerator
 from brainspade.models.style_encoder import StyleEncoder
 from brainspade.settings import ImageGeneratorSettings
+from brainspade.training.appearance_augmentation import augment_pairs
 from brainspade.training.loop import Checkpointer, Schedule, run_steps
 from brainspade.training.models import build
 from brainspade.training.modisc import collate
@@ -62,6 +64,7 @@ class GeneratorLosses:
         self.weights = dataclasses.asdict(settings.weights)
         self.sampled_code = settings.sampled_code
         self.style_modality_input = settings.style_modality_input
+        self.style_appearance_input = settings.style_appearance_input
         self.perceptual = (make_perceptual_loss(settings.perceptual_network, networks.classifier).to(device)
                            if self.weights["perceptual"] > 0 else None)
         affine = settings.style_affine
@@ -81,8 +84,10 @@ class GeneratorLosses:
         # then learns to ignore it (posterior collapse, benchmarks/image_generator.md); `sampled_code:
         # false` trains on the mean.
         code = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu) if self.sampled_code else mu
-        code = with_style_modality(code, batch["style"], self.networks.classifier if self.style_modality_input else None)
-        return self.networks.generator(batch["pv_map"], code), mu, logvar
+        code = with_style_modality(code, batch["style"], self.networks.classifier if self.style_modality_input else None,
+                                   self.style_appearance_input)
+        noise = torch.randn_like(batch["image"])  # used only by a generator with noise_input
+        return self.networks.generator(batch["pv_map"], code, noise), mu, logvar
 
     def terms(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Unweighted terms whose weight is non-zero, and the generated images."""
@@ -139,7 +144,8 @@ class StylePairs:
         styles = [int(self.partners[t][torch.randint(len(self.partners[t]), ()).item()]) for t in targets]
         target = collate(self.dataset, np.array(targets), self.background)
         style = collate(self.dataset, np.array(styles), self.background)
-        target.update(style=style["image"], style_modality=style["modality"], style_dataset=style["dataset"])
+        target.update(style=style["image"], style_brain=style["brain"], style_modality=style["modality"],
+                      style_dataset=style["dataset"])
         return target
 
 
@@ -153,7 +159,8 @@ def model_arguments(settings: ImageGeneratorSettings, channels: list[str], size:
     if settings.style_modality_input and modalities < 1:
         raise BrainspadeError("image_generator.style_modality_input=true needs a trained modality classifier (train-modisc)")
     style_encoder = {"z_dim": 16, **settings.style_encoder}
-    generator_code = style_encoder["z_dim"] + (modalities if settings.style_modality_input else 0)
+    generator_code = (style_encoder["z_dim"] + (modalities if settings.style_modality_input else 0)
+                      + (len(STATISTICS) if settings.style_appearance_input else 0))
     return {
         "style_encoder": style_encoder,
         "generator": {**settings.generator, "label_channels": len(channels), "z_dim": generator_code,
@@ -194,22 +201,30 @@ def train_image_generator(folder: Path, cache: SliceCache, train: np.ndarray, so
     style_classifier = ({"style_classifier": {"model_args": classifier.model_args,
                                               "weights": classifier.network.state_dict()}}
                         if settings.style_modality_input else {})
+    appearance = list(STATISTICS) if settings.style_appearance_input else []
     signature = {**schema_signature(cache.channels, cache.lesion_channels, cache.size, args),
-                 "sampled_code": settings.sampled_code, "style_modality_input": settings.style_modality_input}
+                 "sampled_code": settings.sampled_code, "style_modality_input": settings.style_modality_input,
+                 "style_appearance_input": appearance}
     checkpointer = Checkpointer(
         folder, signature, models, optimizers, ema, config=config,
         extra={"modalities": modalities, "datasets": datasets, "sampled_code": settings.sampled_code,
-               "style_modality_input": settings.style_modality_input, **style_classifier})
+               "style_modality_input": settings.style_modality_input, "style_appearance_input": appearance,
+               **style_classifier})
     trained = {name: runtime.prepare(model) for name, model in models.items()}
     networks = Networks(trained["style_encoder"], trained["generator"], trained["discriminator"],
                         classifier.network if classifier else None)
     losses = GeneratorLosses(networks, settings, device)
     batch_size = distributed.local_batch_size(settings.batch_size, "image_generator.batch_size")
     adversarial = bool(losses.weighted("adversarial") or losses.weighted("feature_matching"))
+    augmentation = settings.appearance_augmentation
     shown: dict[str, torch.Tensor] = {}
 
     def train_step(step: int) -> dict[str, float]:
-        batch = {k: runtime.inputs(v) for k, v in pairs.batch(batch_size).items()}
+        batch = pairs.batch(batch_size)
+        if augmentation.probability > 0:
+            batch["image"], batch["style"] = augment_pairs(batch["image"], batch["style"], batch["brain"],
+                                                           batch["style_brain"], augmentation)
+        batch = {k: runtime.inputs(v) for k, v in batch.items()}
         with runtime.autocast():
             terms, fake = losses.terms(batch)
             terms = {k: v.float() for k, v in terms.items()}

@@ -1,0 +1,123 @@
+"""Does a style reach the image? Tissue levels and a site classifier's verdict on styled images.
+
+For every style source (train-split slices of each data set and modality), the image generator
+styles held-out PV maps of the source data sets (test split, so their tissues are known) and the
+images are compared with the *real* test-split images of the style's site:
+- appearance match: mean intensity per tissue (voxels with PV > 0.9), each image rescaled so its
+  brain's 1st-99th percentile spans [0, 1], clipped (a positive scale, so ratios are defined), and the
+  GM/WM and CSF/GM ratios of those means;
+- site match: a classifier trained on real train-split slices of *every* site (source and
+  target; evaluation only, nothing trains on its verdict) names the site each image looks like.
+PROTOCOL: the target's test-split labels are used here to measure, never to train.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from brainspade.data.datasets import heldout_label_indices, style_image_indices
+from brainspade.data.slice_cache import SliceCache
+from brainspade.data.slicing import background_channel
+from brainspade.errors import BrainspadeError
+from brainspade.generation.images import ImageGenerator, ModalityClassifier
+
+TISSUES = ("csf", "gm", "wm")
+RATIOS = {"gm_wm": ("gm", "wm"), "csf_gm": ("csf", "gm")}
+
+
+def tissue_levels(images: np.ndarray, pv_maps: np.ndarray, channels: list[str], threshold: float = 0.9) -> dict:
+    """(N,1,H,W) images + (N,C,H,W) PV maps -> mean rescaled intensity per tissue and the tissue ratios.
+
+    Each image is rescaled to its brain's (background PV < 0.5) 1st-99th percentile = [0, 1] and clipped there; a
+    tissue's level pools its PV > threshold voxels over all images. Tissues the schema lacks are left out.
+    """
+    background = background_channel(channels)
+    sums = {t: 0.0 for t in TISSUES if t in channels}
+    counts = dict.fromkeys(sums, 0)
+    for image, pv in zip(images[:, 0], pv_maps, strict=True):
+        brain = pv[background] < 0.5
+        if brain.sum() < 2:
+            continue
+        low, high = np.percentile(image[brain], [1, 99])
+        scaled = np.clip((image - low) / max(high - low, 1e-6), 0, 1)  # positive, so ratios are defined
+        for tissue in sums:
+            voxels = pv[channels.index(tissue)] > threshold
+            sums[tissue] += float(scaled[voxels].sum())
+            counts[tissue] += int(voxels.sum())
+    levels = {t: sums[t] / counts[t] for t in sums if counts[t]}
+    for name, (top, bottom) in RATIOS.items():
+        if top in levels and bottom in levels and abs(levels[bottom]) > 1e-6:
+            levels[name] = levels[top] / levels[bottom]
+    return levels
+
+
+def _site_shares(classifier: ModalityClassifier, images: torch.Tensor, batch_size: int) -> dict[str, float]:
+    votes = np.zeros(len(classifier.datasets))
+    for start in range(0, len(images), batch_size):
+        _, dataset_probs = classifier.predict(images[start : start + batch_size])
+        votes += np.bincount(dataset_probs.argmax(1).cpu().numpy(), minlength=len(votes))
+    return {name: float(v / len(images)) for name, v in zip(classifier.datasets, votes, strict=True)}
+
+
+@torch.no_grad()
+def style_match(generator: ImageGenerator, site_classifier: ModalityClassifier, cache: SliceCache,
+                sources: list[str], max_images: int, batch_size: int, seed: int) -> dict:
+    """Per style source: the site classifier's shares and the tissue levels of generated vs real images."""
+    rng = np.random.default_rng(seed)
+    heldout = heldout_label_indices(cache, sources)
+    if len(heldout) == 0:
+        raise BrainspadeError(f"{cache.folder}: the source data sets {sources} have no test-split label maps")
+    chosen_maps = np.sort(rng.choice(heldout, size=min(max_images, len(heldout)), replace=False))
+    pv_maps = torch.from_numpy(np.stack([cache.pv_map(int(i)) for i in chosen_maps]))
+    table = cache.image_table
+    results: dict = {}
+    for dataset in sorted(set(table["dataset"].tolist())):
+        for modality in sorted(set(table["modality"][cache.image_indices(datasets=[dataset])].tolist())):
+            candidates = style_image_indices(cache, dataset, modality)
+            real = cache.image_indices(split="test", datasets=[dataset], modalities=[modality])
+            if len(candidates) == 0 or len(real) == 0:
+                continue
+            styles = rng.choice(candidates, size=len(pv_maps), replace=len(candidates) < len(pv_maps))
+            style_images = torch.stack([torch.from_numpy(cache.image(int(i)))[None] for i in styles])
+            fake = torch.cat([
+                generator.generate(pv_maps[s : s + batch_size], style_images[s : s + batch_size],
+                                   [seed + 7919 * (k + 1) for k in range(s, min(s + batch_size, len(pv_maps)))]).cpu()
+                for s in range(0, len(pv_maps), batch_size)])
+            real = np.sort(rng.choice(real, size=min(max_images, len(real)), replace=False))
+            real_images = np.stack([cache.image(int(i))[None] for i in real])
+            real_maps = np.stack([cache.pv_map(int(table["label_index"][i])) for i in real])
+            shares = _site_shares(site_classifier, fake, batch_size)
+            results[f"{dataset}/{modality}"] = {
+                "n": len(pv_maps), "site": dataset,
+                "site_match": shares.get(dataset),
+                "site_shares": shares,
+                "generated": tissue_levels(fake.numpy(), pv_maps.numpy(), cache.channels),
+                "real": tissue_levels(real_images, real_maps, cache.channels),
+                "real_site_shares": _site_shares(site_classifier, torch.from_numpy(real_images), batch_size),
+            }
+    return {"styles": results, "pv_maps": "test split of " + ", ".join(sources), "threshold": 0.9}
+
+
+def style_match_table(metrics: dict) -> str:
+    """Markdown: one row per style source."""
+    lines = ["| style source | n | assigned to its site | site shares | generated CSF / GM / WM | real CSF / GM / WM "
+             "| GM/WM generated / real | CSF/GM generated / real | real test images assigned to their site |",
+             "|---|---|---|---|---|---|---|---|---|"]
+
+    def levels(entry: dict) -> str:
+        return " / ".join(f"{entry[t]:.3f}" if t in entry else "-" for t in TISSUES)
+
+    def ratio(entry: dict, name: str) -> str:
+        return f"{entry[name]:.3f}" if name in entry else "-"
+
+    for source, entry in metrics["styles"].items():
+        shares = ", ".join(f"{k} {v:.2f}" for k, v in entry["site_shares"].items() if v > 0)
+        match = "-" if entry["site_match"] is None else f"{entry['site_match']:.2f}"
+        real_match = entry["real_site_shares"].get(entry["site"])
+        lines.append(
+            f"| {source} | {entry['n']} | {match} | {shares} | {levels(entry['generated'])} | {levels(entry['real'])} "
+            f"| {ratio(entry['generated'], 'gm_wm')} / {ratio(entry['real'], 'gm_wm')} "
+            f"| {ratio(entry['generated'], 'csf_gm')} / {ratio(entry['real'], 'csf_gm')} "
+            f"| {'-' if real_match is None else f'{real_match:.2f}'} |")
+    return "\n".join(lines)
