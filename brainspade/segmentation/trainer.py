@@ -41,25 +41,16 @@ class BrainspadeTrainer(nnUNetTrainer):
         self.class_weights = dict(settings.class_weights or {})
 
     def _build_loss(self):
-        if not self.class_weights:
-            return super()._build_loss()
-        # nnU-Net's Dice + cross-entropy with per-class weights in the cross-entropy only: a small class
-        # (a tumour core inside its edema) otherwise costs too little to be split off within a short training.
-        from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
-        from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
-        from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
-
-        labels = self.dataset_json["labels"]
-        weights = torch.ones(len(labels))
-        for name, weight in self.class_weights.items():
-            weights[int(labels[name])] = float(weight)
-        loss = DC_and_CE_loss({"batch_dice": self.configuration_manager.batch_dice, "smooth": 1e-5, "do_bg": False,
-                               "ddp": self.is_ddp}, {"weight": weights.to(self.device)}, weight_ce=1, weight_dice=1,
-                              ignore_label=self.label_manager.ignore_label, dice_class=MemoryEfficientSoftDiceLoss)
-        if self.enable_deep_supervision:  # nnU-Net's output weights: halved per scale, the lowest one unused
-            scales = np.array([1 / (2 ** i) for i in range(len(self._get_deep_supervision_scales()))])
-            scales[-1] = 1e-6 if self.is_ddp else 0
-            loss = DeepSupervisionWrapper(loss, scales / scales.sum())
+        loss = super()._build_loss()
+        if self.class_weights:
+            # Per-class weights in nnU-Net's cross-entropy only (Dice unchanged): a small class (a tumour core
+            # inside its edema) otherwise costs too little to be split off within a short training.
+            labels = self.dataset_json["labels"]
+            weights = torch.ones(len(labels), device=self.device)
+            for name, weight in self.class_weights.items():
+                weights[int(labels[name])] = float(weight)
+            compound = getattr(loss, "loss", loss)  # inside nnU-Net's deep-supervision wrapper, if any
+            compound.ce.weight = weights  # CrossEntropyLoss's `weight` buffer
         return loss
 
     def get_dataloaders(self):

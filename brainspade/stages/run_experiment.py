@@ -41,7 +41,8 @@ def run(cfg: DictConfig) -> Path:
     cache = SliceCache.open(require_complete(stage_path(cfg, "slices"), "slice cache", "prepare-data"))
     for evaluation in evaluations:
         evaluation.check_classes(cache.channels)
-    weighted = {label for spec in specs.values() for label in arm_segmentation(cfg, spec).class_weights or {}}
+    arm_settings = {spec.name: arm_segmentation(cfg, spec) for spec in specs.values()}
+    weighted = {label for arm in arm_settings.values() for label in arm.class_weights or {}}
     unknown = sorted(weighted - set(cache.channels))
     if unknown:
         raise BrainspadeError(f"segmentation.class_weights: {', '.join(unknown)} is not a label of the slice cache; "
@@ -59,7 +60,7 @@ def run(cfg: DictConfig) -> Path:
                                    conditions=source.conditions)
 
     arms = {spec.name: ensure_arm(spec, stage_path(cfg, "segmentation") / "models" / spec.name, cache,
-                                  arm_segmentation(cfg, spec),
+                                  arm_settings[spec.name],
                                   synthetic_samples, seed=run_config.seed, force=run_config.force, device=device,
                                   config_yaml=config_yaml)
             for spec in specs.values()}

@@ -65,6 +65,7 @@ class GeneratorLosses:
         self.sampled_code = settings.sampled_code
         self.style_modality_input = settings.style_modality_input
         self.style_appearance_input = settings.style_appearance_input
+        self.noise_input = bool(settings.generator.get("noise_input", False))
         self.perceptual = (make_perceptual_loss(settings.perceptual_network, networks.classifier).to(device)
                            if self.weights["perceptual"] > 0 else None)
         affine = settings.style_affine
@@ -86,7 +87,7 @@ class GeneratorLosses:
         code = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu) if self.sampled_code else mu
         code = with_style_modality(code, batch["style"], self.networks.classifier if self.style_modality_input else None,
                                    self.style_appearance_input)
-        noise = torch.randn_like(batch["image"])  # used only by a generator with noise_input
+        noise = torch.randn_like(batch["image"]) if self.noise_input else None  # no draw unless the generator takes it
         return self.networks.generator(batch["pv_map"], code, noise), mu, logvar
 
     def terms(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
