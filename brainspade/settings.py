@@ -312,6 +312,9 @@ class SamplingSettings(Checked):
     modality_filter: bool = True
     max_retries: int = bounded(3, ge=0)
     share_label_maps: bool = True
+    appearance_transfer: bool = False  # put the style site's measured contrast and noise onto the images
+    appearance_transfer_levels: bool = True  # False: only the noise
+    appearance_reference_images: int = bounded(64, ge=8)  # reference images the transfer is fitted on
 
 
 @dataclass(frozen=True)

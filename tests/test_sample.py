@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 from conftest import run_cli
@@ -117,6 +118,30 @@ def test_runs_differing_only_in_style_share_label_maps(capsys, monkeypatch, full
     assert sum(styled[k] != reference[k] for k in image_files) == N  # other styles, other images
     rows = list(csv.DictReader((trained_workdir / "samples" / "siteB_styles" / "samples.csv").open()))
     assert all(r["style"].startswith("siteB/") for r in rows)
+
+
+def test_appearance_transfer_gives_the_style_sites_noise_on_the_same_label_maps(capsys, full_run, trained_workdir):
+    """sampling.appearance_transfer: siteB (a noisy scanner, not in the generator's training data) styles get
+    noise on top of the generator's images; the label maps stay those of the other runs; the fit is recorded."""
+    from brainspade.generation.site_appearance import measure_appearance
+
+    args = _sample_args(trained_workdir, "siteB_transfer", "style.dataset=siteB", "sampling.appearance_transfer=true",
+                        "sampling.appearance_reference_images=8")
+    code, out, err = run_cli(capsys, *args)
+    assert code == 0, err
+    assert "appearance transfer fitted on 8 style slices" in out
+    folder = trained_workdir / "samples" / "siteB_transfer"
+    transfer = json.loads((folder / "appearance_transfer.json").read_text())
+    assert transfer["added_noise"] > 0 and len(transfer["site"]["quantiles"]) == 99
+    moved, reference = _files(folder), _files(full_run)
+    assert all(moved[k] == reference[k] for k in reference if k.startswith("pv/"))
+
+    def images(run: Path) -> np.ndarray:
+        return np.stack([np.asarray(nib.load(p).dataobj).squeeze() for p in sorted((run / "imagesTr").glob("*.nii.gz"))])
+
+    plain = trained_workdir / "samples" / "siteB_styles"
+    if plain.is_dir():  # the same styles without the transfer (made by the shared-label-maps test)
+        assert measure_appearance(images(folder)).noise > measure_appearance(images(plain)).noise
 
 
 def test_shard_syntax_and_torchrun_ranks(monkeypatch):

@@ -21,6 +21,7 @@ from brainspade.data.slice_cache import SliceCache
 from brainspade.data.slicing import background_channel
 from brainspade.errors import BrainspadeError
 from brainspade.generation.images import ImageGenerator, ModalityClassifier
+from brainspade.generation.site_appearance import transfer_from_cache
 
 TISSUES = ("csf", "gm", "wm")
 RATIOS = {"gm_wm": ("gm", "wm"), "csf_gm": ("csf", "gm")}
@@ -62,8 +63,13 @@ def _site_shares(classifier: ModalityClassifier, images: torch.Tensor, batch_siz
 
 @torch.no_grad()
 def style_match(generator: ImageGenerator, site_classifier: ModalityClassifier, cache: SliceCache,
-                sources: list[str], max_images: int, batch_size: int, seed: int) -> dict:
-    """Per style source: the site classifier's shares and the tissue levels of generated vs real images."""
+                sources: list[str], max_images: int, batch_size: int, seed: int,
+                transfer_reference_images: int | None = None, transfer_levels: bool = True) -> dict:
+    """Per style source: the site classifier's shares and the tissue levels of generated vs real images.
+
+    With `transfer_reference_images`, each source is also measured after the site appearance transfer of
+    `sample` (fitted as there, on that many train slices of the source), under "with_appearance_transfer".
+    """
     rng = np.random.default_rng(seed)
     heldout = heldout_label_indices(cache, sources)
     if len(heldout) == 0:
@@ -88,6 +94,17 @@ def style_match(generator: ImageGenerator, site_classifier: ModalityClassifier, 
             real_images = np.stack([cache.image(int(i))[None] for i in real])
             real_maps = np.stack([cache.pv_map(int(table["label_index"][i])) for i in real])
             shares = _site_shares(site_classifier, fake, batch_size)
+            transferred = None
+            if transfer_reference_images:
+                site_slices = np.stack([cache.image(int(i)) for i in rng.choice(
+                    candidates, size=transfer_reference_images, replace=len(candidates) < transfer_reference_images)])
+                transfer = transfer_from_cache(generator.generate, cache, sources, modality, site_slices, seed,
+                                               batch_size, transfer_levels)
+                moved = torch.from_numpy(transfer.apply(fake.numpy(), [seed + 15485863 + k for k in range(len(fake))]))
+                moved_shares = _site_shares(site_classifier, moved, batch_size)
+                transferred = {"site_match": moved_shares.get(dataset), "site_shares": moved_shares,
+                               "generated": tissue_levels(moved.numpy(), pv_maps.numpy(), cache.channels),
+                               "added_noise": transfer.added_noise}
             results[f"{dataset}/{modality}"] = {
                 "n": len(pv_maps), "site": dataset,
                 "site_match": shares.get(dataset),
@@ -96,14 +113,16 @@ def style_match(generator: ImageGenerator, site_classifier: ModalityClassifier, 
                 "real": tissue_levels(real_images, real_maps, cache.channels),
                 "real_site_shares": _site_shares(site_classifier, torch.from_numpy(real_images), batch_size),
             }
+            if transferred is not None:
+                results[f"{dataset}/{modality}"]["with_appearance_transfer"] = transferred
     return {"styles": results, "pv_maps": "test split of " + ", ".join(sources), "threshold": 0.9}
 
 
 def style_match_table(metrics: dict) -> str:
-    """Markdown: one row per style source."""
-    lines = ["| style source | n | assigned to its site | site shares | generated CSF / GM / WM | real CSF / GM / WM "
+    """Markdown: one row per style source and path (the generator alone; with the site appearance transfer)."""
+    lines = ["| style source | path | n | assigned to its site | site shares | generated CSF / GM / WM | real CSF / GM / WM "
              "| GM/WM generated / real | CSF/GM generated / real | real test images assigned to their site |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|"]
 
     def levels(entry: dict) -> str:
         return " / ".join(f"{entry[t]:.3f}" if t in entry else "-" for t in TISSUES)
@@ -112,12 +131,17 @@ def style_match_table(metrics: dict) -> str:
         return f"{entry[name]:.3f}" if name in entry else "-"
 
     for source, entry in metrics["styles"].items():
-        shares = ", ".join(f"{k} {v:.2f}" for k, v in entry["site_shares"].items() if v > 0)
-        match = "-" if entry["site_match"] is None else f"{entry['site_match']:.2f}"
         real_match = entry["real_site_shares"].get(entry["site"])
-        lines.append(
-            f"| {source} | {entry['n']} | {match} | {shares} | {levels(entry['generated'])} | {levels(entry['real'])} "
-            f"| {ratio(entry['generated'], 'gm_wm')} / {ratio(entry['real'], 'gm_wm')} "
-            f"| {ratio(entry['generated'], 'csf_gm')} / {ratio(entry['real'], 'csf_gm')} "
-            f"| {'-' if real_match is None else f'{real_match:.2f}'} |")
+        paths = [("generator", entry)]
+        if "with_appearance_transfer" in entry:
+            moved = entry["with_appearance_transfer"]
+            paths.append((f"+ appearance transfer (noise sd {moved['added_noise']:.2f})", moved))
+        for path, result in paths:
+            shares = ", ".join(f"{k} {v:.2f}" for k, v in result["site_shares"].items() if v > 0)
+            match = "-" if result["site_match"] is None else f"{result['site_match']:.2f}"
+            lines.append(
+                f"| {source} | {path} | {entry['n']} | {match} | {shares} | {levels(result['generated'])} "
+                f"| {levels(entry['real'])} | {ratio(result['generated'], 'gm_wm')} / {ratio(entry['real'], 'gm_wm')} "
+                f"| {ratio(result['generated'], 'csf_gm')} / {ratio(entry['real'], 'csf_gm')} "
+                f"| {'-' if real_match is None else f'{real_match:.2f}'} |")
     return "\n".join(lines)

@@ -28,7 +28,7 @@ from brainspade.models.label_vae import LabelVAE
 from brainspade.settings import LabelSamplingSettings
 
 # What each derived seed of a sample is for; a new purpose gets a new number, never a reused one.
-CONDITION, LABEL_NOISE, STYLE_CHOICE, IMAGE_NOISE = 0, 1, 2, 3
+CONDITION, LABEL_NOISE, STYLE_CHOICE, IMAGE_NOISE, APPEARANCE_NOISE = 0, 1, 2, 3, 4
 # Which conditions the label LDM is given: the one vocabulary of `sample` and `sample-labels`.
 CONDITION_MODES = ("healthy", "lesion", "as_training", "ranges")
 

@@ -15,7 +15,15 @@ import torch
 
 from brainspade.engine.seeding import derived_seed
 from brainspade.errors import BrainspadeError
-from brainspade.generation.labels import CONDITION, IMAGE_NOISE, STYLE_CHOICE, LabelSampler, sample_label_maps
+from brainspade.generation.labels import (
+    APPEARANCE_NOISE,
+    CONDITION,
+    IMAGE_NOISE,
+    STYLE_CHOICE,
+    LabelSampler,
+    sample_label_maps,
+)
+from brainspade.generation.site_appearance import AppearanceTransfer
 from brainspade.generation.styles import StyleBank
 from brainspade.settings import LabelSamplingSettings
 
@@ -68,6 +76,7 @@ class PairSynthesiser:
         max_retries: how often a rejected image is regenerated with another style image.
         known_label_maps: returns the PV maps of given ids when another run already sampled them
             with the same label settings (only the style differs), else None.
+        appearance_transfer: the style site's measured look, put on each generated image (or None).
     """
 
     def __init__(
@@ -83,6 +92,7 @@ class PairSynthesiser:
         max_retries: int = 3,
         device: torch.device | None = None,
         known_label_maps: Callable[[Sequence[int]], torch.Tensor | None] | None = None,
+        appearance_transfer: AppearanceTransfer | None = None,
     ):
         self.label_sampler = label_sampler
         self.image_generator = image_generator
@@ -94,6 +104,7 @@ class PairSynthesiser:
         self.max_retries = max_retries
         self.device = device or torch.device("cpu")
         self.known_label_maps = known_label_maps
+        self.appearance_transfer = appearance_transfer
         self.expected_modality = self._filter_modality_index()
 
     def _filter_modality_index(self) -> int | None:
@@ -141,7 +152,11 @@ class PairSynthesiser:
     def _generate(self, pv_maps: torch.Tensor, ids: list[int], styles: list[int], attempts: list[int]) -> torch.Tensor:
         style_images = torch.stack([torch.from_numpy(self.style_bank.image(s))[None] for s in styles]).to(self.device)
         seeds = [derived_seed(self.seed, i, IMAGE_NOISE, a) for i, a in zip(ids, attempts, strict=True)]
-        return self.image_generator.generate(pv_maps, style_images, seeds)
+        images = self.image_generator.generate(pv_maps, style_images, seeds)
+        if self.appearance_transfer is None:
+            return images
+        noise_seeds = [derived_seed(self.seed, i, APPEARANCE_NOISE, a) for i, a in zip(ids, attempts, strict=True)]
+        return torch.from_numpy(self.appearance_transfer.apply(images.cpu().numpy(), noise_seeds)).to(images.device)
 
     def _predict(self, images: torch.Tensor) -> list[int | None]:
         if self.classifier is None:

@@ -108,9 +108,11 @@ def style_match_report(cfg: DictConfig, settings: StyleMatchSettings, cache: Sli
                                    run_.seed, resolved_config(cfg))
         write_json_atomic(classifier_folder.path / "metrics.json", metrics)
         classifier_folder.finish({"checkpoint": CHECKPOINT_NAME, "metrics": "metrics.json"})
+    sampling = section(cfg, "sampling")  # the transfer is measured as `sample` would fit it
+    transfer = (sampling.appearance_reference_images, sampling.appearance_transfer_levels)
     folder = StageFolder(stage_path(cfg, "evaluation") / STYLE_MATCH_FOLDERS[1],
                          config_fingerprint(settings, run_.seed, sources, finished_fingerprint(generator_folder),
-                                            finished_fingerprint(classifier_folder.path)))
+                                            finished_fingerprint(classifier_folder.path), transfer))
     if folder.is_up_to_date() and not run_.force:
         print(f"[{COMMAND}] {folder.path} is up to date")
         return folder.path
@@ -118,7 +120,7 @@ def style_match_report(cfg: DictConfig, settings: StyleMatchSettings, cache: Sli
     site_classifier = ModalityClassifier.from_folder(classifier_folder.path, device, cache.channels)
     generator = ImageGenerator.from_folder(generator_folder, device, cache.channels)
     metrics = style_match(generator, site_classifier, cache, sources, settings.max_images, settings.batch_size,
-                          run_.seed)
+                          run_.seed, *transfer)
     held = json.loads((classifier_folder.path / "metrics.json").read_text())
     metrics["site_classifier_heldout"] = {k: v.get("dataset_accuracy") for k, v in held["per_test_set"].items()}
     write_json_atomic(folder.path / "metrics.json", metrics)
@@ -127,7 +129,9 @@ def style_match_report(cfg: DictConfig, settings: StyleMatchSettings, cache: Sli
     write_text_atomic(folder.path / "report.md", "# Does the style reach the image?\n\n"
                       f"Held-out source PV maps ({metrics['pv_maps']}) styled with train-split slices of each source; "
                       "tissue levels: mean intensity at PV > 0.9, each image's brain 1st-99th percentile rescaled "
-                      "to [0, 1] (clipped); real = test-split images of the style's site. Site classifier (evaluation only) "
+                      "to [0, 1] (clipped); real = test-split images of the style's site. Each source also after the site "
+                      "appearance transfer `sample` applies with sampling.appearance_transfer=true (fitted the same way). "
+                      "Site classifier (evaluation only) "
                       f"accuracy on real test slices: {accuracy}.\n\n{table}\n")
     print(f"[{COMMAND}] {folder.path / 'report.md'}:\n{table}", flush=True)
     return folder.finish({"report": "report.md", "metrics": "metrics.json"})

@@ -26,7 +26,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from brainspade.data.datasets import generator_label_indices
 from brainspade.data.slice_cache import SliceCache
-from brainspade.engine.atomic import atomic_path, remove_stale_temporaries, write_text_atomic
+from brainspade.engine.atomic import (
+    atomic_path,
+    remove_stale_temporaries,
+    write_json_atomic,
+    write_text_atomic,
+)
 from brainspade.engine.logging import progress
 from brainspade.engine.runtime import select_device
 from brainspade.engine.stage import StageFolder, config_fingerprint, finished_fingerprint, require_complete
@@ -34,12 +39,14 @@ from brainspade.errors import BrainspadeError
 from brainspade.generation.images import ImageGenerator, ModalityClassifier
 from brainspade.generation.labels import LabelSampler, condition_drawer, label_conditions
 from brainspade.generation.pairs import PairBatch, PairSynthesiser, check_style_modality
+from brainspade.generation.site_appearance import AppearanceTransfer, transfer_from_cache
 from brainspade.generation.styles import StyleBank, style_bank_from_cache, style_bank_from_folder
 from brainspade.settings import LabelSamplingSettings
 from brainspade.stages.config import count, run_settings, section, stage_path
 
 BLOCKS = "blocks"
 LABEL_KEY = "label_key.txt"
+APPEARANCE_TRANSFER = "appearance_transfer.json"  # the fitted transfer, for the record (sampling.appearance_transfer)
 
 
 def run(cfg: DictConfig) -> Path:
@@ -109,6 +116,7 @@ def make_samples(
     if warning:
         print(f"[sample] warning: {warning}", flush=True)
     bank = _style_bank(cache, style_dataset, style_modality, style_folder)
+    transfer = _appearance_transfer(image_generator, cache, bank, sources, run_.seed, sampling)
     _check_same_run(folder.path, settings, run_.force)
     # Everything the label maps depend on; runs that differ only in style share their maps.
     label_key = config_fingerprint({k: settings[k] for k in ("seed", "conditions", "label_sampling")},
@@ -118,6 +126,8 @@ def make_samples(
     for sub in ("imagesTr", "labelsTr", "pv", BLOCKS):
         (folder.path / sub).mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(folder.path)  # an earlier run killed mid-write leaves only these behind
+    if transfer is not None:
+        write_json_atomic(folder.path / APPEARANCE_TRANSFER, transfer.as_dict())
 
     shared = SharedLabelMaps(folder.path, label_key) if sampling.share_label_maps else None
     label_sampler = LabelSampler.from_folders(label_vae, label_ldm, device, cache.channels)
@@ -132,6 +142,7 @@ def make_samples(
         max_retries=sampling.max_retries,
         device=device,
         known_label_maps=shared.load if shared else None,
+        appearance_transfer=transfer,
     )
     batch_size = sampling.batch_size
     blocks = [b for b in range(_block_count(n, batch_size)) if b % shard_count == shard_index]
@@ -151,6 +162,21 @@ def make_samples(
         return folder.path
     _finish(folder, n, total_blocks, cache.channels, style_modality)
     return folder.path
+
+
+def _appearance_transfer(image_generator: ImageGenerator, cache: SliceCache, bank: StyleBank, sources: Sequence[str],
+                         seed: int, sampling) -> AppearanceTransfer | None:
+    """The style site's look as a transfer fitted on reference images (sampling.appearance_transfer), or None."""
+    if not sampling.appearance_transfer:
+        return None
+    rng = np.random.default_rng(seed)
+    site_slices = np.stack([bank.image(bank.draw(rng)) for _ in range(sampling.appearance_reference_images)])
+    transfer = transfer_from_cache(image_generator.generate, cache, sources, bank.modality, site_slices, seed,
+                                   sampling.batch_size, sampling.appearance_transfer_levels)
+    print(f"[sample] appearance transfer fitted on {len(site_slices)} style slices: added noise sd "
+          f"{transfer.added_noise:.3f}, brain median {transfer.generated.quantiles[49]:.2f} -> "
+          f"{transfer.site.quantiles[49]:.2f}", flush=True)
+    return transfer
 
 
 class SharedLabelMaps:

@@ -1,0 +1,225 @@
+"""A site's appearance, measured on its unlabelled images and put onto generated images.
+
+At CPU length the SPADE generator does not read a site's look from its style input
+(benchmarks/image_generator.md, issue 19): it carries the modality, not a scanner's contrast
+or noise. This module makes that step explicit, as intensity standardisation does in classical
+MRI pipelines (Nyul & Udupa's histogram standardisation, at the level of a whole set of slices):
+- contrast: the brain intensity quantiles pooled over many slices of the site are matched by
+  the same quantiles pooled over images the generator made with that site's styles. One
+  monotone map for the whole run: a slice with more grey matter than average keeps it, since
+  pooled over many slices the two sets have the same mix of tissues;
+- noise: the spread of the fine residual inside homogeneous neighbourhoods (classes of a
+  three-class Gaussian mixture over intensity); generated images get the Gaussian noise they lack.
+Both sides are measured the same way and from intensities only: style images are unlabelled
+(train split or a user's folder). Unsupervised tissue levels (a mixture's class means) were tried
+first and fail on blurred, noisy sites: their grey and white matter peaks merge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from scipy.ndimage import binary_erosion, binary_fill_holes, median_filter, uniform_filter
+from sklearn.mixture import GaussianMixture
+
+from brainspade.data.datasets import generator_label_indices, style_image_indices
+from brainspade.data.slice_cache import SliceCache
+from brainspade.errors import BrainspadeError
+
+QUANTILE_LEVELS = tuple(np.round(np.linspace(0.01, 0.99, 99), 2).tolist())
+MIN_PIXELS = 32  # fewer homogeneous pixels in a slice: its noise is not measured
+N_CLASSES = 3  # intensity classes whose 3x3-homogeneous interiors measure the noise
+MAX_FIT_PIXELS = 100_000
+EDGE_PX = 2  # pixels off the brain's outline before anything is measured
+
+
+@dataclass(frozen=True)
+class Appearance:
+    """The look of a set of z-scored slices.
+
+    Attributes:
+        background: median intensity outside the brain.
+        quantiles: brain intensity at each of QUANTILE_LEVELS, pooled over the slices.
+        noise: median over slices of the robust sd of the 3x3 residual in homogeneous neighbourhoods.
+        n_slices: how many slices were measured.
+    """
+
+    background: float
+    quantiles: tuple[float, ...]
+    noise: float
+    n_slices: int
+
+
+def brain_mask(image: np.ndarray) -> np.ndarray:
+    """Pixels of a 3x3-median-filtered slice above 10% of the way from its 1st to its 99th percentile,
+    hole-filled (dark CSF inside the brain in). The median and the percentiles keep the threshold, and so
+    the outline, where it is whatever the noise level (a noisy site must not get a wider brain)."""
+    smooth = median_filter(image, size=3, mode="nearest")
+    low, high = (float(v) for v in np.percentile(smooth, [1, 99]))
+    return binary_fill_holes(smooth > low + 0.1 * (high - low))
+
+
+def homogeneous_pixels(labels: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Valid pixels whose whole 3x3 neighbourhood is valid and shares their label: their residual is noise."""
+    same = valid.copy()
+    padded_labels = np.pad(labels, 1, mode="edge")
+    padded_valid = np.pad(valid, 1, constant_values=False)
+    height, width = labels.shape
+    for dy in (0, 1, 2):
+        for dx in (0, 1, 2):
+            same &= (padded_labels[dy : dy + height, dx : dx + width] == labels)
+            same &= padded_valid[dy : dy + height, dx : dx + width]
+    return same
+
+
+def residual_noise(image: np.ndarray, homogeneous: np.ndarray) -> float | None:
+    """Robust sd (1.4826 MAD) of the residual to a 3x3 mean at the homogeneous pixels."""
+    if homogeneous.sum() < MIN_PIXELS:
+        return None
+    residual = (image - uniform_filter(image, 3, mode="nearest"))[homogeneous]
+    return float(1.4826 * np.median(np.abs(residual - np.median(residual))))
+
+
+def measure_appearance(slices: np.ndarray, seed: int = 0) -> Appearance:
+    """(S, H, W) z-scored slices of one site (or one generator run) -> their `Appearance`."""
+    slices = np.asarray(slices, dtype=np.float64)
+    # The brain's outline is left out: its partial-volume ring with the background moves with the mask's
+    # threshold (noise, blur) and would dominate the low quantiles.
+    masks = [binary_erosion(brain_mask(s), np.ones((3, 3), dtype=bool), iterations=EDGE_PX) for s in slices]
+    brain = np.concatenate([s[m] for s, m in zip(slices, masks, strict=True)])
+    outside = np.concatenate([s[~m] for s, m in zip(slices, masks, strict=True)])
+    if brain.size < N_CLASSES * MIN_PIXELS:
+        raise ValueError(f"{len(slices)} slices hold {brain.size} brain pixels: too few to measure their appearance")
+    rng = np.random.default_rng(seed)
+    fit_pixels = rng.choice(brain, size=min(MAX_FIT_PIXELS, brain.size), replace=False)
+    mixture = GaussianMixture(N_CLASSES, random_state=seed).fit(fit_pixels[:, None])
+    noises = []
+    for image, mask in zip(slices, masks, strict=True):
+        if mask.sum() < 4 * MIN_PIXELS:
+            continue
+        labels = np.full(image.shape, -1, dtype=np.int64)
+        labels[mask] = mixture.predict(image[mask][:, None])
+        noise = residual_noise(image, homogeneous_pixels(labels, mask))
+        if noise is not None:
+            noises.append(noise)
+    return Appearance(background=float(np.median(outside)) if outside.size else float(brain.min()),
+                      quantiles=tuple(float(q) for q in np.quantile(brain, QUANTILE_LEVELS)),
+                      noise=float(np.median(noises)) if noises else 0.0, n_slices=len(slices))
+
+
+def _increasing(values: np.ndarray) -> np.ndarray:
+    """Strictly increasing copy (ties of a quantized histogram nudged apart), so interpolation is defined."""
+    return values + np.arange(len(values)) * 1e-6
+
+
+@dataclass(frozen=True)
+class AppearanceTransfer:
+    """The monotone intensity map and the added noise that take generated images to a site's look.
+
+    Attributes:
+        generated: the appearance of the reference images the generator made with the site's styles.
+        site: the appearance of the site's (style) images.
+        added_noise: sd of the Gaussian noise added after the intensity map.
+    """
+
+    generated: Appearance
+    site: Appearance
+    added_noise: float
+
+    def map_intensities(self, images: np.ndarray) -> np.ndarray:
+        """The pooled quantile-to-quantile map (background to background), continued beyond with the end slopes."""
+        x = _increasing(np.array([self.generated.background, *self.generated.quantiles]))
+        y = _increasing(np.array([self.site.background, *self.site.quantiles]))
+        out = np.interp(images, x, y)
+        low_slope = (y[1] - y[0]) / (x[1] - x[0])
+        high_slope = (y[-1] - y[-2]) / (x[-1] - x[-2])
+        out = np.where(images < x[0], y[0] + (images - x[0]) * low_slope, out)
+        return np.where(images > x[-1], y[-1] + (images - x[-1]) * high_slope, out)
+
+    def apply(self, images: np.ndarray, seeds) -> np.ndarray:
+        """(B, ..., H, W) generated images -> mapped images with noise; image i's noise seeded with seeds[i]."""
+        mapped = self.map_intensities(np.asarray(images, dtype=np.float64))
+        if self.added_noise > 0:
+            noise = np.stack([np.random.default_rng(int(seed)).standard_normal(mapped.shape[1:]) for seed in seeds])
+            mapped = mapped + self.added_noise * noise
+        return mapped.astype(np.float32)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _intensity_map(generated: np.ndarray, site_slices: np.ndarray, map_levels: bool,
+                   seed: int) -> tuple[AppearanceTransfer, float]:
+    """The transfer without noise, and the noise variance the mapped generated images lack against the site."""
+    site, own = measure_appearance(site_slices, seed), measure_appearance(generated, seed)
+    # Without the level map the generated appearance is its own target: the identity map.
+    transfer = AppearanceTransfer(own, site if map_levels else own, 0.0)
+    mapped = transfer.map_intensities(np.asarray(generated, np.float64)) if map_levels else generated
+    return transfer, site.noise**2 - measure_appearance(mapped, seed).noise ** 2
+
+
+def fit_appearance_transfer(generated: np.ndarray, site_slices: np.ndarray,
+                            baseline: tuple[np.ndarray, np.ndarray] | None = None, map_levels: bool = True,
+                            seed: int = 0) -> AppearanceTransfer:
+    """(S, H, W) images the generator made with the site's styles + (S', H, W) site slices -> the transfer.
+
+    `baseline`: (images the generator made with styles of its own training data, those training slices) of the
+    same modality. Real images hold fine texture the generator does not make; on its own training data that
+    deficit is texture, not noise, so only the noise variance a site lacks beyond it is added.
+    `map_levels`: False keeps the generator's intensities and adds only the noise.
+    """
+    transfer, deficit = _intensity_map(generated, site_slices, map_levels, seed)
+    if baseline is not None:
+        deficit -= max(_intensity_map(*baseline, map_levels, seed)[1], 0.0)
+    # A 3x3-mean residual keeps sqrt(8/9) of white noise; both sides are measured that way.
+    return AppearanceTransfer(transfer.generated, transfer.site, float(np.sqrt(max(deficit, 0.0) * 9.0 / 8.0)))
+
+
+def reference_transfer(generate: Callable[[torch.Tensor, torch.Tensor, list[int]], torch.Tensor],
+                       pv_maps: np.ndarray, site_slices: np.ndarray, own_slices: np.ndarray | None,
+                       seed: int, batch_size: int, map_levels: bool = True) -> AppearanceTransfer:
+    """Fit the transfer to a site from reference images the generator makes for it.
+
+    Args:
+        generate: the generator, (PV maps, style slices (B,1,H,W), seeds) -> images (B,1,H,W).
+        pv_maps: (S, C, H, W) reference label maps (train split of the source data sets).
+        site_slices: (S, H, W) slices of the site (the style bank), one per reference image.
+        own_slices: (S, H, W) train slices of the generator's source data of the same modality (the noise
+            baseline), or None when it has none.
+        seed: seeds the reference images and the mixture fits.
+        batch_size: images per generator call.
+        map_levels: False keeps the generator's intensities (noise only).
+    """
+
+    def made_with(styles: np.ndarray) -> np.ndarray:
+        maps, style_images = torch.from_numpy(pv_maps).float(), torch.from_numpy(styles[:, None]).float()
+        seeds = [seed + 104729 * (k + 1) for k in range(len(maps))]
+        return torch.cat([generate(maps[s : s + batch_size], style_images[s : s + batch_size],
+                                   seeds[s : s + batch_size]).cpu() for s in range(0, len(maps), batch_size)])[:, 0].numpy()
+
+    baseline = None if own_slices is None else (made_with(own_slices), own_slices)
+    return fit_appearance_transfer(made_with(site_slices), site_slices, baseline, map_levels, seed)
+
+
+def transfer_from_cache(generate: Callable[[torch.Tensor, torch.Tensor, list[int]], torch.Tensor], cache: SliceCache,
+                        sources: Sequence[str], modality: str, site_slices: np.ndarray, seed: int, batch_size: int,
+                        map_levels: bool = True) -> AppearanceTransfer:
+    """`reference_transfer` on the workdir's data: one reference image per site slice, on train-split label maps of
+    the source data sets; the noise baseline is their train slices of `modality` (none if they have no such images).
+    PROTOCOL: only train splits and the (unlabelled) site slices are read.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(site_slices)
+    label_indices = generator_label_indices(cache, sources)
+    if len(label_indices) == 0:
+        raise BrainspadeError(f"{cache.folder}: the source data sets {list(sources)} have no train-split label maps "
+                              "to fit the appearance transfer on")
+    pv_maps = np.stack([cache.pv_map(int(i)) for i in rng.choice(label_indices, n, replace=len(label_indices) < n)])
+    own = np.concatenate([style_image_indices(cache, source, modality) for source in sources])
+    own_slices = (np.stack([cache.image(int(i)) for i in rng.choice(own, n, replace=len(own) < n)])
+                  if len(own) else None)
+    return reference_transfer(generate, pv_maps, np.asarray(site_slices, np.float32), own_slices, seed, batch_size,
+                              map_levels)
