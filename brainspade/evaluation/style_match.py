@@ -96,7 +96,9 @@ def style_match(generator: ImageGenerator, site_classifier: ModalityClassifier, 
             shares = _site_shares(site_classifier, fake, batch_size)
             transferred = None
             if transfer_reference_images:
-                site_slices = np.stack([cache.image(int(i)) for i in rng.choice(
+                # Its own generator: the generator-only numbers and the real images drawn stay those of a run without it.
+                transfer_rng = np.random.default_rng([seed, len(results)])
+                site_slices = np.stack([cache.image(int(i)) for i in transfer_rng.choice(
                     candidates, size=transfer_reference_images, replace=len(candidates) < transfer_reference_images)])
                 transfer = transfer_from_cache(generator.generate, cache, sources, modality, site_slices, seed,
                                                batch_size, transfer_levels)
