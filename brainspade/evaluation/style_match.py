@@ -101,7 +101,7 @@ def style_match(generator: ImageGenerator, site_classifier: ModalityClassifier, 
                 site_slices = np.stack([cache.image(int(i)) for i in transfer_rng.choice(
                     candidates, size=transfer_reference_images, replace=len(candidates) < transfer_reference_images)])
                 transfer = transfer_from_cache(generator.generate, cache, sources, modality, site_slices, seed,
-                                               batch_size, transfer_levels)
+                                               batch_size, transfer_levels, dataset)
                 moved = torch.from_numpy(transfer.apply(fake.numpy(), [seed + 15485863 + k for k in range(len(fake))]))
                 moved_shares = _site_shares(site_classifier, moved, batch_size)
                 transferred = {"site_match": moved_shares.get(dataset), "site_shares": moved_shares,

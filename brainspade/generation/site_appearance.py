@@ -200,15 +200,21 @@ def reference_transfer(generate: Callable[[torch.Tensor, torch.Tensor, list[int]
         return torch.cat([generate(maps[s : s + batch_size], style_images[s : s + batch_size],
                                    seeds[s : s + batch_size]).cpu() for s in range(0, len(maps), batch_size)])[:, 0].numpy()
 
-    baseline = None if own_slices is None else (made_with(own_slices), own_slices)
-    return fit_appearance_transfer(made_with(site_slices), site_slices, baseline, map_levels, seed)
+    generated = made_with(site_slices)
+    if own_slices is None:
+        baseline = None
+    else:
+        baseline = (generated if own_slices is site_slices else made_with(own_slices), own_slices)
+    return fit_appearance_transfer(generated, site_slices, baseline, map_levels, seed)
 
 
 def transfer_from_cache(generate: Callable[[torch.Tensor, torch.Tensor, list[int]], torch.Tensor], cache: SliceCache,
                         sources: Sequence[str], modality: str, site_slices: np.ndarray, seed: int, batch_size: int,
-                        map_levels: bool = True) -> AppearanceTransfer:
+                        map_levels: bool = True, site_dataset: str | None = None) -> AppearanceTransfer:
     """`reference_transfer` on the workdir's data: one reference image per site slice, on train-split label maps of
-    the source data sets; the noise baseline is their train slices of `modality` (none if they have no such images).
+    the source data sets; the noise baseline is their train slices of `modality` (none if they have no such images),
+    or the site slices themselves when the site is a source (`site_dataset`): the generator's own training data
+    gets no noise (two draws of the same site would differ by their estimation error only).
     PROTOCOL: only train splits and the (unlabelled) site slices are read.
     """
     rng = np.random.default_rng(seed)
@@ -219,7 +225,10 @@ def transfer_from_cache(generate: Callable[[torch.Tensor, torch.Tensor, list[int
                               "to fit the appearance transfer on")
     pv_maps = np.stack([cache.pv_map(int(i)) for i in rng.choice(label_indices, n, replace=len(label_indices) < n)])
     own = np.concatenate([style_image_indices(cache, source, modality) for source in sources])
-    own_slices = (np.stack([cache.image(int(i)) for i in rng.choice(own, n, replace=len(own) < n)])
-                  if len(own) else None)
+    if site_dataset in sources:
+        own_slices = site_slices
+    else:
+        own_slices = (np.stack([cache.image(int(i)) for i in rng.choice(own, n, replace=len(own) < n)])
+                      if len(own) else None)
     return reference_transfer(generate, pv_maps, np.asarray(site_slices, np.float32), own_slices, seed, batch_size,
                               map_levels)
