@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from conftest import _sphere_pv
@@ -90,3 +92,26 @@ def test_a_relation_must_compare_arms_of_its_evaluation():
         Evaluation.from_dict({"name": "iod", "test": {"dataset": "a", "modality": "T1"}, "arms": ["R", "S"],
                               "classes": ["gm"], "lesion_metrics": False,
                               "relations": [{"finding": "f", "better": "H", "worse": "S"}]})
+
+
+def test_a_randomised_set_depends_on_its_sources_label_maps_not_on_how_its_images_were_made(tmp_path):
+    """Two S sets with the same label key and size (e.g. before and after a new style path) give the D set one
+    fingerprint; another size, another; a set without a key falls back to its whole fingerprint."""
+    import json
+
+    from brainspade.engine.stage import StageFolder
+    from brainspade.stages.sample_randomised import label_maps_fingerprint
+
+    def sample_set(name: str, fingerprint: str, n: int, key: str | None) -> Path:
+        folder = StageFolder(tmp_path / name, fingerprint)
+        folder.prepare("", force=True)
+        (folder.path / "dataset.json").write_text(json.dumps({"numTraining": n}))
+        if key is not None:
+            (folder.path / "label_key.txt").write_text(key + "\n")
+        return folder.finish({"dataset": "dataset.json"})
+
+    plain, transferred = sample_set("a", "f1", 40, "k"), sample_set("b", "f2", 40, "k")
+    assert label_maps_fingerprint(plain) == label_maps_fingerprint(transferred)
+    assert label_maps_fingerprint(sample_set("c", "f1", 80, "k")) != label_maps_fingerprint(plain)
+    assert label_maps_fingerprint(sample_set("d", "f1", 40, "k2")) != label_maps_fingerprint(plain)
+    assert label_maps_fingerprint(sample_set("e", "f3", 40, None)) != label_maps_fingerprint(sample_set("g", "f4", 40, None))

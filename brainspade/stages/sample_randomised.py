@@ -22,10 +22,20 @@ from brainspade.engine.stage import StageFolder, config_fingerprint, finished_fi
 from brainspade.generation.randomisation import RANDOMISED_IMAGE, randomised_images
 from brainspade.segmentation.raw_dataset import image_path, labels_from_pv, write_case, write_dataset_json
 from brainspade.stages.config import resolved_yaml, run_settings, section, stage_path
+from brainspade.stages.sample import LABEL_KEY
 
 
 def run(cfg: DictConfig) -> Path:
     return make_randomised_samples(cfg, name=cfg.name, labels_from=str(cfg.labels_from))
+
+
+def label_maps_fingerprint(source: Path) -> str:
+    """What the label maps of a finished sample set depend on: its label key and case count when it has a key (so a
+    new image generator or style path for the S arm does not redo the D arm), else the set's whole fingerprint."""
+    key = source / LABEL_KEY
+    if not key.is_file():
+        return finished_fingerprint(source)
+    return config_fingerprint(key.read_text().strip(), json.loads((source / "dataset.json").read_text())["numTraining"])
 
 
 def make_randomised_samples(cfg: DictConfig, *, name: str | None, labels_from: str) -> Path:
@@ -36,7 +46,7 @@ def make_randomised_samples(cfg: DictConfig, *, name: str | None, labels_from: s
                               f"sample name={labels_from}")
     name = name or f"D_{labels_from}"
     folder = StageFolder(stage_path(cfg, "samples") / name,
-                         config_fingerprint(settings, run_.seed, finished_fingerprint(source)))
+                         config_fingerprint(settings, run_.seed, label_maps_fingerprint(source)))
     if folder.reusable(run_.force):
         print(f"[sample-randomised] {folder.path} is up to date")
         return folder.path
