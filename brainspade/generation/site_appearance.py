@@ -9,7 +9,10 @@ MRI pipelines (Nyul & Udupa's histogram standardisation, at the level of a whole
   monotone map for the whole run: a slice with more grey matter than average keeps it, since
   pooled over many slices the two sets have the same mix of tissues;
 - noise: the spread of the fine residual inside homogeneous neighbourhoods (classes of a
-  three-class Gaussian mixture over intensity); generated images get the Gaussian noise they lack.
+  three-class Gaussian mixture over intensity); generated images get the Gaussian noise they lack
+  beyond what they lack on the generator's own training data (that deficit is texture the SPADE
+  does not make, not scanner noise).
+No bias or blur is matched: neither separated the phantom's sites when measured on single slices.
 Both sides are measured the same way and from intensities only: style images are unlabelled
 (train split or a user's folder). Unsupervised tissue levels (a mixture's class means) were tried
 first and fail on blurred, noisy sites: their grey and white matter peaks merge.
