@@ -315,6 +315,7 @@ class SamplingSettings(Checked):
     appearance_transfer: bool = False  # put the style site's measured contrast and noise onto the images
     appearance_transfer_levels: bool = True  # False: only the noise
     appearance_reference_images: int = bounded(64, ge=8)  # reference images the transfer is fitted on
+    appearance_transfer_blurs: list[float] = bounded([0.0], ge=0)  # candidate in-plane blurs (pixels); [0.0]: none
 
 
 @dataclass(frozen=True)

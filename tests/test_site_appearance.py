@@ -95,3 +95,14 @@ def test_reference_transfer_fits_on_what_the_generator_makes():
     transfer = reference_transfer(generate, pv_maps, site, None, seed=0, batch_size=4)
     assert transfer.added_noise > 0.1
     assert transfer.site == measure_appearance(site)
+
+
+def test_a_blurrier_site_gets_its_blur_and_the_generators_own_data_none():
+    generated = brain_slices(16, noise=0.01, seed=9)
+    site = gaussian_filter(brain_slices(16, noise=0.01, seed=10), (0, 1.0, 1.0))
+    candidates = (0.0, 0.5, 1.0, 1.5, 2.0)
+    assert fit_appearance_transfer(generated, site, blur_sigmas=candidates).blur == pytest.approx(1.0, abs=0.5)
+    assert fit_appearance_transfer(generated, generated, blur_sigmas=candidates).blur == 0.0
+    # Relative to the generator's own data: a site as sharp as the training data gets no blur.
+    own = brain_slices(16, noise=0.01, seed=11)
+    assert fit_appearance_transfer(generated, own, baseline=(generated, own), blur_sigmas=candidates).blur == 0.0

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from scipy.ndimage import binary_erosion, binary_fill_holes, median_filter, uniform_filter
+from scipy.ndimage import binary_erosion, binary_fill_holes, gaussian_filter, median_filter, uniform_filter
 from sklearn.mixture import GaussianMixture
 
 from brainspade.data.datasets import generator_label_indices, style_image_indices
@@ -126,11 +126,13 @@ class AppearanceTransfer:
         generated: the appearance of the reference images the generator made with the site's styles.
         site: the appearance of the site's (style) images.
         added_noise: sd of the Gaussian noise added after the intensity map.
+        blur: sd in pixels of the in-plane Gaussian blur applied before the map (0: none).
     """
 
     generated: Appearance
     site: Appearance
     added_noise: float
+    blur: float = 0.0
 
     def map_intensities(self, images: np.ndarray) -> np.ndarray:
         """The pooled quantile-to-quantile map (background to background), continued beyond with the end slopes."""
@@ -143,8 +145,11 @@ class AppearanceTransfer:
         return np.where(images > x[-1], y[-1] + (images - x[-1]) * high_slope, out)
 
     def apply(self, images: np.ndarray, seeds) -> np.ndarray:
-        """(B, ..., H, W) generated images -> mapped images with noise; image i's noise seeded with seeds[i]."""
-        mapped = self.map_intensities(np.asarray(images, dtype=np.float64))
+        """(B, ..., H, W) generated images -> blurred, mapped images with noise; image i's noise seeded with seeds[i]."""
+        images = np.asarray(images, dtype=np.float64)
+        if self.blur > 0:
+            images = gaussian_filter(images, [0] * (images.ndim - 2) + [self.blur, self.blur], mode="nearest")
+        mapped = self.map_intensities(images)
         if self.added_noise > 0:
             noise = np.stack([np.random.default_rng(int(seed)).standard_normal(mapped.shape[1:]) for seed in seeds])
             mapped = mapped + self.added_noise * noise
@@ -164,26 +169,59 @@ def _intensity_map(generated: np.ndarray, site_slices: np.ndarray, map_levels: b
     return transfer, site.noise**2 - measure_appearance(mapped, seed).noise ** 2
 
 
+def edge_strength(slices: np.ndarray) -> float:
+    """Median over slices of the mean gradient magnitude of the sigma-1-smoothed slice inside the brain (off its
+    outline): how sharp tissue borders are, on the slices' own intensity scale (compare only after the map)."""
+    values = []
+    for image in np.asarray(slices, dtype=np.float64):
+        inside = binary_erosion(brain_mask(image), np.ones((3, 3), dtype=bool), iterations=EDGE_PX)
+        if inside.sum() >= MIN_PIXELS:
+            gy, gx = np.gradient(gaussian_filter(image, 1.0, mode="nearest"))
+            values.append(float(np.hypot(gy, gx)[inside].mean()))
+    return float(np.median(values)) if values else 0.0
+
+
 def fit_appearance_transfer(generated: np.ndarray, site_slices: np.ndarray,
                             baseline: tuple[np.ndarray, np.ndarray] | None = None, map_levels: bool = True,
-                            seed: int = 0) -> AppearanceTransfer:
+                            seed: int = 0, blur_sigmas: Sequence[float] = (0.0,)) -> AppearanceTransfer:
     """(S, H, W) images the generator made with the site's styles + (S', H, W) site slices -> the transfer.
 
     `baseline`: (images the generator made with styles of its own training data, those training slices) of the
     same modality. Real images hold fine texture the generator does not make; on its own training data that
     deficit is texture, not noise, so only the noise variance a site lacks beyond it is added.
     `map_levels`: False keeps the generator's intensities and adds only the noise.
+    `blur_sigmas`: candidate blurs, applied before the map (a blurred site's histogram has its tissue peaks merged,
+    so the map is fitted after the blur); the one whose transferred images are as sharp, relative to the site, as
+    the generator's own images are relative to its training data (the baseline; else equally sharp) is kept.
     """
-    transfer, deficit = _intensity_map(generated, site_slices, map_levels, seed)
+    own_deficit, own_sharpness = 0.0, 1.0
     if baseline is not None:
-        deficit -= max(_intensity_map(*baseline, map_levels, seed)[1], 0.0)
-    # A 3x3-mean residual keeps sqrt(8/9) of white noise; both sides are measured that way.
-    return AppearanceTransfer(transfer.generated, transfer.site, float(np.sqrt(max(deficit, 0.0) * 9.0 / 8.0)))
+        own_transfer, own_deficit = _intensity_map(*baseline, map_levels, seed)
+        own_deficit = max(own_deficit, 0.0)
+        if len(blur_sigmas) > 1:
+            own_sharpness = (edge_strength(own_transfer.map_intensities(np.asarray(baseline[0], np.float64)))
+                             / max(edge_strength(baseline[1]), 1e-9))
+    site_edges = edge_strength(site_slices) if len(blur_sigmas) > 1 else 1.0
+    best, best_gap = None, np.inf
+    for sigma in blur_sigmas:
+        blurred = (gaussian_filter(np.asarray(generated, np.float64), (0, sigma, sigma), mode="nearest")
+                   if sigma > 0 else generated)
+        transfer, deficit = _intensity_map(blurred, site_slices, map_levels, seed)
+        # A 3x3-mean residual keeps sqrt(8/9) of white noise; both sides are measured that way.
+        candidate = AppearanceTransfer(transfer.generated, transfer.site,
+                                       float(np.sqrt(max(deficit - own_deficit, 0.0) * 9.0 / 8.0)), float(sigma))
+        if len(blur_sigmas) == 1:
+            return candidate
+        sharpness = edge_strength(candidate.apply(generated, range(len(generated)))) / max(site_edges, 1e-9)
+        if abs(sharpness - own_sharpness) < best_gap:
+            best, best_gap = candidate, abs(sharpness - own_sharpness)
+    return best
 
 
 def reference_transfer(generate: Callable[[torch.Tensor, torch.Tensor, list[int]], torch.Tensor],
                        pv_maps: np.ndarray, site_slices: np.ndarray, own_slices: np.ndarray | None,
-                       seed: int, batch_size: int, map_levels: bool = True) -> AppearanceTransfer:
+                       seed: int, batch_size: int, map_levels: bool = True,
+                       blur_sigmas: Sequence[float] = (0.0,)) -> AppearanceTransfer:
     """Fit the transfer to a site from reference images the generator makes for it.
 
     Args:
@@ -195,6 +233,7 @@ def reference_transfer(generate: Callable[[torch.Tensor, torch.Tensor, list[int]
         seed: seeds the reference images and the mixture fits.
         batch_size: images per generator call.
         map_levels: False keeps the generator's intensities (noise only).
+        blur_sigmas: candidate blurs (see `fit_appearance_transfer`).
     """
 
     def made_with(styles: np.ndarray) -> np.ndarray:
@@ -208,12 +247,13 @@ def reference_transfer(generate: Callable[[torch.Tensor, torch.Tensor, list[int]
         baseline = None
     else:
         baseline = (generated if own_slices is site_slices else made_with(own_slices), own_slices)
-    return fit_appearance_transfer(generated, site_slices, baseline, map_levels, seed)
+    return fit_appearance_transfer(generated, site_slices, baseline, map_levels, seed, blur_sigmas)
 
 
 def transfer_from_cache(generate: Callable[[torch.Tensor, torch.Tensor, list[int]], torch.Tensor], cache: SliceCache,
                         sources: Sequence[str], modality: str, site_slices: np.ndarray, seed: int, batch_size: int,
-                        map_levels: bool = True, site_dataset: str | None = None) -> AppearanceTransfer:
+                        map_levels: bool = True, site_dataset: str | None = None,
+                        blur_sigmas: Sequence[float] = (0.0,)) -> AppearanceTransfer:
     """`reference_transfer` on the workdir's data: one reference image per site slice, on train-split label maps of
     the source data sets; the noise baseline is their train slices of `modality` (none if they have no such images),
     or the site slices themselves when the site is a source (`site_dataset`): the generator's own training data
@@ -234,4 +274,4 @@ def transfer_from_cache(generate: Callable[[torch.Tensor, torch.Tensor, list[int
         own_slices = (np.stack([cache.image(int(i)) for i in rng.choice(own, n, replace=len(own) < n)])
                       if len(own) else None)
     return reference_transfer(generate, pv_maps, np.asarray(site_slices, np.float32), own_slices, seed, batch_size,
-                              map_levels)
+                              map_levels, blur_sigmas)

@@ -109,7 +109,8 @@ def style_match_report(cfg: DictConfig, settings: StyleMatchSettings, cache: Sli
         write_json_atomic(classifier_folder.path / "metrics.json", metrics)
         classifier_folder.finish({"checkpoint": CHECKPOINT_NAME, "metrics": "metrics.json"})
     sampling = section(cfg, "sampling")  # the transfer is measured as `sample` would fit it
-    transfer = (sampling.appearance_reference_images, sampling.appearance_transfer_levels)
+    transfer = (sampling.appearance_reference_images, sampling.appearance_transfer_levels,
+                tuple(sampling.appearance_transfer_blurs))
     folder = StageFolder(stage_path(cfg, "evaluation") / STYLE_MATCH_FOLDERS[1],
                          config_fingerprint(settings, run_.seed, sources, finished_fingerprint(generator_folder),
                                             finished_fingerprint(classifier_folder.path), transfer))

@@ -172,9 +172,10 @@ def _appearance_transfer(image_generator: ImageGenerator, cache: SliceCache, ban
     rng = np.random.default_rng(seed)
     site_slices = np.stack([bank.image(bank.draw(rng)) for _ in range(sampling.appearance_reference_images)])
     transfer = transfer_from_cache(image_generator.generate, cache, sources, bank.modality, site_slices, seed,
-                                   sampling.batch_size, sampling.appearance_transfer_levels, bank.dataset)
+                                   sampling.batch_size, sampling.appearance_transfer_levels, bank.dataset,
+                                   sampling.appearance_transfer_blurs)
     print(f"[sample] appearance transfer fitted on {len(site_slices)} style slices: added noise sd "
-          f"{transfer.added_noise:.3f}, brain median {transfer.generated.quantiles[49]:.2f} -> "
+          f"{transfer.added_noise:.3f}, blur sd {transfer.blur:.2f} px, brain median {transfer.generated.quantiles[49]:.2f} -> "
           f"{transfer.site.quantiles[49]:.2f}", flush=True)
     return transfer
 
