@@ -106,3 +106,20 @@ def test_a_blurrier_site_gets_its_blur_and_the_generators_own_data_none():
     # Relative to the generator's own data: a site as sharp as the training data gets no blur.
     own = brain_slices(16, noise=0.01, seed=11)
     assert fit_appearance_transfer(generated, own, baseline=(generated, own), blur_sigmas=candidates).blur == 0.0
+
+
+def test_a_brain_darker_than_its_background_does_not_fold_the_map():
+    """FLAIR: suppressed CSF darker than the background, so the generated brain's 1st percentile lies below its
+    background (numbers of a demo's S_les fit). The map stays monotone, the background stays background and
+    nothing is stretched to extreme values."""
+    from brainspade.generation.site_appearance import Appearance, AppearanceTransfer
+
+    levels = np.linspace(0, 1, 99)
+    generated = Appearance(-4.04, tuple(-4.10 + 5.74 * levels**0.5), 0.1, 64)
+    site = Appearance(-3.91, tuple(-2.94 + 5.61 * levels**0.5), 0.1, 64)
+    transfer = AppearanceTransfer(generated, site, 0.0)
+    ramp = np.linspace(-8, 4, 600)
+    mapped = transfer.map_intensities(ramp)
+    assert np.all(np.diff(mapped) > 0)
+    assert -5 < float(transfer.map_intensities(np.array([-4.04]))[0]) < -2.5
+    assert mapped.min() > -8 - 2 and mapped.max() < 4 + 2

@@ -135,14 +135,20 @@ class AppearanceTransfer:
     blur: float = 0.0
 
     def map_intensities(self, images: np.ndarray) -> np.ndarray:
-        """The pooled quantile-to-quantile map (background to background), continued beyond with the end slopes."""
-        x = _increasing(np.array([self.generated.background, *self.generated.quantiles]))
-        y = _increasing(np.array([self.site.background, *self.site.quantiles]))
+        """The pooled quantile-to-quantile map, continued beyond the ends with slope 1 (a shift).
+
+        The backgrounds are an anchor only where each lies below its brain's 1st percentile: a FLAIR brain's
+        suppressed CSF can be darker than the background, and an anchor out of order would fold the map.
+        A steeper continuation would stretch the few far outliers of a generated image to absurd values.
+        """
+        x = _increasing(np.array(self.generated.quantiles))
+        y = _increasing(np.array(self.site.quantiles))
+        if self.generated.background < x[0] - 1e-3 and self.site.background < y[0] - 1e-3:
+            x = np.concatenate([[self.generated.background], x])
+            y = np.concatenate([[self.site.background], y])
         out = np.interp(images, x, y)
-        low_slope = (y[1] - y[0]) / (x[1] - x[0])
-        high_slope = (y[-1] - y[-2]) / (x[-1] - x[-2])
-        out = np.where(images < x[0], y[0] + (images - x[0]) * low_slope, out)
-        return np.where(images > x[-1], y[-1] + (images - x[-1]) * high_slope, out)
+        out = np.where(images < x[0], y[0] + (images - x[0]), out)
+        return np.where(images > x[-1], y[-1] + (images - x[-1]), out)
 
     def apply(self, images: np.ndarray, seeds) -> np.ndarray:
         """(B, ..., H, W) generated images -> blurred, mapped images with noise; image i's noise seeded with seeds[i]."""
