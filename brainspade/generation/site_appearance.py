@@ -37,6 +37,7 @@ MIN_PIXELS = 32  # fewer homogeneous pixels in a slice: its noise is not measure
 N_CLASSES = 3  # intensity classes whose 3x3-homogeneous interiors measure the noise
 MAX_FIT_PIXELS = 100_000
 EDGE_PX = 2  # pixels off the brain's outline before anything is measured
+BACKGROUND_MARGIN = 0.05  # brain quantiles closer than this to the background level are no anchors of the map
 
 
 @dataclass(frozen=True)
@@ -135,17 +136,17 @@ class AppearanceTransfer:
     blur: float = 0.0
 
     def map_intensities(self, images: np.ndarray) -> np.ndarray:
-        """The pooled quantile-to-quantile map, continued beyond the ends with slope 1 (a shift).
+        """The pooled quantile-to-quantile map from background to background, continued beyond with slope 1.
 
-        The backgrounds are an anchor only where each lies below its brain's 1st percentile: a FLAIR brain's
-        suppressed CSF can be darker than the background, and an anchor out of order would fold the map.
-        A steeper continuation would stretch the few far outliers of a generated image to absurd values.
+        Only the quantiles above the background on both sides are anchors: a FLAIR brain's suppressed CSF can
+        be darker than the background, and an anchor out of order would fold the map (or, left out, send the
+        background to the site's darkest brain level). A steeper continuation would stretch the few far
+        outliers of a generated image to absurd values.
         """
-        x = _increasing(np.array(self.generated.quantiles))
-        y = _increasing(np.array(self.site.quantiles))
-        if self.generated.background < x[0] - 1e-3 and self.site.background < y[0] - 1e-3:
-            x = np.concatenate([[self.generated.background], x])
-            y = np.concatenate([[self.site.background], y])
+        x, y = np.array(self.generated.quantiles), np.array(self.site.quantiles)
+        above = (x > self.generated.background + BACKGROUND_MARGIN) & (y > self.site.background + BACKGROUND_MARGIN)
+        x = _increasing(np.concatenate([[self.generated.background], x[above]]))
+        y = _increasing(np.concatenate([[self.site.background], y[above]]))
         out = np.interp(images, x, y)
         out = np.where(images < x[0], y[0] + (images - x[0]), out)
         return np.where(images > x[-1], y[-1] + (images - x[-1]), out)
