@@ -12,7 +12,8 @@ MRI pipelines (Nyul & Udupa's histogram standardisation, at the level of a whole
   three-class Gaussian mixture over intensity); generated images get the Gaussian noise they lack
   beyond what they lack on the generator's own training data (that deficit is texture the SPADE
   does not make, not scanner noise).
-No bias or blur is matched: neither separated the phantom's sites when measured on single slices.
+No bias is matched (per-slice estimates did not separate the phantom's sites); a blur only on request
+(`blur_sigmas`), chosen by edge strength relative to the generator's own data.
 Both sides are measured the same way and from intensities only: style images are unlabelled
 (train split or a user's folder). Unsupervised tissue levels (a mixture's class means) were tried
 first and fail on blurred, noisy sites: their grey and white matter peaks merge.
@@ -166,10 +167,10 @@ class AppearanceTransfer:
         return asdict(self)
 
 
-def _intensity_map(generated: np.ndarray, site_slices: np.ndarray, map_levels: bool,
+def _intensity_map(generated: np.ndarray, site: Appearance, map_levels: bool,
                    seed: int) -> tuple[AppearanceTransfer, float]:
     """The transfer without noise, and the noise variance the mapped generated images lack against the site."""
-    site, own = measure_appearance(site_slices, seed), measure_appearance(generated, seed)
+    own = measure_appearance(generated, seed)
     # Without the level map the generated appearance is its own target: the identity map.
     transfer = AppearanceTransfer(own, site if map_levels else own, 0.0)
     mapped = transfer.map_intensities(np.asarray(generated, np.float64)) if map_levels else generated
@@ -201,19 +202,28 @@ def fit_appearance_transfer(generated: np.ndarray, site_slices: np.ndarray,
     so the map is fitted after the blur); the one whose transferred images are as sharp, relative to the site, as
     the generator's own images are relative to its training data (the baseline; else equally sharp) is kept.
     """
-    own_deficit, own_sharpness = 0.0, 1.0
-    if baseline is not None:
-        own_transfer, own_deficit = _intensity_map(*baseline, map_levels, seed)
-        own_deficit = max(own_deficit, 0.0)
-        if len(blur_sigmas) > 1:
-            own_sharpness = (edge_strength(own_transfer.map_intensities(np.asarray(baseline[0], np.float64)))
-                             / max(edge_strength(baseline[1]), 1e-9))
+    site = measure_appearance(site_slices, seed)
     site_edges = edge_strength(site_slices) if len(blur_sigmas) > 1 else 1.0
+    # A source site is its own baseline (same images, same slices): its unblurred fit is measured once.
+    own_is_site = baseline is not None and baseline[0] is generated and baseline[1] is site_slices
+    own_fit, own_deficit, own_sharpness = None, 0.0, 1.0
+    if baseline is not None:
+        own_generated, own_slices = baseline
+        own_site = site if own_slices is site_slices else measure_appearance(own_slices, seed)
+        own_fit = _intensity_map(own_generated, own_site, map_levels, seed)
+        own_deficit = max(own_fit[1], 0.0)
+        if len(blur_sigmas) > 1:
+            own_edges = site_edges if own_slices is site_slices else edge_strength(own_slices)
+            own_sharpness = (edge_strength(own_fit[0].map_intensities(np.asarray(own_generated, np.float64)))
+                             / max(own_edges, 1e-9))
     best, best_gap = None, np.inf
     for sigma in blur_sigmas:
-        blurred = (gaussian_filter(np.asarray(generated, np.float64), (0, sigma, sigma), mode="nearest")
-                   if sigma > 0 else generated)
-        transfer, deficit = _intensity_map(blurred, site_slices, map_levels, seed)
+        if sigma == 0 and own_is_site:
+            transfer, deficit = own_fit
+        else:
+            blurred = (gaussian_filter(np.asarray(generated, np.float64), (0, sigma, sigma), mode="nearest")
+                       if sigma > 0 else generated)
+            transfer, deficit = _intensity_map(blurred, site, map_levels, seed)
         # A 3x3-mean residual keeps sqrt(8/9) of white noise; both sides are measured that way.
         candidate = AppearanceTransfer(transfer.generated, transfer.site,
                                        float(np.sqrt(max(deficit - own_deficit, 0.0) * 9.0 / 8.0)), float(sigma))
@@ -274,11 +284,11 @@ def transfer_from_cache(generate: Callable[[torch.Tensor, torch.Tensor, list[int
         raise BrainspadeError(f"{cache.folder}: the source data sets {list(sources)} have no train-split label maps "
                               "to fit the appearance transfer on")
     pv_maps = np.stack([cache.pv_map(int(i)) for i in rng.choice(label_indices, n, replace=len(label_indices) < n)])
-    own = np.concatenate([style_image_indices(cache, source, modality) for source in sources])
+    site_slices = np.asarray(site_slices, np.float32)
     if site_dataset in sources:
         own_slices = site_slices
     else:
+        own = np.concatenate([style_image_indices(cache, source, modality) for source in sources])
         own_slices = (np.stack([cache.image(int(i)) for i in rng.choice(own, n, replace=len(own) < n)])
                       if len(own) else None)
-    return reference_transfer(generate, pv_maps, np.asarray(site_slices, np.float32), own_slices, seed, batch_size,
-                              map_levels, blur_sigmas)
+    return reference_transfer(generate, pv_maps, site_slices, own_slices, seed, batch_size, map_levels, blur_sigmas)

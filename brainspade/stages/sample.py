@@ -96,7 +96,7 @@ def make_samples(
     settings = {
         "n": n, "seed": run_.seed, "style_dataset": style_dataset, "style_modality": style_modality,
         "style_folder": style_folder, "conditions": conditions,
-        "sampling": dataclasses.asdict(sampling),
+        "sampling": _sampling_fingerprint(sampling),
         "label_sampling": dataclasses.asdict(label_settings),
         "models": [finished_fingerprint(p) for p in (label_vae, label_ldm, image_generator_folder)],
     }
@@ -116,8 +116,8 @@ def make_samples(
     if warning:
         print(f"[sample] warning: {warning}", flush=True)
     bank = _style_bank(cache, style_dataset, style_modality, style_folder)
-    transfer = _appearance_transfer(image_generator, cache, bank, sources, run_.seed, sampling)
     _check_same_run(folder.path, settings, run_.force)
+    transfer = _appearance_transfer(image_generator, cache, bank, sources, run_.seed, sampling)
     # Everything the label maps depend on; runs that differ only in style share their maps.
     label_key = config_fingerprint({k: settings[k] for k in ("seed", "conditions", "label_sampling")},
                                    settings["models"][:2], settings["sampling"]["batch_size"],
@@ -162,6 +162,15 @@ def make_samples(
         return folder.path
     _finish(folder, n, total_blocks, cache.channels, style_modality)
     return folder.path
+
+
+def _sampling_fingerprint(sampling) -> dict:
+    """The sampling keys a sample set depends on: the transfer's own keys only when it is on (so sets made
+    without it keep their fingerprints whatever those keys say)."""
+    keys = dataclasses.asdict(sampling)
+    if not sampling.appearance_transfer:
+        keys = {k: v for k, v in keys.items() if not k.startswith("appearance_")}
+    return keys
 
 
 def _appearance_transfer(image_generator: ImageGenerator, cache: SliceCache, bank: StyleBank, sources: Sequence[str],
