@@ -27,7 +27,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 from scipy.ndimage import binary_erosion, binary_fill_holes, gaussian_filter, median_filter, uniform_filter
-from sklearn.mixture import GaussianMixture
 
 from brainspade.data.datasets import generator_label_indices, style_image_indices
 from brainspade.data.slice_cache import SliceCache
@@ -100,6 +99,9 @@ def measure_appearance(slices: np.ndarray, seed: int = 0) -> Appearance:
         raise ValueError(f"{len(slices)} slices hold {brain.size} brain pixels: too few to measure their appearance")
     rng = np.random.default_rng(seed)
     fit_pixels = rng.choice(brain, size=min(MAX_FIT_PIXELS, brain.size), replace=False)
+    # Imported here: scikit-learn is needed only by this opt-in transfer, not by every `sample`.
+    from sklearn.mixture import GaussianMixture
+
     mixture = GaussianMixture(N_CLASSES, random_state=seed).fit(fit_pixels[:, None])
     noises = []
     for image, mask in zip(slices, masks, strict=True):

@@ -38,7 +38,6 @@ from brainspade.models.multiscale_patchgan import MultiScalePatchGAN
 from brainspade.models.spade_generator import SpadeGenerator
 from brainspade.models.style_encoder import StyleEncoder
 from brainspade.settings import ImageGeneratorSettings
-from brainspade.training.appearance_augmentation import augment_pairs
 from brainspade.training.loop import Checkpointer, Schedule, run_steps
 from brainspade.training.models import build
 from brainspade.training.modisc import collate
@@ -218,6 +217,9 @@ def train_image_generator(folder: Path, cache: SliceCache, train: np.ndarray, so
     batch_size = distributed.local_batch_size(settings.batch_size, "image_generator.batch_size")
     adversarial = bool(losses.weighted("adversarial") or losses.weighted("feature_matching"))
     augmentation = settings.appearance_augmentation
+    if augmentation.probability > 0:
+        # Imported only when on: TorchIO pulls pandas and more into every run that does not use it.
+        from brainspade.training.appearance_augmentation import augment_pairs
     shown: dict[str, torch.Tensor] = {}
 
     def train_step(step: int) -> dict[str, float]:
