@@ -58,6 +58,6 @@ def test_lesion_report_has_the_randomised_arm_and_its_findings_match_results(les
     shown = [float(x) for x in re.findall(r"[-+]\d+\.\d+", finding[2])]
     assert shown[0] == pytest.approx(expected.mean, abs=6e-4)
     assert finding[3].split("/")[0].strip() in ("n/a", f"{tests.t_test_p:.3g}")
-    assert finding[-1] == relation_verdict(expected) and finding[-1].startswith("too few volumes")  # tiny: 2 test volumes
+    assert finding[-1] == relation_verdict(expected, tests) and finding[-1].startswith("too few volumes")  # tiny: 2 test volumes
     labels_les = sorted(p.name for p in (workdir / "samples" / "S_les" / "labelsTr").iterdir())
     assert labels_les == sorted(p.name for p in (workdir / "samples" / "D_les" / "labelsTr").iterdir())

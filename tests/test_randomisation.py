@@ -12,8 +12,8 @@ from brainspade.errors import BrainspadeError
 from brainspade.generation.randomisation import randomised_images
 from brainspade.segmentation.arms import ArmSpec, RandomisedSource
 from brainspade.segmentation.evaluation import Evaluation
-from brainspade.segmentation.report import relations_section
-from brainspade.segmentation.statistics import paired_difference
+from brainspade.segmentation.report import relation_verdict, relations_section
+from brainspade.segmentation.statistics import PairedDifference, PairedTest, paired_difference
 from brainspade.settings import RandomisationSettings
 
 
@@ -85,6 +85,15 @@ def test_the_relations_table_says_whether_a_finding_holds(gap, verdict):
     lines = relations_section([evaluation], _rows({"R": list(better), "S": list(worse)}))
     row = [line for line in lines if line.startswith("| iod")][0]
     assert "R beats S" in row and "R − S (dice)" in row and row.rstrip(" |").endswith(verdict)
+
+
+def test_a_finding_holds_only_when_the_interval_and_both_tests_agree():
+    lesion_run = PairedDifference(0.026, 0.001, 0.054, 10)  # a cpu lesion run: the CI just above 0, t-test p = 0.10
+    assert relation_verdict(lesion_run, PairedTest(0.101, 0.16, 10)) == "n.s."
+    assert relation_verdict(lesion_run, PairedTest(0.01, 0.02, 10)) == "holds"
+    assert relation_verdict(PairedDifference(-0.05, -0.08, -0.02, 10), PairedTest(0.01, 0.002, 10)) == "reversed"
+    assert relation_verdict(PairedDifference(-0.05, -0.08, -0.02, 10), PairedTest(0.2, 0.002, 10)) == "n.s."
+    assert relation_verdict(PairedDifference(0.1, 0.05, 0.15, 4), PairedTest(0.01, 0.125, 4)).startswith("too few")
 
 
 def test_a_relation_must_compare_arms_of_its_evaluation():
