@@ -380,6 +380,7 @@ class ExperimentSettings(Checked):
     n_synthetic: int = bounded(20000, ge=1)
     n_target_volumes: int = bounded(5, ge=1)
     lesion_segmentation: dict[str, Any] = field(default_factory=dict)  # the lesion arms' own nnU-Net keys
+    randomised_segmentation: dict[str, Any] = field(default_factory=dict)  # the D arms' keys, on top of their own
     arms: dict[str, Any] = field(default_factory=dict)
     evaluations: dict[str, Any] = field(default_factory=dict)
     figure_slices: int = bounded(4, ge=0)

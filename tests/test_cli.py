@@ -105,8 +105,13 @@ def test_lesion_arms_train_on_their_own_nnunet_keys_checked_before_work(capsys, 
         cfg = compose(config_name="run-experiment", overrides=["profile=cpu", "experiments.lesion_segmentation.epochs=7"])
     _, arms = experiment_plan(section(cfg, "experiments"), None)
     epochs = {name: arm_segmentation(cfg, arm).epochs for name, arm in arms.items()}
-    assert {name for name, value in epochs.items() if value == 7} == {"R_les", "S_les", "H_les", "D_les"}
-    assert {value for name, value in epochs.items() if not name.endswith("_les")} == {cfg.segmentation.epochs}
+    assert {name for name, value in epochs.items() if value == 7} == {"R_les", "S_les", "H_les"}
+    randomised = cfg.experiments.randomised_segmentation  # the D arms' keys go on top of their own
+    assert epochs["D"] == epochs["D_les"] == randomised.epochs != cfg.segmentation.epochs
+    assert {value for name, value in epochs.items() if not name.endswith("_les") and name != "D"} == {cfg.segmentation.epochs}
+    weights = arm_segmentation(cfg, arms["D_les"]).class_weights  # merged key by key: the lesion arms' tumour weight stays
+    assert weights == {**cfg.experiments.lesion_segmentation.class_weights, **randomised.class_weights}
+    assert arm_segmentation(cfg, arms["D"]).class_weights == dict(randomised.class_weights)
     code, _, err = run_cli(capsys, "run-experiment", "lesion", f"workdir={tmp_path}", "profile=cpu",
                            "experiments.lesion_segmentation.epochs=0")
     assert code == 2 and "experiments.arms.R_les.segmentation.epochs=0: must be >= 1" in err

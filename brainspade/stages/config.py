@@ -148,10 +148,19 @@ def experiment_plan(settings: typed.ExperimentSettings, name: str | None) -> tup
 
 
 def arm_segmentation(cfg: DictConfig, arm: ArmSpec) -> typed.SegmentationSettings:
-    """The profile's nnU-Net settings with the arm's own `segmentation` keys on top, typed and checked alike."""
-    if not arm.segmentation:
+    """The profile's nnU-Net settings with the arm's own `segmentation` keys on top, typed and checked alike.
+
+    A domain-randomised arm also gets `experiments.randomised_segmentation` on top of those (merged key by key,
+    so D_les keeps the lesion arms' tumour weight and adds its own): random contrasts need longer, weighted training.
+    """
+    layers = [dict(arm.segmentation or {})]
+    if arm.randomised:
+        randomised = cfg.experiments.get("randomised_segmentation")
+        layers.append(OmegaConf.to_container(randomised, resolve=True) if randomised else {})
+    if not any(layers):
         return section(cfg, "segmentation")
-    node = OmegaConf.create({"segmentation": OmegaConf.merge(cfg.segmentation, dict(arm.segmentation))})
+    keys = OmegaConf.merge(*(OmegaConf.create(layer) for layer in layers))  # outside the struct: new weights may join
+    node = OmegaConf.create({"segmentation": OmegaConf.merge(cfg.segmentation, keys)})
     try:
         return section(node, "segmentation")
     except BrainspadeError as error:
