@@ -170,6 +170,16 @@ def test_runtime_auto_is_fp32_on_cpu_and_bf16_is_switchable():
         runtime_config(precision="fp16")
 
 
+def test_runtime_auto_on_a_bf16_gpu_is_bf16_except_where_a_stage_opts_out(monkeypatch):
+    # No GPU here: stand in a CUDA device (Runtime.create only resolves settings; nothing runs on it).
+    monkeypatch.setattr("brainspade.engine.runtime.select_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    auto = RuntimeSettings()
+    assert Runtime.create(auto, "cuda").bf16
+    assert not Runtime.create(auto, "cuda", auto_bf16=False).bf16  # the image generator's choice
+    assert Runtime.create(RuntimeSettings(precision="bf16"), "cuda", auto_bf16=False).bf16  # asked for: honoured
+
+
 # ---------------------------------------------------------------- rectified flow
 
 RFLOW = {"objective": "rflow", "num_train_timesteps": 1000}

@@ -29,12 +29,17 @@ class Runtime:
     compile: bool
 
     @classmethod
-    def create(cls, settings: RuntimeSettings, device: str = "auto") -> Runtime:
-        """Resolve the runtime settings for a device name and join torchrun's process group when started by it."""
+    def create(cls, settings: RuntimeSettings, device: str = "auto", *, auto_bf16: bool = True) -> Runtime:
+        """Resolve the runtime settings for a device name and join torchrun's process group when started by it.
+
+        `auto_bf16=False`: precision "auto" means fp32 for this stage on every device (for networks
+        that autocast slows down); an explicit "bf16" still applies.
+        """
         device_ = distributed.device_for(select_device(device))
         distributed.setup(device_.type)
         cuda = device_.type == "cuda"
-        bf16 = settings.precision == "bf16" or (settings.precision == "auto" and cuda and torch.cuda.is_bf16_supported())
+        bf16 = settings.precision == "bf16" or (settings.precision == "auto" and auto_bf16 and cuda
+                                                and torch.cuda.is_bf16_supported())
         return cls(device_, bf16, _switch(settings.channels_last, cuda), _switch(settings.compile, cuda))
 
     def autocast(self) -> torch.autocast:

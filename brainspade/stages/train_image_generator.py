@@ -31,7 +31,10 @@ def run(cfg: DictConfig) -> Path:
     if settings.needs_classifier:
         require_complete(classifier_folder, "modality classifier", "train-modisc")
         inputs.append(finished_fingerprint(classifier_folder))
-    runtime = Runtime.create(runtime_settings, run_.device)  # under torchrun: DDP, rank 0 checkpoints and evaluates
+    # precision=auto is fp32 here: at its batch of 8 the SPADE is launch-bound, and bf16 autocast's casts made it
+    # slower on both GPU runs (H200: 4.8 vs 5.7 and 5.7 vs 6.7 steps/s; benchmarks/GPU.md). Under torchrun: DDP,
+    # rank 0 checkpoints and evaluates.
+    runtime = Runtime.create(runtime_settings, run_.device, auto_bf16=False)
     fingerprint = config_fingerprint(data, settings, run_.seed, *inputs)
     folder = open_stage_folder(cfg, "image_generator", "train-image-generator", fingerprint)
     if folder is None:
