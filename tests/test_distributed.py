@@ -170,6 +170,16 @@ def test_runtime_auto_is_fp32_on_cpu_and_bf16_is_switchable():
         runtime_config(precision="fp16")
 
 
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_on_a_cpu_without_native_bf16_warns(native, monkeypatch, capsys):
+    monkeypatch.setattr("brainspade.engine.runtime.cpu_has_native_bf16", lambda: native)
+    assert runtime_config(precision="bf16").bf16  # the user's choice stands, with a warning where it is slow
+    warned = "runtime.precision=bf16 on a CPU without native bf16" in capsys.readouterr().err
+    assert warned == (not native)
+    runtime_config()  # auto never warns: it is fp32 on the CPU
+    assert capsys.readouterr().err == ""
+
+
 def test_runtime_auto_on_a_bf16_gpu_is_bf16_except_where_a_stage_opts_out(monkeypatch):
     # No GPU here: stand in a CUDA device (Runtime.create only resolves settings; nothing runs on it).
     monkeypatch.setattr("brainspade.engine.runtime.select_device", lambda name: torch.device("cuda"))

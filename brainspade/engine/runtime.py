@@ -9,6 +9,7 @@ loss scaling is needed (unlike fp16).
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -40,6 +41,10 @@ class Runtime:
         cuda = device_.type == "cuda"
         bf16 = settings.precision == "bf16" or (settings.precision == "auto" and auto_bf16 and cuda
                                                 and torch.cuda.is_bf16_supported())
+        if bf16 and not cuda and not cpu_has_native_bf16():
+            print("[runtime] warning: runtime.precision=bf16 on a CPU without native bf16 (AVX-512 BF16 / AMX): "
+                  "autocast is emulated and 12-16x slower than fp32 here (benchmarks/RESULTS.md); "
+                  "use runtime.precision=auto", file=sys.stderr, flush=True)
         return cls(device_, bf16, _switch(settings.channels_last, cuda), _switch(settings.compile, cuda))
 
     def autocast(self) -> torch.autocast:
@@ -103,6 +108,15 @@ class StepTimer:
 
     def rate(self) -> float | None:
         return self.count / (self._last - self._first) if self.count else None
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (oneDNN's own test); False where torch cannot tell."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)  # private, so guarded
+    try:
+        return bool(check()) if check is not None else False
+    except RuntimeError:
+        return False
 
 
 def _switch(value: str, cuda: bool) -> bool:
