@@ -215,6 +215,33 @@ def test_run_experiment_needs_the_slice_cache(capsys, tmp_path):
 
 
 @pytest.mark.slow
+def test_planning_and_preprocessing_use_threads_not_spawned_processes(cache, tmp_path, monkeypatch):
+    # A spawned nnU-Net worker imports torch and nnunetv2 afresh (3-5 s each here) before reading one 2D slice.
+    import io
+    import multiprocessing
+
+    from nnunetv2.experiment_planning.dataset_fingerprint import fingerprint_extractor
+    from nnunetv2.preprocessing.preprocessors import default_preprocessor
+
+    from brainspade.segmentation import nnunet
+
+    contexts = []
+    get_context = multiprocessing.get_context
+    monkeypatch.setattr(multiprocessing, "get_context", lambda method=None: contexts.append(method) or get_context(method))
+    raw_dataset.export_real_slices(cache, cache.image_indices(split="train", datasets=["siteA"])[:6],
+                                   tmp_path / "real", cache.channels)
+    root = tmp_path / "nnunet"
+    with nnunet.nnunet_environment(root):
+        nnunet.link_raw_dataset([tmp_path / "real"], root / "raw" / nnunet.dataset_name("arm"))
+        nnunet.plan_and_preprocess(root, 2, io.StringIO())
+    preprocessed = root / "preprocessed" / nnunet.dataset_name("arm")
+    assert (preprocessed / "nnUNetPlans.json").is_file() and (preprocessed / "dataset_fingerprint.json").is_file()
+    assert len(list((preprocessed / "nnUNetPlans_2d").glob("*.pkl"))) == 6  # every case preprocessed
+    assert contexts == []  # no process pool was started
+    assert fingerprint_extractor.multiprocessing is multiprocessing  # nnU-Net's modules are left as they were
+    assert default_preprocessor.multiprocessing is multiprocessing
+
+
 def test_interrupted_nnunet_training_resumes_at_its_last_epoch(cache, tmp_path, monkeypatch):
     import io
 
@@ -242,6 +269,7 @@ def test_interrupted_nnunet_training_resumes_at_its_last_epoch(cache, tmp_path, 
             nnunet.train(root, "arm", settings, torch.device("cpu"), log, tmp_path)
         final = nnunet.final_checkpoint(root, "arm")
         assert not final.is_file() and final.with_name("checkpoint_latest.pth").is_file()
+        assert not final.with_name("progress.png").is_file()  # drawn every 10 epochs and at the last only
         epochs_run = []
 
         def count_epochs(self):
@@ -251,6 +279,7 @@ def test_interrupted_nnunet_training_resumes_at_its_last_epoch(cache, tmp_path, 
         monkeypatch.setattr(BrainspadeTrainer, "on_epoch_end", count_epochs)
         assert nnunet.train(root, "arm", settings, torch.device("cpu"), log, tmp_path) == final
     assert epochs_run == [1]  # the resumed run trained only the missing epoch
+    assert final.with_name("progress.png").is_file()  # the last epoch draws nnU-Net's progress plot
     checkpoint = torch.load(final, map_location="cpu", weights_only=False)
     # The loss history continues the interrupted run's (one epoch before the stop, one after).
     assert checkpoint["current_epoch"] == 2

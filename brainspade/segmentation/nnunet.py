@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import multiprocessing.pool
 import os
 import shutil
 from collections.abc import Iterator, Sequence
@@ -137,14 +138,17 @@ def plan_and_preprocess(root: Path, processes: int, log: io.TextIOBase, *, base_
     `base_features` / `max_features` (None: nnU-Net's 32 / 512) narrow the planned U-Net: on a CPU a
     narrower net trains several times more iterations in the same minutes.
     """
+    from nnunetv2.experiment_planning.dataset_fingerprint import fingerprint_extractor
     from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import (
         DatasetFingerprintExtractor,
     )
     from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+    from nnunetv2.preprocessing.preprocessors import default_preprocessor
     from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
 
     # The planner sizes its thread pool from nnUNet_n_proc_DA, which must then be positive.
-    with contextlib.redirect_stdout(log), environment(nnUNet_n_proc_DA=str(max(1, processes))):
+    with (contextlib.redirect_stdout(log), environment(nnUNet_n_proc_DA=str(max(1, processes))),
+          thread_pools_in(fingerprint_extractor, default_preprocessor)):
         extractor = DatasetFingerprintExtractor(DATASET_ID, processes, verbose=False)
         extractor.show_progress_bar = False
         extractor.run(overwrite_existing=True)
@@ -157,6 +161,35 @@ def plan_and_preprocess(root: Path, processes: int, log: io.TextIOBase, *, base_
         preprocessor = DefaultPreprocessor(verbose=False)
         preprocessor.show_progress_bar = False
         preprocessor.run(DATASET_ID, CONFIGURATION, PLANS, num_processes=processes)
+
+
+class _ThreadPools:
+    """Stands in for the `multiprocessing` module of nnU-Net's fingerprint extractor and preprocessor.
+
+    Both call `multiprocessing.get_context("spawn").Pool(n)`: every spawned worker imports torch and nnunetv2
+    afresh, 3-5 s on a 2-core machine before it reads one case, while an arm's cases are a few hundred
+    small 2D slices (SimpleITK reads and numpy crops that release the GIL). Their polling loop reads `Pool._pool`
+    and `is_alive()`, which a ThreadPool has too.
+    """
+
+    Pool = multiprocessing.pool.ThreadPool
+
+    @staticmethod
+    def get_context(method: str | None = None) -> type[_ThreadPools]:
+        return _ThreadPools
+
+
+@contextlib.contextmanager
+def thread_pools_in(*modules) -> Iterator[None]:
+    """The nnU-Net `modules` use worker threads instead of spawned processes for the block."""
+    saved = [module.multiprocessing for module in modules]
+    for module in modules:
+        module.multiprocessing = _ThreadPools
+    try:
+        yield
+    finally:
+        for module, original in zip(modules, saved, strict=True):
+            module.multiprocessing = original
 
 
 def results_folder(root: Path, arm: str) -> Path:
