@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from conftest import run_cli
 
 from brainspade.stages.sample import parse_shard
@@ -65,7 +67,10 @@ def test_killed_run_resumes_to_identical_files(full_run, trained_workdir):
     name = "killed"
     # Not sharing full's label maps, so the LDM itself must draw the same maps again.
     command = [sys.executable, "-m", "brainspade", *_sample_args(trained_workdir, name, "sampling.share_label_maps=false")]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # The reference ran in this process (conftest: 2 torch threads); another thread count sums in another order
+    # (differences of 1e-5), so the subprocesses get the same count whatever OMP_NUM_THREADS the suite runs with.
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     blocks = trained_workdir / "samples" / name / "blocks"
     deadline = time.time() + 120
     while time.time() < deadline and process.poll() is None and len(list(blocks.glob("*.csv"))) < 2:
@@ -76,7 +81,7 @@ def test_killed_run_resumes_to_identical_files(full_run, trained_workdir):
     assert 0 < done_before < N // 2, "the run should have been killed part-way"
     assert not (trained_workdir / "samples" / name / "manifest.json").exists()
 
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr
     assert _files(trained_workdir / "samples" / name) == _files(full_run)
     leftovers = [p for p in (trained_workdir / "samples" / name).rglob(".*") if p.is_file()]
