@@ -113,7 +113,9 @@ def relations_section(evaluations: Sequence[Evaluation], rows: Sequence[dict[str
     """The report's opening table: each finding of the paper, our paired difference, its CI and p, and a verdict.
 
     A relation holds when the 95% CI of (better − worse) lies above 0 and the paired t-test and Wilcoxon test both
-    give p < 0.05, is reversed when the CI lies below 0 with both p < 0.05, and is not shown (n.s.) otherwise; with fewer than MIN_VOLUMES_FOR_A_VERDICT test volumes no verdict is given. Values are per-volume means over the evaluation's classes.
+    give p < 0.05, is reversed when the CI lies below 0 with both p < 0.05, and is not shown (n.s.) otherwise; with
+    fewer than MIN_VOLUMES_FOR_A_VERDICT test volumes no verdict is given. Values are per-volume means over the
+    evaluation's classes.
     """
     relations = [(evaluation, relation) for evaluation in evaluations for relation in evaluation.relations]
     if not relations:
