@@ -313,9 +313,12 @@ class SamplingSettings(Checked):
     max_retries: int = bounded(3, ge=0)
     share_label_maps: bool = True
     appearance_transfer: bool = False  # put the style site's measured contrast and noise onto the images
-    appearance_transfer_levels: bool = True  # False: only the noise
+    # quantile_map: pooled brain quantiles + noise (images only); site_model: a fitted scanner model of the site
+    # (tissue levels, blur, bias, noise) applied with each image's label map (generation/site_model.py)
+    appearance_transfer_method: str = bounded("quantile_map", choices=("quantile_map", "site_model"))
+    appearance_transfer_levels: bool = True  # False: only the noise (quantile_map)
     appearance_reference_images: int = bounded(64, ge=8)  # reference images the transfer is fitted on
-    appearance_transfer_blurs: list[float] = bounded([0.0], ge=0)  # candidate in-plane blurs (pixels); [0.0]: none
+    appearance_transfer_blurs: list[float] = bounded([0.0], ge=0)  # candidate in-plane blurs (pixels; quantile_map); [0.0]: none
 
 
 @dataclass(frozen=True)

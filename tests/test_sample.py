@@ -166,3 +166,27 @@ def test_bad_style_source_is_refused(capsys, trained_workdir):
     code, _, err = run_cli(capsys, "sample", "--n", "2", f"workdir={trained_workdir}", "profile=tiny",
                            "style.dataset=siteZ")
     assert code == 1 and "siteZ" in err and len(err.strip().splitlines()) == 1
+
+
+def test_site_model_transfer_puts_the_fitted_site_levels_on_the_same_label_maps(capsys, full_run, trained_workdir):
+    """sampling.appearance_transfer_method=site_model: the style site's scanner is fitted and recorded, the label
+    maps stay those of the other runs, and each image carries the fitted tissue contrast (its label map is known)."""
+    from brainspade.generation.site_model import mean_tissue_levels
+
+    args = _sample_args(trained_workdir, "siteB_model", "style.dataset=siteB", "sampling.appearance_transfer=true",
+                        "sampling.appearance_transfer_method=site_model", "sampling.appearance_reference_images=8")
+    code, out, err = run_cli(capsys, *args)
+    assert code == 0, err
+    assert "appearance transfer fitted on 8 style slices: site model: levels" in out
+    folder = trained_workdir / "samples" / "siteB_model"
+    model = json.loads((folder / "appearance_transfer.json").read_text())
+    assert model["levels"][0] == 0.0 and max(model["levels"]) > 0 and model["misfit"] >= 0
+    moved, reference = _files(folder), _files(full_run)
+    assert all(moved[k] == reference[k] for k in reference if k.startswith("pv/"))
+    keys = sorted(k[len("pv/"):-len(".npy")] for k in moved if k.startswith("pv/"))
+    maps = np.stack([np.load(folder / "pv" / f"{key}.npy").astype(np.float64) for key in keys])
+    images = np.stack([np.asarray(nib.load(folder / "imagesTr" / f"{key}_0000.nii.gz").dataobj).squeeze().T
+                       for key in keys])
+    levels, fitted = mean_tissue_levels(images, maps), np.array(model["levels"])
+    fitted_tissues = [model["channels"].index(t) for t in ("csf", "gm", "wm")]  # what the fit determines
+    assert np.corrcoef(levels[fitted_tissues], fitted[fitted_tissues])[0, 1] > 0.99  # the images have the fitted contrast

@@ -4,11 +4,8 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
-from brainspade.generation.site_appearance import (
-    fit_appearance_transfer,
-    measure_appearance,
-    reference_transfer,
-)
+from brainspade.generation.site_appearance import fit_appearance_transfer, measure_appearance
+from brainspade.generation.site_transfer import reference_transfer
 
 
 def brain_slices(n: int, levels=(-1.5, 0.0, 1.0), noise: float = 0.0, seed: int = 0) -> np.ndarray:

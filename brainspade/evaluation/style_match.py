@@ -23,7 +23,7 @@ from brainspade.data.slice_cache import SliceCache
 from brainspade.data.slicing import background_channel
 from brainspade.errors import BrainspadeError
 from brainspade.generation.images import ImageGenerator, ModalityClassifier
-from brainspade.generation.site_appearance import transfer_from_cache
+from brainspade.generation.site_transfer import transfer_from_cache
 
 TISSUES = ("csf", "gm", "wm")
 RATIOS = {"gm_wm": ("gm", "wm"), "csf_gm": ("csf", "gm")}
@@ -67,7 +67,7 @@ def _site_shares(classifier: ModalityClassifier, images: torch.Tensor, batch_siz
 def style_match(generator: ImageGenerator, site_classifier: ModalityClassifier, cache: SliceCache,
                 sources: list[str], max_images: int, batch_size: int, seed: int,
                 transfer_reference_images: int | None = None, transfer_levels: bool = True,
-                transfer_blurs: Sequence[float] = (0.0,)) -> dict:
+                transfer_blurs: Sequence[float] = (0.0,), transfer_method: str = "quantile_map") -> dict:
     """Per style source: the site classifier's shares and the tissue levels of generated vs real images.
 
     With `transfer_reference_images`, each source is also measured after the site appearance transfer of
@@ -104,12 +104,13 @@ def style_match(generator: ImageGenerator, site_classifier: ModalityClassifier, 
                 site_slices = np.stack([cache.image(int(i)) for i in transfer_rng.choice(
                     candidates, size=transfer_reference_images, replace=len(candidates) < transfer_reference_images)])
                 transfer = transfer_from_cache(generator.generate, cache, sources, modality, site_slices, seed,
-                                               batch_size, transfer_levels, dataset, transfer_blurs)
-                moved = torch.from_numpy(transfer.apply(fake.numpy(), [seed + 15485863 + k for k in range(len(fake))]))
+                                               batch_size, transfer_levels, dataset, transfer_blurs, transfer_method)
+                moved = torch.from_numpy(transfer.apply(fake.numpy(), [seed + 15485863 + k for k in range(len(fake))],
+                                                        pv_maps.numpy()))
                 moved_shares = _site_shares(site_classifier, moved, batch_size)
                 transferred = {"site_match": moved_shares.get(dataset), "site_shares": moved_shares,
                                "generated": tissue_levels(moved.numpy(), pv_maps.numpy(), cache.channels),
-                               "added_noise": transfer.added_noise, "blur": transfer.blur}
+                               "transfer": transfer.describe()}
             results[f"{dataset}/{modality}"] = {
                 "n": len(pv_maps), "site": dataset,
                 "site_match": shares.get(dataset),
@@ -140,8 +141,7 @@ def style_match_table(metrics: dict) -> str:
         paths = [("generator", entry)]
         if "with_appearance_transfer" in entry:
             moved = entry["with_appearance_transfer"]
-            paths.append((f"+ appearance transfer (noise sd {moved['added_noise']:.2f}, "
-                          f"blur {moved.get('blur', 0.0):.2f} px)", moved))
+            paths.append((f"+ appearance transfer ({moved['transfer']})", moved))
         for path, result in paths:
             shares = ", ".join(f"{k} {v:.2f}" for k, v in result["site_shares"].items() if v > 0)
             match = "-" if result["site_match"] is None else f"{result['site_match']:.2f}"

@@ -24,6 +24,7 @@ from brainspade.generation.labels import (
     sample_label_maps,
 )
 from brainspade.generation.site_appearance import AppearanceTransfer
+from brainspade.generation.site_model import SiteModel
 from brainspade.generation.styles import StyleBank
 from brainspade.settings import LabelSamplingSettings
 
@@ -92,7 +93,7 @@ class PairSynthesiser:
         max_retries: int = 3,
         device: torch.device | None = None,
         known_label_maps: Callable[[Sequence[int]], torch.Tensor | None] | None = None,
-        appearance_transfer: AppearanceTransfer | None = None,
+        appearance_transfer: AppearanceTransfer | SiteModel | None = None,
     ):
         self.label_sampler = label_sampler
         self.image_generator = image_generator
@@ -156,7 +157,8 @@ class PairSynthesiser:
         if self.appearance_transfer is None:
             return images
         noise_seeds = [derived_seed(self.seed, i, APPEARANCE_NOISE, a) for i, a in zip(ids, attempts, strict=True)]
-        return torch.from_numpy(self.appearance_transfer.apply(images.cpu().numpy(), noise_seeds)).to(images.device)
+        moved = self.appearance_transfer.apply(images.cpu().numpy(), noise_seeds, pv_maps.cpu().numpy())
+        return torch.from_numpy(moved).to(images.device)
 
     def _predict(self, images: torch.Tensor) -> list[int | None]:
         if self.classifier is None:

@@ -21,16 +21,11 @@ first and fail on blurred, noisy sites: their grey and white matter peaks merge.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
 from scipy.ndimage import binary_erosion, binary_fill_holes, gaussian_filter, median_filter, uniform_filter
-
-from brainspade.data.datasets import generator_label_indices, style_image_indices
-from brainspade.data.slice_cache import SliceCache
-from brainspade.errors import BrainspadeError
 
 QUANTILE_LEVELS = tuple(np.round(np.linspace(0.01, 0.99, 99), 2).tolist())
 MIN_PIXELS = 32  # fewer homogeneous pixels in a slice: its noise is not measured
@@ -154,8 +149,13 @@ class AppearanceTransfer:
         out = np.where(images < x[0], y[0] + (images - x[0]), out)
         return np.where(images > x[-1], y[-1] + (images - x[-1]), out)
 
-    def apply(self, images: np.ndarray, seeds) -> np.ndarray:
-        """(B, ..., H, W) generated images -> blurred, mapped images with noise; image i's noise seeded with seeds[i]."""
+    def describe(self) -> str:
+        return (f"quantile map: added noise sd {self.added_noise:.3f}, blur sd {self.blur:.2f} px, brain median "
+                f"{self.generated.quantiles[49]:.2f} -> {self.site.quantiles[49]:.2f}")
+
+    def apply(self, images: np.ndarray, seeds, pv_maps: np.ndarray | None = None) -> np.ndarray:
+        """(B, ..., H, W) generated images -> blurred, mapped images with noise; image i's noise seeded with seeds[i].
+        The map reads intensities only: `pv_maps` (the images' label maps, which `SiteModel.apply` needs) is unused."""
         images = np.asarray(images, dtype=np.float64)
         if self.blur > 0:
             images = gaussian_filter(images, [0] * (images.ndim - 2) + [self.blur, self.blur], mode="nearest")
@@ -235,62 +235,3 @@ def fit_appearance_transfer(generated: np.ndarray, site_slices: np.ndarray,
         if abs(sharpness - own_sharpness) < best_gap:
             best, best_gap = candidate, abs(sharpness - own_sharpness)
     return best
-
-
-def reference_transfer(generate: Callable[[torch.Tensor, torch.Tensor, list[int]], torch.Tensor],
-                       pv_maps: np.ndarray, site_slices: np.ndarray, own_slices: np.ndarray | None,
-                       seed: int, batch_size: int, map_levels: bool = True,
-                       blur_sigmas: Sequence[float] = (0.0,)) -> AppearanceTransfer:
-    """Fit the transfer to a site from reference images the generator makes for it.
-
-    Args:
-        generate: the generator, (PV maps, style slices (B,1,H,W), seeds) -> images (B,1,H,W).
-        pv_maps: (S, C, H, W) reference label maps (train split of the source data sets).
-        site_slices: (S, H, W) slices of the site (the style bank), one per reference image.
-        own_slices: (S, H, W) train slices of the generator's source data of the same modality (the noise
-            baseline), or None when it has none.
-        seed: seeds the reference images and the mixture fits.
-        batch_size: images per generator call.
-        map_levels: False keeps the generator's intensities (noise only).
-        blur_sigmas: candidate blurs (see `fit_appearance_transfer`).
-    """
-
-    def made_with(styles: np.ndarray) -> np.ndarray:
-        maps, style_images = torch.from_numpy(pv_maps).float(), torch.from_numpy(styles[:, None]).float()
-        seeds = [seed + 104729 * (k + 1) for k in range(len(maps))]
-        return torch.cat([generate(maps[s : s + batch_size], style_images[s : s + batch_size],
-                                   seeds[s : s + batch_size]).cpu() for s in range(0, len(maps), batch_size)])[:, 0].numpy()
-
-    generated = made_with(site_slices)
-    if own_slices is None:
-        baseline = None
-    else:
-        baseline = (generated if own_slices is site_slices else made_with(own_slices), own_slices)
-    return fit_appearance_transfer(generated, site_slices, baseline, map_levels, seed, blur_sigmas)
-
-
-def transfer_from_cache(generate: Callable[[torch.Tensor, torch.Tensor, list[int]], torch.Tensor], cache: SliceCache,
-                        sources: Sequence[str], modality: str, site_slices: np.ndarray, seed: int, batch_size: int,
-                        map_levels: bool = True, site_dataset: str | None = None,
-                        blur_sigmas: Sequence[float] = (0.0,)) -> AppearanceTransfer:
-    """`reference_transfer` on the workdir's data: one reference image per site slice, on train-split label maps of
-    the source data sets; the noise baseline is their train slices of `modality` (none if they have no such images),
-    or the site slices themselves when the site is a source (`site_dataset`): the generator's own training data
-    gets no noise (two draws of the same site would differ by their estimation error only).
-    PROTOCOL: only train splits and the (unlabelled) site slices are read.
-    """
-    rng = np.random.default_rng(seed)
-    n = len(site_slices)
-    label_indices = generator_label_indices(cache, sources)
-    if len(label_indices) == 0:
-        raise BrainspadeError(f"{cache.folder}: the source data sets {list(sources)} have no train-split label maps "
-                              "to fit the appearance transfer on")
-    pv_maps = np.stack([cache.pv_map(int(i)) for i in rng.choice(label_indices, n, replace=len(label_indices) < n)])
-    site_slices = np.asarray(site_slices, np.float32)
-    if site_dataset in sources:
-        own_slices = site_slices
-    else:
-        own = np.concatenate([style_image_indices(cache, source, modality) for source in sources])
-        own_slices = (np.stack([cache.image(int(i)) for i in rng.choice(own, n, replace=len(own) < n)])
-                      if len(own) else None)
-    return reference_transfer(generate, pv_maps, site_slices, own_slices, seed, batch_size, map_levels, blur_sigmas)

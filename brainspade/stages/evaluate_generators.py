@@ -110,7 +110,7 @@ def style_match_report(cfg: DictConfig, settings: StyleMatchSettings, cache: Sli
         classifier_folder.finish({"checkpoint": CHECKPOINT_NAME, "metrics": "metrics.json"})
     sampling = section(cfg, "sampling")  # the transfer is measured as `sample` would fit it
     transfer = (sampling.appearance_reference_images, sampling.appearance_transfer_levels,
-                tuple(sampling.appearance_transfer_blurs))
+                tuple(sampling.appearance_transfer_blurs), sampling.appearance_transfer_method)
     folder = StageFolder(stage_path(cfg, "evaluation") / STYLE_MATCH_FOLDERS[1],
                          config_fingerprint(settings, run_.seed, sources, finished_fingerprint(generator_folder),
                                             finished_fingerprint(classifier_folder.path), transfer))

@@ -39,7 +39,9 @@ from brainspade.errors import BrainspadeError
 from brainspade.generation.images import ImageGenerator, ModalityClassifier
 from brainspade.generation.labels import LabelSampler, condition_drawer, label_conditions
 from brainspade.generation.pairs import PairBatch, PairSynthesiser, check_style_modality
-from brainspade.generation.site_appearance import AppearanceTransfer, transfer_from_cache
+from brainspade.generation.site_appearance import AppearanceTransfer
+from brainspade.generation.site_model import SiteModel
+from brainspade.generation.site_transfer import transfer_from_cache
 from brainspade.generation.styles import StyleBank, style_bank_from_cache, style_bank_from_folder
 from brainspade.settings import LabelSamplingSettings
 from brainspade.stages.config import count, run_settings, section, stage_path
@@ -174,18 +176,16 @@ def _sampling_fingerprint(sampling) -> dict:
 
 
 def _appearance_transfer(image_generator: ImageGenerator, cache: SliceCache, bank: StyleBank, sources: Sequence[str],
-                         seed: int, sampling) -> AppearanceTransfer | None:
-    """The style site's look as a transfer fitted on reference images (sampling.appearance_transfer), or None."""
+                         seed: int, sampling) -> AppearanceTransfer | SiteModel | None:
+    """The style site's look fitted on reference images (sampling.appearance_transfer), or None."""
     if not sampling.appearance_transfer:
         return None
     rng = np.random.default_rng(seed)
     site_slices = np.stack([bank.image(bank.draw(rng)) for _ in range(sampling.appearance_reference_images)])
     transfer = transfer_from_cache(image_generator.generate, cache, sources, bank.modality, site_slices, seed,
                                    sampling.batch_size, sampling.appearance_transfer_levels, bank.dataset,
-                                   sampling.appearance_transfer_blurs)
-    print(f"[sample] appearance transfer fitted on {len(site_slices)} style slices: added noise sd "
-          f"{transfer.added_noise:.3f}, blur sd {transfer.blur:.2f} px, brain median {transfer.generated.quantiles[49]:.2f} -> "
-          f"{transfer.site.quantiles[49]:.2f}", flush=True)
+                                   sampling.appearance_transfer_blurs, sampling.appearance_transfer_method)
+    print(f"[sample] appearance transfer fitted on {len(site_slices)} style slices: {transfer.describe()}", flush=True)
     return transfer
 
 

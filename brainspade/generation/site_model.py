@@ -1,0 +1,219 @@
+"""A site's scanner, fitted to its unlabelled images by analysis by synthesis, and put onto generated pairs.
+
+The pooled-quantile transfer of `site_appearance` moves a site's noise and global contrast, but a monotone map
+of pooled brain intensities cannot recover a blurred, biased site's per-tissue levels (its grey and white matter
+peaks merge; benchmarks/image_generator.md). This model says how the site's images are made instead, in the way
+of SAMSEG's and SynthSeg's generative models: an image is the label map's tissue fractions times per-tissue
+levels, blurred in-plane, times a smooth bias field, with Rician noise, z-scored in the brain. Its parameters are
+chosen so that the source data sets' train-split label maps, rendered with them, have the site's pooled brain
+intensity quantiles, fine-residual spread and edge strength; the site's images stay unlabelled. The anatomy is
+assumed to be alike in both sets (as the pooled-quantile transfer assumes): the model fits contrast and scanner,
+not anatomy.
+
+A generated pair keeps what the generator made beyond its tissue levels (its texture, scaled to the site's
+contrast); its levels become the site's, then the site's blur, bias and noise follow. Label maps are known for
+generated pairs, which is what makes per-tissue levels possible at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy.ndimage import binary_erosion, gaussian_filter, uniform_filter, zoom
+from scipy.optimize import minimize
+
+from brainspade.data.slicing import background_channel
+from brainspade.generation.site_appearance import EDGE_PX, MIN_PIXELS, brain_mask
+
+SUMMARY_QUANTILES = tuple(np.round(np.linspace(0.05, 0.95, 19), 2).tolist())
+MIN_TISSUE_SHARE = 0.02  # a tissue with less of the reference brains than this gets no level of its own
+BIAS_COARSE_GRID = 4  # the bias field varies over about a third of the field of view
+SHAPE_WEIGHT = 4.0  # weight of the log fine-residual and log edge-strength misfits against the quantiles'
+MAX_BLUR_PX = 3.0
+ORDER_PENALTY = 10.0  # per unit of level that two tissues cross
+
+
+@dataclass(frozen=True)
+class SiteModel:
+    """How a site's images are made from tissue fractions, on the z-scored scale of the slice cache.
+
+    Attributes:
+        channels: the PV channels, in the order of `levels`.
+        levels: intensity of each channel, background 0 and the most common tissue 1.
+        blur: sd in pixels of the in-plane Gaussian point spread.
+        bias: sd of the log of the smooth multiplicative bias field.
+        noise: sd of each complex Rician noise component, relative to the most common tissue's level.
+        misfit: the fit's loss at its optimum (0: the references reproduce the site's summaries exactly).
+    """
+
+    channels: tuple[str, ...]
+    levels: tuple[float, ...]
+    blur: float
+    bias: float
+    noise: float
+    misfit: float
+
+    @property
+    def background(self) -> int:
+        return background_channel(self.channels)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def render(self, pv_maps: np.ndarray, texture: np.ndarray | None, seeds: Sequence[int]) -> np.ndarray:
+        """(B, C, H, W) tissue fractions (+ (B, H, W) texture on the levels' scale) -> (B, H, W) z-scored images."""
+        rngs = [np.random.default_rng(int(seed)) for seed in seeds]
+        shape = pv_maps.shape[2:]
+        fields = [unit_fields(rng, shape) for rng in rngs]
+        return render_slices(np.asarray(pv_maps, np.float64), np.array(self.levels), self.blur, self.bias, self.noise,
+                             fields, self.background, texture)
+
+    def describe(self) -> str:
+        levels = ", ".join(f"{c} {v:.2f}" for k, (c, v) in enumerate(zip(self.channels, self.levels, strict=True))
+                           if k != self.background)
+        return (f"site model: levels {levels}; blur sd {self.blur:.2f} px, bias log-sd {self.bias:.3f}, "
+                f"noise sd {self.noise:.3f} (misfit {self.misfit:.4f})")
+
+    def apply(self, images: np.ndarray, seeds: Sequence[int], pv_maps: np.ndarray) -> np.ndarray:
+        """(B, 1, H, W) generated images and their (B, C, H, W) PV maps -> the same pairs with the site's look,
+        image i's bias and noise seeded with seeds[i].
+
+        The generator's tissue levels are fitted per image (least squares on the PV map); what is left over is its
+        texture, scaled by the ratio of the site's tissue contrast to the image's and kept.
+        """
+        images = np.asarray(images, np.float64)
+        pv_maps = np.asarray(pv_maps, np.float64)
+        textures = np.stack([generated_texture(image[0], pv, np.array(self.levels), self.background)
+                             for image, pv in zip(images, pv_maps, strict=True)])
+        return self.render(pv_maps, textures, seeds)[:, None].astype(np.float32)
+
+
+def mean_tissue_levels(images: np.ndarray, pv_maps: np.ndarray) -> np.ndarray:
+    """(S, H, W) images and their (S, C, H, W) PV maps -> each channel's level, by least squares over all pixels.
+    A channel absent from the maps gets the mean of the others' levels (it has no say in the fit)."""
+    pv_maps = np.asarray(pv_maps, np.float64)
+    design = np.moveaxis(pv_maps, 1, -1).reshape(-1, pv_maps.shape[1])
+    present = design.sum(0) >= MIN_PIXELS
+    levels = np.full(pv_maps.shape[1], np.nan)
+    levels[present] = np.linalg.lstsq(design[:, present], np.asarray(images, np.float64).ravel(), rcond=None)[0]
+    levels[~present] = np.mean(levels[present])
+    return levels
+
+
+def generated_texture(image: np.ndarray, pv: np.ndarray, site_levels: np.ndarray, background: int) -> np.ndarray:
+    """What a generated image holds beyond its tissue levels, inside the brain, on the site's level scale."""
+    present = pv.reshape(len(pv), -1).sum(1) >= MIN_PIXELS
+    design = pv.reshape(len(pv), -1)[present].T
+    own_levels = np.linalg.lstsq(design, image.ravel(), rcond=None)[0]
+    residual = image - (design @ own_levels).reshape(image.shape)
+    weights = pv.reshape(len(pv), -1)[present].sum(1)
+    # Contrast = the mass-weighted sd of the tissue levels (background included: it is what z-scoring sees).
+    own_spread = np.sqrt(np.cov(own_levels, aweights=weights)) if present.sum() > 1 else 1.0
+    site_spread = np.sqrt(np.cov(site_levels[present], aweights=weights)) if present.sum() > 1 else 1.0
+    brain = pv[background] < 0.5
+    return residual * brain * (site_spread / max(own_spread, 1e-6))
+
+
+def unit_fields(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A unit-sd smooth field (the bias) and two unit normal fields (the noise) for one slice."""
+    coarse = rng.standard_normal((BIAS_COARSE_GRID, BIAS_COARSE_GRID))
+    bias = zoom(coarse, (shape[0] / BIAS_COARSE_GRID, shape[1] / BIAS_COARSE_GRID), order=3, mode="nearest")
+    bias = (bias - bias.mean()) / max(float(bias.std()), 1e-8)
+    return bias, rng.standard_normal(shape), rng.standard_normal(shape)
+
+
+def render_slices(pv_maps: np.ndarray, levels: np.ndarray, blur: float, bias: float, noise: float,
+                  fields: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], background: int,
+                  textures: np.ndarray | None = None) -> np.ndarray:
+    """The site model's images of (S, C, H, W) tissue fractions, z-scored in the brain (background fraction < 0.5)."""
+    ideal = np.einsum("schw,c->shw", pv_maps, levels)
+    if textures is not None:
+        ideal = ideal + textures
+    if blur > 0:
+        ideal = gaussian_filter(ideal, (0, blur, blur), mode="nearest")
+    out = np.empty_like(ideal)
+    for k, (bias_field, real_noise, imaginary_noise) in enumerate(fields):
+        biased = ideal[k] * np.exp(bias * bias_field)
+        magnitude = np.hypot(biased + noise * real_noise, noise * imaginary_noise)
+        brain = pv_maps[k, background] < 0.5
+        values = magnitude[brain] if brain.sum() > 1 else magnitude.ravel()
+        out[k] = (magnitude - values.mean()) / max(float(values.std()), 1e-6)
+    return out
+
+
+def summaries(slices: np.ndarray) -> np.ndarray:
+    """What the fit matches, measured from intensities alone: pooled brain quantiles, log fine-residual spread,
+    log edge strength (the brain found by `site_appearance.brain_mask`, its outline left out)."""
+    brain_values, residuals, edges = [], [], []
+    for image in np.asarray(slices, np.float64):
+        inside = binary_erosion(brain_mask(image), np.ones((3, 3), bool), iterations=EDGE_PX)
+        if inside.sum() < MIN_PIXELS:
+            continue
+        brain_values.append(image[inside])
+        residuals.append((image - uniform_filter(image, 3, mode="nearest"))[inside])
+        gy, gx = np.gradient(gaussian_filter(image, 1.0, mode="nearest"))
+        edges.append(np.hypot(gy, gx)[inside])
+    if not brain_values:
+        raise ValueError(f"none of {len(slices)} slices has {MIN_PIXELS} brain pixels to measure")
+    brain, residual = np.concatenate(brain_values), np.concatenate(residuals)
+    spread = 1.4826 * np.median(np.abs(residual - np.median(residual)))
+    return np.concatenate([np.quantile(brain, SUMMARY_QUANTILES),
+                           [SHAPE_WEIGHT * np.log(max(spread, 1e-6)),
+                            SHAPE_WEIGHT * np.log(max(float(np.concatenate(edges).mean()), 1e-6))]])
+
+
+def fit_site_model(site_slices: np.ndarray, pv_maps: np.ndarray, channels: Sequence[str],
+                   initial_levels: np.ndarray, seed: int = 0, max_evaluations: int = 400) -> SiteModel:
+    """Fit a `SiteModel` to (S, H, W) unlabelled z-scored site slices with (S', C, H, W) reference tissue fractions.
+
+    `initial_levels`: a start for each channel's level: the generator's own levels for that site's style, which
+    already have the site's modality; the fitted tissues keep their order.
+    Tissues with less than MIN_TISSUE_SHARE of the reference brains are placed by the line from the start's to the
+    fitted levels of the others.
+    """
+    pv_maps = np.asarray(pv_maps, np.float64)
+    target = summaries(site_slices)
+    background = background_channel(channels)
+    brain = pv_maps[:, background] < 0.5
+    shares = np.array([pv_maps[:, c][brain].sum() for c in range(len(channels))]) / max(brain.sum(), 1)
+    shares[background] = 0.0
+    reference = int(np.argmax(shares))
+    free = [c for c in range(len(channels)) if shares[c] >= MIN_TISSUE_SHARE and c not in (background, reference)]
+    start = np.asarray(initial_levels, np.float64)
+    if not abs(start[reference] - start[background]) > 1e-6:
+        raise ValueError(f"the start levels give {channels[reference]} the background's level: no contrast to start from")
+    start = (start - start[background]) / (start[reference] - start[background])
+    rng = np.random.default_rng(seed)
+    fields = [unit_fields(rng, pv_maps.shape[2:]) for _ in range(len(pv_maps))]
+
+    def unpack(x: np.ndarray) -> tuple[np.ndarray, float, float, float]:
+        levels = start.copy()
+        levels[background], levels[reference] = 0.0, 1.0
+        levels[free] = x[: len(free)]
+        blur, bias, noise = x[len(free):]
+        return levels, float(np.clip(blur, 0, MAX_BLUR_PX)), float(abs(bias)), float(abs(noise))
+
+    # The tissues keep the start's order: pooled intensities alone cannot tell a darker GM from a darker WM
+    # when their shares are alike, and the start (the generator's own levels for this style) has the modality.
+    fitted = sorted([*free, reference], key=lambda c: start[c])
+
+    def loss(x: np.ndarray) -> float:
+        levels, blur, bias, noise = unpack(x)
+        rendered = render_slices(pv_maps, levels, blur, bias, noise, fields, background)
+        disorder = sum(max(levels[a] - levels[b], 0.0) for a, b in zip(fitted, fitted[1:], strict=False))
+        return float(np.mean((summaries(rendered) - target) ** 2)) + ORDER_PENALTY * disorder
+
+    x0 = np.concatenate([start[free], [0.5, 0.05, 0.03]])  # blur (px), bias log-sd, noise: a mild scanner
+    result = minimize(loss, x0, method="Nelder-Mead",
+                      options={"maxfev": max_evaluations, "xatol": 1e-3, "fatol": 1e-6, "adaptive": True})
+    levels, blur, bias, noise = unpack(result.x)
+    # A tissue too rare to fit (a lesion in healthy references) keeps where the generator puts it relative to the
+    # fitted ones: the least-squares line from start to fitted levels, never below the background.
+    known = [background, reference, *free]
+    others = [c for c in range(len(channels)) if c not in known]
+    if others:
+        slope, intercept = np.polyfit(start[known], levels[known], 1)
+        levels[others] = np.maximum(slope * start[others] + intercept, 0.0)
+    return SiteModel(tuple(channels), tuple(float(v) for v in levels), blur, bias, noise, float(result.fun))
