@@ -191,7 +191,7 @@ def fit_site_model(site_slices: np.ndarray, pv_maps: np.ndarray, channels: Seque
     def unpack(x: np.ndarray) -> tuple[np.ndarray, float, float, float]:
         levels = start.copy()
         levels[background], levels[reference] = 0.0, 1.0
-        levels[free] = x[: len(free)]
+        levels[free] = np.abs(x[: len(free)])  # magnitude images: no tissue is darker than zero signal
         blur, bias, noise = x[len(free):]
         return levels, float(np.clip(blur, 0, MAX_BLUR_PX)), float(abs(bias)), float(abs(noise))
 
