@@ -190,3 +190,17 @@ def test_site_model_transfer_puts_the_fitted_site_levels_on_the_same_label_maps(
     levels, fitted = mean_tissue_levels(images, maps), np.array(model["levels"])
     fitted_tissues = [model["channels"].index(t) for t in ("csf", "gm", "wm")]  # what the fit determines
     assert np.corrcoef(levels[fitted_tissues], fitted[fitted_tissues])[0, 1] > 0.99  # the images have the fitted contrast
+
+
+def test_transfer_sets_made_before_the_method_key_keep_their_fingerprints():
+    """A quantile-map set (the only method before `appearance_transfer_method` existed) keeps its fingerprint, so
+    re-running its command does not refuse it as "another config"; a site-model set gets its own."""
+    from brainspade.settings import SamplingSettings
+    from brainspade.stages.sample import _sampling_fingerprint
+
+    off = _sampling_fingerprint(SamplingSettings())
+    assert not any(k.startswith("appearance_") for k in off)
+    quantiles = _sampling_fingerprint(SamplingSettings(appearance_transfer=True))
+    assert "appearance_transfer_method" not in quantiles and quantiles["appearance_transfer"] is True
+    model = _sampling_fingerprint(SamplingSettings(appearance_transfer=True, appearance_transfer_method="site_model"))
+    assert model["appearance_transfer_method"] == "site_model"

@@ -44,6 +44,8 @@ def reference_transfer(generate: Generate, pv_maps: np.ndarray, site_slices: np.
     """
     if method not in TRANSFER_METHODS:
         raise ValueError(f"unknown appearance transfer method {method!r}; expected one of {list(TRANSFER_METHODS)}")
+    if method == "site_model" and channels is None:
+        raise ValueError("the site_model transfer needs the PV channel names (channels=...)")
 
     def made_with(styles: np.ndarray) -> np.ndarray:
         maps, style_images = torch.from_numpy(pv_maps).float(), torch.from_numpy(styles[:, None]).float()

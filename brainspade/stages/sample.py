@@ -172,6 +172,8 @@ def _sampling_fingerprint(sampling) -> dict:
     keys = dataclasses.asdict(sampling)
     if not sampling.appearance_transfer:
         keys = {k: v for k, v in keys.items() if not k.startswith("appearance_")}
+    elif keys["appearance_transfer_method"] == "quantile_map":
+        del keys["appearance_transfer_method"]  # the only method before the key existed: its sets keep their fingerprints
     return keys
 
 
