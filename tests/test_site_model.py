@@ -24,9 +24,9 @@ def label_maps(n: int, seed: int = 0, size: int = 48) -> np.ndarray:
 
 def test_the_fit_recovers_a_sites_tissue_contrast_blur_and_noise_from_unlabelled_slices():
     truth = SiteModel(CHANNELS, (0.0, 0.45, 1.0, 1.25), blur=1.0, bias=0.05, noise=0.06, misfit=0.0)
-    site_slices = truth.render(label_maps(24, seed=1), None, range(24))  # other anatomy than the references'
+    site_slices = truth.render(label_maps(16, seed=1), None, range(16))  # other anatomy than the references'
     start = np.array([-3.0, -2.0, 0.0, 1.5])  # a T1 start with other contrast (GM/WM 0.67 of the way up)
-    fitted = fit_site_model(site_slices, label_maps(24, seed=2), CHANNELS, start, seed=0)
+    fitted = fit_site_model(site_slices, label_maps(16, seed=2), CHANNELS, start, seed=0)
     gm, wm = CHANNELS.index("gm"), CHANNELS.index("wm")
     assert fitted.levels[gm] / fitted.levels[wm] == pytest.approx(1.0 / 1.25, abs=0.05)
     assert fitted.levels[CHANNELS.index("csf")] == pytest.approx(0.45, abs=0.15)  # a small share: least certain
