@@ -13,6 +13,9 @@ not anatomy.
 A generated pair keeps what the generator made beyond its tissue levels (its texture, scaled to the site's
 contrast); its levels become the site's, then the site's blur, bias and noise follow. Label maps are known for
 generated pairs, which is what makes per-tissue levels possible at all.
+
+Measured limits (benchmarks/image_generator.md, issue 19): FLAIR levels come back well; on a thick-slice T1 site
+the CSF level is not identified (a 2D render has no through-plane partial volume), and the fitted one is too dark.
 """
 
 from __future__ import annotations
