@@ -82,7 +82,7 @@ def transfer_from_cache(generate: Generate, cache: SliceCache, sources: Sequence
                               "to fit the appearance transfer on")
     pv_maps = np.stack([cache.pv_map(int(i)) for i in rng.choice(label_indices, n, replace=len(label_indices) < n)])
     site_slices = np.asarray(site_slices, np.float32)
-    if site_dataset in sources:
+    if method == "site_model" or site_dataset in sources:  # the site model has no noise baseline
         own_slices = site_slices
     else:
         own = np.concatenate([style_image_indices(cache, source, modality) for source in sources])
