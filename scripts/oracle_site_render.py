@@ -24,7 +24,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from scipy.ndimage import gaussian_filter
 
 
 def main() -> None:
@@ -38,14 +37,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
-    from brainspade.data.intensity import FWHM_TO_SIGMA, jittered_means
+    from brainspade.data.intensity import apply_scanner, jittered_means, render_tissue_image, tissue_textures
     from brainspade.data.phantom import PHANTOM_CHANNELS, SITE_SPECS
-    from brainspade.data.random_fields import smooth_random_field
     from brainspade.data.slicing import zscore_in_brain
     from brainspade.generation.site_model import SiteModel, generated_texture
 
     spec = SITE_SPECS[args.site]
-    scanner, voxel_mm = spec.scanner, 2.0  # the cpu profile's resolution
+    voxel_mm = 2.0  # the cpu profile's resolution
     model = None
     if args.variant == "model":
         model = SiteModel(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(args.model.read_text()).items()})
@@ -57,9 +55,6 @@ def main() -> None:
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(source, target, ignore=shutil.ignore_patterns("imagesTr"))
     (target / "imagesTr").mkdir()
-
-    def field(rng: np.random.Generator, shape: tuple[int, int], correlation_mm: float) -> np.ndarray:
-        return smooth_random_field(rng, (*shape, 1), voxel_mm, correlation_mm)[..., 0]
 
     for path in sorted((source / "imagesTr").glob("*.nii.gz")):
         key = path.name.replace("_0000.nii.gz", "")
@@ -75,18 +70,15 @@ def main() -> None:
             brain = pv[PHANTOM_CHANNELS.index("background")] < 0.5
             means = jittered_means(rng, spec.contrasts[args.modality], 0.04)
             levels = np.array([means[c] for c in PHANTOM_CHANNELS])
-            if args.variant == "render":
-                textures = np.stack([np.ones(generated.shape)]
-                                    + [1 + 0.04 * field(rng, generated.shape, 6.0) for _ in PHANTOM_CHANNELS[1:]])
-                ideal = (pv * textures * levels[:, None, None]).sum(0)
+            if args.variant == "render":  # the phantom's own renderer on a one-slice volume
+                textures = tissue_textures(rng, PHANTOM_CHANNELS[1:], (*generated.shape, 1), voxel_mm)
+                ideal = render_tissue_image(np.moveaxis(pv, 0, -1)[:, :, None], PHANTOM_CHANNELS, means, textures)[..., 0]
             else:
                 ideal = np.maximum((pv * levels[:, None, None]).sum(0)
                                    + generated_texture(generated, pv, levels, 0), 0.0)
-            ideal = gaussian_filter(ideal, scanner.blur_fwhm_mm[0] * FWHM_TO_SIGMA / voxel_mm, mode="nearest")
-            ideal = ideal * np.exp(scanner.bias_log_std * field(rng, ideal.shape, scanner.bias_correlation_mm))
-            real = ideal + scanner.noise_std * rng.standard_normal(ideal.shape)
-            imaginary = scanner.noise_std * rng.standard_normal(ideal.shape)
-            image = zscore_in_brain(np.hypot(real, imaginary), brain)
+            # The site's scanner as the phantom applies it; its through-plane blur acts on a singleton axis: none.
+            acquired = apply_scanner(rng, ideal[..., None].astype(np.float32), spec.scanner, voxel_mm)[..., 0]
+            image = zscore_in_brain(acquired, brain)
         nib.save(nib.Nifti1Image(image.T.astype(np.float32), nii.affine, nii.header), target / "imagesTr" / path.name)
     print(f"{args.variant}: {len(list((target / 'imagesTr').glob('*.nii.gz')))} images in {target}")
 
