@@ -4,18 +4,21 @@ The pooled-quantile transfer of `site_appearance` moves a site's noise and globa
 of pooled brain intensities cannot recover a blurred, biased site's per-tissue levels (its grey and white matter
 peaks merge; benchmarks/image_generator.md). This model says how the site's images are made instead, in the way
 of SAMSEG's and SynthSeg's generative models: an image is the label map's tissue fractions times per-tissue
-levels, blurred in-plane, times a smooth bias field, with Rician noise, z-scored in the brain. Its parameters are
-chosen so that the source data sets' train-split label maps, rendered with them, have the site's pooled brain
+levels, each tissue carrying a faint smooth multiplicative texture, blurred in-plane, times a smooth bias field,
+with Rician noise, z-scored in the brain. Its parameters are chosen so that the source data sets' train-split label maps, rendered with them, have the site's pooled brain
 intensity quantiles, fine-residual spread and edge strength; the site's images stay unlabelled. The anatomy is
 assumed to be alike in both sets (as the pooled-quantile transfer assumes): the model fits contrast and scanner,
 not anatomy.
 
 A generated pair keeps what the generator made beyond its tissue levels (its texture, scaled to the site's
-contrast); its levels become the site's, then the site's blur, bias and noise follow. Label maps are known for
+contrast); its levels become the site's, then the site's texture, blur, bias and noise follow. Label maps are known for
 generated pairs, which is what makes per-tissue levels possible at all.
 
-Measured limits (benchmarks/image_generator.md, issue 19): FLAIR levels come back well; on a thick-slice T1 site
-the CSF level is not identified (a 2D render has no through-plane partial volume), and the fitted one is too dark.
+The texture is what makes the levels identifiable: without it, a site whose tissues vary within themselves (every
+real one) is fitted best by wrong levels that spread the pooled quantiles instead (benchmarks/image_generator.md,
+issue 19, session 12). Measured limits: a tissue with a small share whose compartments are a few blur widths
+across (thin CSF) is fitted up to ~0.15 of the reference level too dark; the model is 2D (no through-plane blur),
+which on the phantom's thick-slice site did not matter.
 """
 
 from __future__ import annotations
@@ -30,11 +33,17 @@ from scipy.optimize import minimize
 from brainspade.data.slicing import background_channel
 from brainspade.generation.site_appearance import EDGE_PX, MIN_PIXELS, brain_mask
 
+# Sample sets record it: a set made by another version of the model is remade, never resumed with mixed blocks.
+# 2: per-tissue texture (session 12).
+SITE_MODEL_VERSION = 2
 SUMMARY_QUANTILES = tuple(np.round(np.linspace(0.05, 0.95, 19), 2).tolist())
 MIN_TISSUE_SHARE = 0.02  # a tissue with less of the reference brains than this gets no level of its own
 BIAS_COARSE_GRID = 4  # the bias field varies over about a third of the field of view
 SHAPE_WEIGHT = 4.0  # weight of the log fine-residual and log edge-strength misfits against the quantiles'
 MAX_BLUR_PX = 3.0
+MAX_TEXTURE = 0.3
+TEXTURE_CORRELATION_PX = 3.0  # the tissue texture varies over a few pixels (a few mm)
+SIMPLEX_RESTARTS = 2
 ORDER_PENALTY = 10.0  # per unit of level that two tissues cross
 
 
@@ -46,6 +55,7 @@ class SiteModel:
         channels: the PV channels, in the order of `levels`.
         levels: intensity of each channel, background 0 and the most common tissue 1.
         blur: sd in pixels of the in-plane Gaussian point spread.
+        texture: sd of each tissue's smooth multiplicative texture (correlated over TEXTURE_CORRELATION_PX).
         bias: sd of the log of the smooth multiplicative bias field.
         noise: sd of each complex Rician noise component, relative to the most common tissue's level.
         misfit: the fit's loss at its optimum (0: the references reproduce the site's summaries exactly).
@@ -54,6 +64,7 @@ class SiteModel:
     channels: tuple[str, ...]
     levels: tuple[float, ...]
     blur: float
+    texture: float
     bias: float
     noise: float
     misfit: float
@@ -65,19 +76,20 @@ class SiteModel:
     def as_dict(self) -> dict:
         return asdict(self)
 
-    def render(self, pv_maps: np.ndarray, texture: np.ndarray | None, seeds: Sequence[int]) -> np.ndarray:
-        """(B, C, H, W) tissue fractions (+ (B, H, W) texture on the levels' scale) -> (B, H, W) z-scored images."""
+    def render(self, pv_maps: np.ndarray, generated: np.ndarray | None, seeds: Sequence[int]) -> np.ndarray:
+        """(B, C, H, W) tissue fractions (+ (B, H, W) generated texture on the levels' scale) -> (B, H, W) z-scored
+        images."""
         rngs = [np.random.default_rng(int(seed)) for seed in seeds]
         shape = pv_maps.shape[2:]
-        fields = [unit_fields(rng, shape) for rng in rngs]
-        return render_slices(np.asarray(pv_maps, np.float64), np.array(self.levels), self.blur, self.bias, self.noise,
-                             fields, self.background, texture)
+        fields = [unit_fields(rng, shape, pv_maps.shape[1]) for rng in rngs]
+        return render_slices(np.asarray(pv_maps, np.float64), np.array(self.levels), self.blur, self.texture, self.bias,
+                             self.noise, fields, self.background, generated)
 
     def describe(self) -> str:
         levels = ", ".join(f"{c} {v:.2f}" for k, (c, v) in enumerate(zip(self.channels, self.levels, strict=True))
                            if k != self.background)
-        return (f"site model: levels {levels}; blur sd {self.blur:.2f} px, bias log-sd {self.bias:.3f}, "
-                f"noise sd {self.noise:.3f} (misfit {self.misfit:.4f})")
+        return (f"site model: levels {levels}; texture sd {self.texture:.3f}, blur sd {self.blur:.2f} px, "
+                f"bias log-sd {self.bias:.3f}, noise sd {self.noise:.3f} (misfit {self.misfit:.4f})")
 
     def apply(self, images: np.ndarray, seeds: Sequence[int], pv_maps: np.ndarray) -> np.ndarray:
         """(B, 1, H, W) generated images and their (B, C, H, W) PV maps -> the same pairs with the site's look,
@@ -119,25 +131,36 @@ def generated_texture(image: np.ndarray, pv: np.ndarray, site_levels: np.ndarray
     return residual * brain * (site_spread / max(own_spread, 1e-6))
 
 
-def unit_fields(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A unit-sd smooth field (the bias) and two unit normal fields (the noise) for one slice."""
-    coarse = rng.standard_normal((BIAS_COARSE_GRID, BIAS_COARSE_GRID))
-    bias = zoom(coarse, (shape[0] / BIAS_COARSE_GRID, shape[1] / BIAS_COARSE_GRID), order=3, mode="nearest")
-    bias = (bias - bias.mean()) / max(float(bias.std()), 1e-8)
-    return bias, rng.standard_normal(shape), rng.standard_normal(shape)
+def smooth_unit_field(rng: np.random.Generator, shape: tuple[int, int], grid: tuple[int, int]) -> np.ndarray:
+    """A zero-mean unit-sd field varying over shape / grid pixels (cubic interpolation of a coarse normal grid)."""
+    field = zoom(rng.standard_normal(grid), (shape[0] / grid[0], shape[1] / grid[1]), order=3, mode="nearest")
+    return (field - field.mean()) / max(float(field.std()), 1e-8)
 
 
-def render_slices(pv_maps: np.ndarray, levels: np.ndarray, blur: float, bias: float, noise: float,
-                  fields: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], background: int,
-                  textures: np.ndarray | None = None) -> np.ndarray:
-    """The site model's images of (S, C, H, W) tissue fractions, z-scored in the brain (background fraction < 0.5)."""
-    ideal = np.einsum("schw,c->shw", pv_maps, levels)
-    if textures is not None:
-        ideal = ideal + textures
+SliceFields = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def unit_fields(rng: np.random.Generator, shape: tuple[int, int], n_channels: int) -> SliceFields:
+    """One slice's random fields at unit sd: the smooth bias, the two noise components, and (C, H, W) tissue textures."""
+    bias = smooth_unit_field(rng, shape, (BIAS_COARSE_GRID, BIAS_COARSE_GRID))
+    real_noise, imaginary_noise = rng.standard_normal(shape), rng.standard_normal(shape)
+    grid = tuple(max(2, round(n / TEXTURE_CORRELATION_PX)) for n in shape)
+    textures = np.stack([smooth_unit_field(rng, shape, grid) for _ in range(n_channels)])
+    return bias, real_noise, imaginary_noise, textures
+
+
+def render_slices(pv_maps: np.ndarray, levels: np.ndarray, blur: float, texture: float, bias: float, noise: float,
+                  fields: Sequence[SliceFields], background: int, generated: np.ndarray | None = None) -> np.ndarray:
+    """The site model's images of (S, C, H, W) tissue fractions (+ (S, H, W) generated texture on the levels' scale),
+    z-scored in the brain (background fraction < 0.5)."""
+    tissue_textures = np.stack([f[3] for f in fields])
+    ideal = np.einsum("schw,c->shw", pv_maps * (1.0 + texture * tissue_textures), levels)
+    if generated is not None:
+        ideal = ideal + generated
     if blur > 0:
         ideal = gaussian_filter(ideal, (0, blur, blur), mode="nearest")
     out = np.empty_like(ideal)
-    for k, (bias_field, real_noise, imaginary_noise) in enumerate(fields):
+    for k, (bias_field, real_noise, imaginary_noise, _) in enumerate(fields):
         biased = ideal[k] * np.exp(bias * bias_field)
         magnitude = np.hypot(biased + noise * real_noise, noise * imaginary_noise)
         brain = pv_maps[k, background] < 0.5
@@ -189,29 +212,36 @@ def fit_site_model(site_slices: np.ndarray, pv_maps: np.ndarray, channels: Seque
         raise ValueError(f"the start levels give {channels[reference]} the background's level: no contrast to start from")
     start = (start - start[background]) / (start[reference] - start[background])
     rng = np.random.default_rng(seed)
-    fields = [unit_fields(rng, pv_maps.shape[2:]) for _ in range(len(pv_maps))]
+    fields = [unit_fields(rng, pv_maps.shape[2:], len(channels)) for _ in range(len(pv_maps))]
 
-    def unpack(x: np.ndarray) -> tuple[np.ndarray, float, float, float]:
+    def unpack(x: np.ndarray) -> tuple[np.ndarray, float, float, float, float]:
         levels = start.copy()
         levels[background], levels[reference] = 0.0, 1.0
         levels[free] = np.abs(x[: len(free)])  # magnitude images: no tissue is darker than zero signal
-        blur, bias, noise = x[len(free):]
-        return levels, float(np.clip(blur, 0, MAX_BLUR_PX)), float(abs(bias)), float(abs(noise))
+        blur, texture, bias, noise = x[len(free):]
+        return (levels, float(np.clip(blur, 0, MAX_BLUR_PX)), float(np.clip(abs(texture), 0, MAX_TEXTURE)),
+                float(abs(bias)), float(abs(noise)))
 
     # The tissues keep the start's order: pooled intensities alone cannot tell a darker GM from a darker WM
     # when their shares are alike, and the start (the generator's own levels for this style) has the modality.
     fitted = sorted([*free, reference], key=lambda c: start[c])
 
     def loss(x: np.ndarray) -> float:
-        levels, blur, bias, noise = unpack(x)
-        rendered = render_slices(pv_maps, levels, blur, bias, noise, fields, background)
+        levels, blur, texture, bias, noise = unpack(x)
+        rendered = render_slices(pv_maps, levels, blur, texture, bias, noise, fields, background)
         disorder = sum(max(levels[a] - levels[b], 0.0) for a, b in zip(fitted, fitted[1:], strict=False))
         return float(np.mean((summaries(rendered) - target) ** 2)) + ORDER_PENALTY * disorder
 
-    x0 = np.concatenate([start[free], [0.5, 0.05, 0.03]])  # blur (px), bias log-sd, noise: a mild scanner
-    result = minimize(loss, x0, method="Nelder-Mead",
-                      options={"maxfev": max_evaluations, "xatol": 1e-3, "fatol": 1e-6, "adaptive": True})
-    levels, blur, bias, noise = unpack(result.x)
+    x = np.concatenate([start[free], [0.5, 0.0, 0.05, 0.03]])  # blur (px), texture, bias log-sd, noise: a mild scanner
+    # Steps of the first simplex: scipy's default (5% of each value) searches too locally to leave the start's levels.
+    steps = np.concatenate([np.full(len(free), 0.15), [0.3, 0.04, 0.04, 0.02]])
+    for _ in range(SIMPLEX_RESTARTS):  # a fresh simplex around the best point: Nelder-Mead stalls on collapsed ones
+        simplex = np.vstack([x, x + np.diag(steps)])
+        result = minimize(loss, x, method="Nelder-Mead",
+                          options={"maxfev": max_evaluations // SIMPLEX_RESTARTS, "xatol": 1e-3, "fatol": 1e-6,
+                                   "adaptive": True, "initial_simplex": simplex})
+        x, steps = result.x, steps / 2
+    levels, blur, texture, bias, noise = unpack(result.x)
     # A tissue too rare to fit (a lesion in healthy references) keeps where the generator puts it relative to the
     # fitted ones: the least-squares line from start to fitted levels, never below the background.
     known = [background, reference, *free]
@@ -219,4 +249,4 @@ def fit_site_model(site_slices: np.ndarray, pv_maps: np.ndarray, channels: Seque
     if others:
         slope, intercept = np.polyfit(start[known], levels[known], 1)
         levels[others] = np.maximum(slope * start[others] + intercept, 0.0)
-    return SiteModel(tuple(channels), tuple(float(v) for v in levels), blur, bias, noise, float(result.fun))
+    return SiteModel(tuple(channels), tuple(float(v) for v in levels), blur, texture, bias, noise, float(result.fun))

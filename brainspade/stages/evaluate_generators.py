@@ -31,6 +31,7 @@ from brainspade.evaluation.sample_sets import load_sample_set
 from brainspade.evaluation.scoring import evaluate_sample_set
 from brainspade.evaluation.style_match import style_match, style_match_table
 from brainspade.generation.images import ImageGenerator, ModalityClassifier
+from brainspade.generation.site_model import SITE_MODEL_VERSION
 from brainspade.segmentation.nnunet import Segmenter
 from brainspade.settings import StyleMatchSettings
 from brainspade.stages.config import resolved_config, resolved_yaml, run_settings, section, stage_path
@@ -111,6 +112,8 @@ def style_match_report(cfg: DictConfig, settings: StyleMatchSettings, cache: Sli
     sampling = section(cfg, "sampling")  # the transfer is measured as `sample` would fit it
     transfer = (sampling.appearance_reference_images, sampling.appearance_transfer_levels,
                 tuple(sampling.appearance_transfer_blurs), sampling.appearance_transfer_method)
+    if sampling.appearance_transfer_method == "site_model":
+        transfer = (*transfer, SITE_MODEL_VERSION)  # a new model version is measured again
     folder = StageFolder(stage_path(cfg, "evaluation") / STYLE_MATCH_FOLDERS[1],
                          config_fingerprint(settings, run_.seed, sources, finished_fingerprint(generator_folder),
                                             finished_fingerprint(classifier_folder.path), transfer))

@@ -40,7 +40,7 @@ from brainspade.generation.images import ImageGenerator, ModalityClassifier
 from brainspade.generation.labels import LabelSampler, condition_drawer, label_conditions
 from brainspade.generation.pairs import PairBatch, PairSynthesiser, check_style_modality
 from brainspade.generation.site_appearance import AppearanceTransfer
-from brainspade.generation.site_model import SiteModel
+from brainspade.generation.site_model import SITE_MODEL_VERSION, SiteModel
 from brainspade.generation.site_transfer import transfer_from_cache
 from brainspade.generation.styles import StyleBank, style_bank_from_cache, style_bank_from_folder
 from brainspade.settings import LabelSamplingSettings
@@ -174,6 +174,8 @@ def _sampling_fingerprint(sampling) -> dict:
         keys = {k: v for k, v in keys.items() if not k.startswith("appearance_")}
     elif keys["appearance_transfer_method"] == "quantile_map":
         del keys["appearance_transfer_method"]  # the only method before the key existed: its sets keep their fingerprints
+    else:
+        keys["site_model_version"] = SITE_MODEL_VERSION
     return keys
 
 
