@@ -112,11 +112,12 @@ def style_match_report(cfg: DictConfig, settings: StyleMatchSettings, cache: Sli
     sampling = section(cfg, "sampling")  # the transfer is measured as `sample` would fit it
     transfer = (sampling.appearance_reference_images, sampling.appearance_transfer_levels,
                 tuple(sampling.appearance_transfer_blurs), sampling.appearance_transfer_method)
-    if sampling.appearance_transfer_method == "site_model":
-        transfer = (*transfer, SITE_MODEL_VERSION)  # a new model version is measured again
+    # A new site-model version is measured again.
+    version = SITE_MODEL_VERSION if sampling.appearance_transfer_method == "site_model" else None
     folder = StageFolder(stage_path(cfg, "evaluation") / STYLE_MATCH_FOLDERS[1],
                          config_fingerprint(settings, run_.seed, sources, finished_fingerprint(generator_folder),
-                                            finished_fingerprint(classifier_folder.path), transfer))
+                                            finished_fingerprint(classifier_folder.path), transfer,
+                                            *([version] if version else [])))
     if folder.is_up_to_date() and not run_.force:
         print(f"[{COMMAND}] {folder.path} is up to date")
         return folder.path
