@@ -46,7 +46,8 @@ def main() -> None:
     voxel_mm = 2.0  # the cpu profile's resolution
     model = None
     if args.variant == "model":
-        model = SiteModel(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(args.model.read_text()).items()})
+        recorded = {"texture": 0.0, **json.loads(args.model.read_text())}  # version-1 fits had no texture
+        model = SiteModel(**{k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()})
     source = args.workdir / "samples" / args.samples
     args.out.mkdir(parents=True, exist_ok=True)
     if not (args.out / "slices").exists():

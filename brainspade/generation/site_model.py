@@ -5,14 +5,15 @@ of pooled brain intensities cannot recover a blurred, biased site's per-tissue l
 peaks merge; benchmarks/image_generator.md). This model says how the site's images are made instead, in the way
 of SAMSEG's and SynthSeg's generative models: an image is the label map's tissue fractions times per-tissue
 levels, each tissue carrying a faint smooth multiplicative texture, blurred in-plane, times a smooth bias field,
-with Rician noise, z-scored in the brain. Its parameters are chosen so that the source data sets' train-split label maps, rendered with them, have the site's pooled brain
-intensity quantiles, fine-residual spread and edge strength; the site's images stay unlabelled. The anatomy is
+with Rician noise, z-scored in the brain. Its parameters are chosen so that the source data sets' train-split
+label maps, rendered with them, have the site's pooled brain intensity quantiles, fine-residual spread and edge
+strength; the site's images stay unlabelled. The anatomy is
 assumed to be alike in both sets (as the pooled-quantile transfer assumes): the model fits contrast and scanner,
 not anatomy.
 
 A generated pair keeps what the generator made beyond its tissue levels (its texture, scaled to the site's
-contrast); its levels become the site's, then the site's texture, blur, bias and noise follow. Label maps are known for
-generated pairs, which is what makes per-tissue levels possible at all.
+contrast); its levels become the site's, then the site's texture, blur, bias and noise follow. Label maps are
+known for generated pairs, which is what makes per-tissue levels possible at all.
 
 The texture is what makes the levels identifiable: without it, a site whose tissues vary within themselves (every
 real one) is fitted best by wrong levels that spread the pooled quantiles instead (benchmarks/image_generator.md,
