@@ -18,8 +18,9 @@ known for generated pairs, which is what makes per-tissue levels possible at all
 The texture is what makes the levels identifiable: without it, a site whose tissues vary within themselves (every
 real one) is fitted best by wrong levels that spread the pooled quantiles instead (benchmarks/image_generator.md,
 issue 19, session 12). Measured limits: a tissue with a small share whose compartments are a few blur widths
-across (thin CSF) is fitted up to ~0.15 of the reference level too dark; the model is 2D (no through-plane blur),
-which on the phantom's thick-slice site did not matter.
+across (thin CSF) is fitted up to ~0.15 of the reference level too dark, and its level varies with the slice draw
+(phantom siteB CSF 0.17-0.54 of GM from 64 slices, 0.36-0.42 from 192; truth 0.42); the model is 2D (no
+through-plane blur), which on the phantom's thick-slice site did not matter.
 """
 
 from __future__ import annotations
