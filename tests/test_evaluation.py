@@ -225,3 +225,12 @@ def test_style_match_scores_every_style_source_with_shares_over_every_site(cache
     assert all("added noise sd 0.000" in transferred[k]["transfer"] for k in ("siteA/T1", "siteT/FLAIR"))
     assert len({round(v["generated"]["gm_wm"], 3) for v in transferred.values()}) > 1
     assert style_match_table(moved).count("\n| site") == 10
+    modelled = style_match(PaintT1(), site, cache, SOURCES, max_images=6, batch_size=4, seed=0,
+                           transfer_reference_images=8, transfer_method="site_model")
+    # The site model re-renders only sites the generator never learnt; source sites keep its images as they are.
+    for entry in modelled["styles"].values():
+        moved_entry = entry["with_appearance_transfer"]
+        if entry["site"] in SOURCES:
+            assert moved_entry["transfer"].startswith("none") and moved_entry["generated"] == entry["generated"]
+        else:
+            assert moved_entry["transfer"].startswith("site model") and moved_entry["generated"] != entry["generated"]

@@ -192,15 +192,34 @@ def test_site_model_transfer_puts_the_fitted_site_levels_on_the_same_label_maps(
     assert np.corrcoef(levels[fitted_tissues], fitted[fitted_tissues])[0, 1] > 0.99  # the images have the fitted contrast
 
 
+def test_site_model_leaves_a_source_sites_styles_as_the_generator_made_them(capsys, full_run, trained_workdir):
+    """The site model is for sites the generator never learnt: with the source site's styles `sample` says it
+    fits nothing and writes the very pairs of a run without the transfer."""
+    args = _sample_args(trained_workdir, "source_model", "sampling.appearance_transfer=true",
+                        "sampling.appearance_transfer_method=site_model", "sampling.appearance_reference_images=8")
+    code, out, err = run_cli(capsys, *args)
+    assert code == 0, err
+    assert "no appearance transfer for siteA" in out and "fitted" not in out
+    folder = trained_workdir / "samples" / "source_model"
+    assert not (folder / "appearance_transfer.json").exists()
+    assert _files(folder) == _files(full_run)
+
+
 def test_transfer_sets_made_before_the_method_key_keep_their_fingerprints():
     """A quantile-map set (the only method before `appearance_transfer_method` existed) keeps its fingerprint, so
-    re-running its command does not refuse it as "another config"; a site-model set gets its own."""
+    re-running its command does not refuse it as "another config"; a site-model set gets its own, except where a
+    source site's styles keep the generator's look: that set is the one made with the transfer off."""
     from brainspade.settings import SamplingSettings
     from brainspade.stages.sample import _sampling_fingerprint
 
-    off = _sampling_fingerprint(SamplingSettings())
+    sources = ["siteA", "siteT"]
+    off = _sampling_fingerprint(SamplingSettings(), "siteB", sources)
     assert not any(k.startswith("appearance_") for k in off)
-    quantiles = _sampling_fingerprint(SamplingSettings(appearance_transfer=True))
+    quantiles = _sampling_fingerprint(SamplingSettings(appearance_transfer=True), "siteB", sources)
     assert "appearance_transfer_method" not in quantiles and quantiles["appearance_transfer"] is True
-    model = _sampling_fingerprint(SamplingSettings(appearance_transfer=True, appearance_transfer_method="site_model"))
-    assert model["appearance_transfer_method"] == "site_model"
+    site_model = SamplingSettings(appearance_transfer=True, appearance_transfer_method="site_model")
+    assert _sampling_fingerprint(site_model, "siteB", sources)["appearance_transfer_method"] == "site_model"
+    assert _sampling_fingerprint(site_model, None, sources)["appearance_transfer_method"] == "site_model"  # a folder
+    assert _sampling_fingerprint(site_model, "siteA", sources) == _sampling_fingerprint(SamplingSettings(), "siteA",
+                                                                                         sources)
+    assert _sampling_fingerprint(SamplingSettings(appearance_transfer=True), "siteA", sources)["appearance_transfer"]

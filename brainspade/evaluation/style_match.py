@@ -105,12 +105,16 @@ def style_match(generator: ImageGenerator, site_classifier: ModalityClassifier, 
                     candidates, size=transfer_reference_images, replace=len(candidates) < transfer_reference_images)])
                 transfer = transfer_from_cache(generator.generate, cache, sources, modality, site_slices, seed,
                                                batch_size, transfer_levels, dataset, transfer_blurs, transfer_method)
-                moved = torch.from_numpy(transfer.apply(fake.numpy(), [seed + 15485863 + k for k in range(len(fake))],
-                                                        pv_maps.numpy()))
+                if transfer is None:  # a source site keeps the generator's look, as `sample` keeps it
+                    moved, described = fake, "none: a source site keeps the generator's look"
+                else:
+                    moved = torch.from_numpy(transfer.apply(
+                        fake.numpy(), [seed + 15485863 + k for k in range(len(fake))], pv_maps.numpy()))
+                    described = transfer.describe()
                 moved_shares = _site_shares(site_classifier, moved, batch_size)
                 transferred = {"site_match": moved_shares.get(dataset), "site_shares": moved_shares,
                                "generated": tissue_levels(moved.numpy(), pv_maps.numpy(), cache.channels),
-                               "transfer": transfer.describe()}
+                               "transfer": described}
             results[f"{dataset}/{modality}"] = {
                 "n": len(pv_maps), "site": dataset,
                 "site_match": shares.get(dataset),

@@ -20,6 +20,18 @@ from brainspade.generation.site_model import SiteModel, fit_site_model, mean_tis
 
 TRANSFER_METHODS = ("quantile_map", "site_model")
 
+
+def transfer_applies(method: str, site_dataset: str | None, sources: Sequence[str]) -> bool:
+    """Whether `sample` re-renders a style site's images at all (False: they keep the generator's look).
+
+    The site model is for sites the generator never learnt. A source site's look is the generator's own (it is
+    trained to reconstruct those images), and re-rendering it with the 2D tissue model swaps the learnt texture for
+    the model's: siteA-styled images were then called siteT by the site classifier and their CSF darkened
+    (benchmarks/image_generator.md, issue 19, sessions 11-13). The quantile map keeps transferring a source site's
+    contrast (with no noise: the site is its own noise baseline).
+    """
+    return not (method == "site_model" and site_dataset in sources)
+
 Generate = Callable[[torch.Tensor, torch.Tensor, list[int]], torch.Tensor]
 
 
@@ -67,13 +79,16 @@ def reference_transfer(generate: Generate, pv_maps: np.ndarray, site_slices: np.
 def transfer_from_cache(generate: Generate, cache: SliceCache, sources: Sequence[str], modality: str,
                         site_slices: np.ndarray, seed: int, batch_size: int, map_levels: bool = True,
                         site_dataset: str | None = None, blur_sigmas: Sequence[float] = (0.0,),
-                        method: str = "quantile_map") -> AppearanceTransfer | SiteModel:
-    """`reference_transfer` on the workdir's data: one reference image per site slice, on train-split label maps of
+                        method: str = "quantile_map") -> AppearanceTransfer | SiteModel | None:
+    """`reference_transfer` on the workdir's data (None where `transfer_applies` says a source site keeps the
+    generator's look): one reference image per site slice, on train-split label maps of
     the source data sets; the noise baseline is their train slices of `modality` (none if they have no such images),
     or the site slices themselves when the site is a source (`site_dataset`): the generator's own training data
     gets no noise (two draws of the same site would differ by their estimation error only).
     PROTOCOL: only train splits and the (unlabelled) site slices are read.
     """
+    if not transfer_applies(method, site_dataset, sources):
+        return None
     rng = np.random.default_rng(seed)
     n = len(site_slices)
     label_indices = generator_label_indices(cache, sources)

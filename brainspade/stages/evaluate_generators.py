@@ -112,8 +112,9 @@ def style_match_report(cfg: DictConfig, settings: StyleMatchSettings, cache: Sli
     sampling = section(cfg, "sampling")  # the transfer is measured as `sample` would fit it
     transfer = (sampling.appearance_reference_images, sampling.appearance_transfer_levels,
                 tuple(sampling.appearance_transfer_blurs), sampling.appearance_transfer_method)
-    # A new site-model version is measured again.
-    version = SITE_MODEL_VERSION if sampling.appearance_transfer_method == "site_model" else None
+    # A new site-model version is measured again; so are folders from before source sites kept the generator's look.
+    version = ((SITE_MODEL_VERSION, "sources keep the generator's look")
+               if sampling.appearance_transfer_method == "site_model" else None)
     folder = StageFolder(stage_path(cfg, "evaluation") / STYLE_MATCH_FOLDERS[1],
                          config_fingerprint(settings, run_.seed, sources, finished_fingerprint(generator_folder),
                                             finished_fingerprint(classifier_folder.path), transfer,

@@ -41,7 +41,7 @@ from brainspade.generation.labels import LabelSampler, condition_drawer, label_c
 from brainspade.generation.pairs import PairBatch, PairSynthesiser, check_style_modality
 from brainspade.generation.site_appearance import AppearanceTransfer
 from brainspade.generation.site_model import SITE_MODEL_VERSION, SiteModel
-from brainspade.generation.site_transfer import transfer_from_cache
+from brainspade.generation.site_transfer import transfer_applies, transfer_from_cache
 from brainspade.generation.styles import StyleBank, style_bank_from_cache, style_bank_from_folder
 from brainspade.settings import LabelSamplingSettings
 from brainspade.stages.config import count, run_settings, section, stage_path
@@ -98,7 +98,7 @@ def make_samples(
     settings = {
         "n": n, "seed": run_.seed, "style_dataset": style_dataset, "style_modality": style_modality,
         "style_folder": style_folder, "conditions": conditions,
-        "sampling": _sampling_fingerprint(sampling),
+        "sampling": _sampling_fingerprint(sampling, None if style_folder else style_dataset, sources),
         "label_sampling": dataclasses.asdict(label_settings),
         "models": [finished_fingerprint(p) for p in (label_vae, label_ldm, image_generator_folder)],
     }
@@ -166,11 +166,13 @@ def make_samples(
     return folder.path
 
 
-def _sampling_fingerprint(sampling) -> dict:
-    """The sampling keys a sample set depends on: the transfer's own keys only when it is on (so sets made
-    without it keep their fingerprints whatever those keys say)."""
+def _sampling_fingerprint(sampling, style_dataset: str | None, sources: Sequence[str]) -> dict:
+    """The sampling keys a sample set depends on: the transfer's own keys only when it is on and applies to the
+    style source (so sets made without it, or styled by a source site that keeps the generator's look, keep the
+    fingerprints of sets made with it off, whatever those keys say)."""
     keys = dataclasses.asdict(sampling)
-    if not sampling.appearance_transfer:
+    if not (sampling.appearance_transfer
+            and transfer_applies(sampling.appearance_transfer_method, style_dataset, sources)):
         keys = {k: v for k, v in keys.items() if not k.startswith("appearance_")}
     elif keys["appearance_transfer_method"] == "quantile_map":
         del keys["appearance_transfer_method"]  # the only method before the key existed: its sets keep their fingerprints
@@ -189,6 +191,10 @@ def _appearance_transfer(image_generator: ImageGenerator, cache: SliceCache, ban
     transfer = transfer_from_cache(image_generator.generate, cache, sources, bank.modality, site_slices, seed,
                                    sampling.batch_size, sampling.appearance_transfer_levels, bank.dataset,
                                    sampling.appearance_transfer_blurs, sampling.appearance_transfer_method)
+    if transfer is None:
+        print(f"[sample] no appearance transfer for {bank.dataset}: a source site keeps the look the generator learnt "
+              "from it", flush=True)
+        return None
     print(f"[sample] appearance transfer fitted on {len(site_slices)} style slices: {transfer.describe()}", flush=True)
     return transfer
 
