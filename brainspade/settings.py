@@ -319,6 +319,8 @@ class SamplingSettings(Checked):
     appearance_transfer_levels: bool = True  # False: only the noise (quantile_map)
     appearance_reference_images: int = bounded(64, ge=8)  # reference images the transfer is fitted on
     appearance_transfer_blurs: list[float] = bounded([0.0], ge=0)  # candidate in-plane blurs (pixels; quantile_map); [0.0]: none
+    # site_model: share of the generator's own texture (its image beyond its tissue levels) kept under the site's look
+    appearance_generator_texture: float = bounded(1.0, ge=0.0, le=1.0)
 
 
 @dataclass(frozen=True)

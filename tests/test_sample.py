@@ -223,3 +223,9 @@ def test_transfer_sets_made_before_the_method_key_keep_their_fingerprints():
     assert _sampling_fingerprint(site_model, "siteA", sources) == _sampling_fingerprint(SamplingSettings(), "siteA",
                                                                                          sources)
     assert _sampling_fingerprint(SamplingSettings(appearance_transfer=True), "siteA", sources)["appearance_transfer"]
+    # The generator-texture share: a site-model key, absent at its default (the behaviour before it existed).
+    assert "appearance_generator_texture" not in _sampling_fingerprint(site_model, "siteB", sources)
+    assert "appearance_generator_texture" not in quantiles
+    half = SamplingSettings(appearance_transfer=True, appearance_transfer_method="site_model",
+                            appearance_generator_texture=0.5)
+    assert _sampling_fingerprint(half, "siteB", sources)["appearance_generator_texture"] == 0.5

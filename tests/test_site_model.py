@@ -1,5 +1,7 @@
 """The site model: a scanner fitted to unlabelled slices by rendering known label maps, put onto generated pairs."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -52,6 +54,18 @@ def test_applied_to_generated_pairs_the_site_levels_replace_the_generators_and_i
         assert moved[k, 0][brain[k]].std() == pytest.approx(1.0, abs=1e-3)
     residual = moved[:, 0] - np.einsum("schw,c->shw", maps, levels)
     assert np.corrcoef(residual[brain], texture[brain])[0, 1] > 0.8  # what the generator drew beyond levels
+    # generator_texture: the share of that texture kept; 0 renders the label maps with the model alone.
+    def beyond_levels(images: np.ndarray) -> np.ndarray:  # each image's residual from its own tissue levels
+        return np.stack([image - np.einsum("chw,c->hw", pv, mean_tissue_levels(image[None], pv[None]))
+                         for image, pv in zip(images[:, 0], maps, strict=True)])[brain]
+
+    kept = {share: beyond_levels(dataclasses.replace(site, generator_texture=share).apply(generated[:, None],
+                                                                                          list(range(6)), maps))
+            for share in (0.0, 0.5, 1.0)}
+    assert kept[0.0].std() < 0.01 < kept[0.5].std() < kept[1.0].std()
+    assert np.corrcoef(kept[0.5], texture[brain])[0, 1] > 0.8
+    np.testing.assert_allclose(dataclasses.replace(site, generator_texture=0.0).apply(generated[:, None], [1], maps[:1]),
+                               site.render(maps[:1], None, [1])[:, None], atol=1e-6)
 
 
 def test_texture_bias_and_noise_are_drawn_per_seed():

@@ -67,7 +67,8 @@ def _site_shares(classifier: ModalityClassifier, images: torch.Tensor, batch_siz
 def style_match(generator: ImageGenerator, site_classifier: ModalityClassifier, cache: SliceCache,
                 sources: list[str], max_images: int, batch_size: int, seed: int,
                 transfer_reference_images: int | None = None, transfer_levels: bool = True,
-                transfer_blurs: Sequence[float] = (0.0,), transfer_method: str = "quantile_map") -> dict:
+                transfer_blurs: Sequence[float] = (0.0,), transfer_method: str = "quantile_map",
+                transfer_generator_texture: float = 1.0) -> dict:
     """Per style source: the site classifier's shares and the tissue levels of generated vs real images.
 
     With `transfer_reference_images`, each source is also measured after the site appearance transfer of
@@ -104,7 +105,8 @@ def style_match(generator: ImageGenerator, site_classifier: ModalityClassifier, 
                 site_slices = np.stack([cache.image(int(i)) for i in transfer_rng.choice(
                     candidates, size=transfer_reference_images, replace=len(candidates) < transfer_reference_images)])
                 transfer = transfer_from_cache(generator.generate, cache, sources, modality, site_slices, seed,
-                                               batch_size, transfer_levels, dataset, transfer_blurs, transfer_method)
+                                               batch_size, transfer_levels, dataset, transfer_blurs, transfer_method,
+                                               transfer_generator_texture)
                 if transfer is None:  # a source site keeps the generator's look, as `sample` keeps it
                     moved, described = fake, "none: a source site keeps the generator's look"
                 else:

@@ -61,6 +61,8 @@ class SiteModel:
         bias: sd of the log of the smooth multiplicative bias field.
         noise: sd of each complex Rician noise component, relative to the most common tissue's level.
         misfit: the fit's loss at its optimum (0: the references reproduce the site's summaries exactly).
+        generator_texture: share of a generated image's own texture that `apply` keeps (not fitted: a choice of how
+            much of the generator's image survives; 0 renders each label map with the model alone).
     """
 
     channels: tuple[str, ...]
@@ -70,6 +72,7 @@ class SiteModel:
     bias: float
     noise: float
     misfit: float
+    generator_texture: float = 1.0
 
     @property
     def background(self) -> int:
@@ -91,20 +94,23 @@ class SiteModel:
         levels = ", ".join(f"{c} {v:.2f}" for k, (c, v) in enumerate(zip(self.channels, self.levels, strict=True))
                            if k != self.background)
         return (f"site model: levels {levels}; texture sd {self.texture:.3f}, blur sd {self.blur:.2f} px, "
-                f"bias log-sd {self.bias:.3f}, noise sd {self.noise:.3f} (misfit {self.misfit:.4f})")
+                f"bias log-sd {self.bias:.3f}, noise sd {self.noise:.3f} (misfit {self.misfit:.4f}); "
+                f"{self.generator_texture:.2f} of the generator's texture kept")
 
     def apply(self, images: np.ndarray, seeds: Sequence[int], pv_maps: np.ndarray) -> np.ndarray:
         """(B, 1, H, W) generated images and their (B, C, H, W) PV maps -> the same pairs with the site's look,
         image i's bias and noise seeded with seeds[i].
 
         The generator's tissue levels are fitted per image (least squares on the PV map); what is left over is its
-        texture, scaled by the ratio of the site's tissue contrast to the image's and kept.
+        texture, scaled by the ratio of the site's tissue contrast to the image's, and `generator_texture` of it is kept.
         """
         images = np.asarray(images, np.float64)
         pv_maps = np.asarray(pv_maps, np.float64)
+        if self.generator_texture == 0:
+            return self.render(pv_maps, None, seeds)[:, None].astype(np.float32)
         textures = np.stack([generated_texture(image[0], pv, np.array(self.levels), self.background)
                              for image, pv in zip(images, pv_maps, strict=True)])
-        return self.render(pv_maps, textures, seeds)[:, None].astype(np.float32)
+        return self.render(pv_maps, self.generator_texture * textures, seeds)[:, None].astype(np.float32)
 
 
 def mean_tissue_levels(images: np.ndarray, pv_maps: np.ndarray) -> np.ndarray:

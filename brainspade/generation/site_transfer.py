@@ -7,6 +7,7 @@ the site's (unlabelled) style slices, and the fit compares what it made with tho
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -38,7 +39,8 @@ Generate = Callable[[torch.Tensor, torch.Tensor, list[int]], torch.Tensor]
 def reference_transfer(generate: Generate, pv_maps: np.ndarray, site_slices: np.ndarray,
                        own_slices: np.ndarray | None, seed: int, batch_size: int, map_levels: bool = True,
                        blur_sigmas: Sequence[float] = (0.0,), method: str = "quantile_map",
-                       channels: Sequence[str] | None = None) -> AppearanceTransfer | SiteModel:
+                       channels: Sequence[str] | None = None, generator_texture: float = 1.0
+                       ) -> AppearanceTransfer | SiteModel:
     """Fit the transfer to a site from reference images the generator makes for it.
 
     Args:
@@ -53,6 +55,7 @@ def reference_transfer(generate: Generate, pv_maps: np.ndarray, site_slices: np.
         blur_sigmas: candidate blurs of the quantile map (see `fit_appearance_transfer`).
         method: "quantile_map" or "site_model".
         channels: the PV channel names (site_model).
+        generator_texture: share of the generator's own texture the site model keeps (`SiteModel.generator_texture`).
     """
     if method not in TRANSFER_METHODS:
         raise ValueError(f"unknown appearance transfer method {method!r}; expected one of {list(TRANSFER_METHODS)}")
@@ -68,7 +71,8 @@ def reference_transfer(generate: Generate, pv_maps: np.ndarray, site_slices: np.
     generated = made_with(site_slices)
     if method == "site_model":
         # The generator's levels for this style start the fit: they have the site's modality (its tissue order).
-        return fit_site_model(site_slices, pv_maps, channels, mean_tissue_levels(generated, pv_maps), seed)
+        fitted = fit_site_model(site_slices, pv_maps, channels, mean_tissue_levels(generated, pv_maps), seed)
+        return dataclasses.replace(fitted, generator_texture=generator_texture)
     if own_slices is None:
         baseline = None
     else:
@@ -79,7 +83,8 @@ def reference_transfer(generate: Generate, pv_maps: np.ndarray, site_slices: np.
 def transfer_from_cache(generate: Generate, cache: SliceCache, sources: Sequence[str], modality: str,
                         site_slices: np.ndarray, seed: int, batch_size: int, map_levels: bool = True,
                         site_dataset: str | None = None, blur_sigmas: Sequence[float] = (0.0,),
-                        method: str = "quantile_map") -> AppearanceTransfer | SiteModel | None:
+                        method: str = "quantile_map", generator_texture: float = 1.0
+                        ) -> AppearanceTransfer | SiteModel | None:
     """`reference_transfer` on the workdir's data (None where `transfer_applies` says a source site keeps the
     generator's look): one reference image per site slice, on train-split label maps of
     the source data sets; the noise baseline is their train slices of `modality` (none if they have no such images),
@@ -104,4 +109,4 @@ def transfer_from_cache(generate: Generate, cache: SliceCache, sources: Sequence
         own_slices = (np.stack([cache.image(int(i)) for i in rng.choice(own, n, replace=len(own) < n)])
                       if len(own) else None)
     return reference_transfer(generate, pv_maps, site_slices, own_slices, seed, batch_size, map_levels, blur_sigmas,
-                              method, cache.channels)
+                              method, cache.channels, generator_texture)

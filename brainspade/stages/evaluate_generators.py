@@ -112,6 +112,8 @@ def style_match_report(cfg: DictConfig, settings: StyleMatchSettings, cache: Sli
     sampling = section(cfg, "sampling")  # the transfer is measured as `sample` would fit it
     transfer = (sampling.appearance_reference_images, sampling.appearance_transfer_levels,
                 tuple(sampling.appearance_transfer_blurs), sampling.appearance_transfer_method)
+    if sampling.appearance_transfer_method == "site_model" and sampling.appearance_generator_texture != 1.0:
+        transfer = (*transfer, sampling.appearance_generator_texture)  # folders measured before the key keep theirs
     # A new site-model version is measured again; so are folders from before source sites kept the generator's look.
     version = ((SITE_MODEL_VERSION, "sources keep the generator's look")
                if sampling.appearance_transfer_method == "site_model" else None)

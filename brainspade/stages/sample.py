@@ -176,8 +176,11 @@ def _sampling_fingerprint(sampling, style_dataset: str | None, sources: Sequence
         keys = {k: v for k, v in keys.items() if not k.startswith("appearance_")}
     elif keys["appearance_transfer_method"] == "quantile_map":
         del keys["appearance_transfer_method"]  # the only method before the key existed: its sets keep their fingerprints
+        del keys["appearance_generator_texture"]  # a site-model key
     else:
         keys["site_model_version"] = SITE_MODEL_VERSION
+        if keys["appearance_generator_texture"] == 1.0:  # as before the key existed: those sets keep their fingerprints
+            del keys["appearance_generator_texture"]
     return keys
 
 
@@ -190,7 +193,8 @@ def _appearance_transfer(image_generator: ImageGenerator, cache: SliceCache, ban
     site_slices = np.stack([bank.image(bank.draw(rng)) for _ in range(sampling.appearance_reference_images)])
     transfer = transfer_from_cache(image_generator.generate, cache, sources, bank.modality, site_slices, seed,
                                    sampling.batch_size, sampling.appearance_transfer_levels, bank.dataset,
-                                   sampling.appearance_transfer_blurs, sampling.appearance_transfer_method)
+                                   sampling.appearance_transfer_blurs, sampling.appearance_transfer_method,
+                                   sampling.appearance_generator_texture)
     if transfer is None:
         print(f"[sample] no appearance transfer for {bank.dataset}: a source site keeps the look the generator learnt "
               "from it", flush=True)
