@@ -205,10 +205,44 @@ def test_site_model_leaves_a_source_sites_styles_as_the_generator_made_them(caps
     assert _files(folder) == _files(full_run)
 
 
-def test_transfer_sets_made_before_the_method_key_keep_their_fingerprints():
-    """A quantile-map set (the only method before `appearance_transfer_method` existed) keeps its fingerprint, so
-    re-running its command does not refuse it as "another config"; a site-model set gets its own, except where a
-    source site's styles keep the generator's look: that set is the one made with the transfer off."""
+def test_the_modality_filter_judges_the_generators_image_and_the_site_look_follows():
+    """The filter checks the modality the generator made for the style (no transfer can change it, and the classifier
+    knows only source sites); the appearance transfer then goes onto every accepted image."""
+    from types import SimpleNamespace
+
+    from brainspade.generation.pairs import PairSynthesiser
+    from brainspade.generation.styles import StyleBank
+
+    class Generator:  # a bright image, "T1" to the stub classifier below
+        def generate(self, pv_maps, style_images, seeds):
+            return torch.ones(len(pv_maps), 1, 8, 8)
+
+    class DarkSite:  # a look the classifier would call FLAIR
+        def apply(self, images, seeds, pv_maps):
+            return -np.asarray(images)
+
+    class Classifier:
+        modalities = ["FLAIR", "T1"]
+
+        def predict(self, images):
+            t1 = (images.mean(dim=(1, 2, 3)) > 0).float()
+            return torch.stack([1 - t1, t1], dim=1), torch.zeros(len(images), 1)
+
+    bank = StyleBank(modality="T1", dataset="siteB", slices=np.zeros((3, 8, 8), np.float32), origins=["a", "b", "c"])
+    synthesiser = PairSynthesiser(
+        label_sampler=SimpleNamespace(lesion_channels=[]), image_generator=Generator(), style_bank=bank,
+        draw_conditions=lambda seeds: torch.zeros(len(seeds), 1), seed=0, label_settings=None,
+        classifier=Classifier(), max_retries=2, known_label_maps=lambda ids: torch.zeros(len(ids), 4, 8, 8),
+        appearance_transfer=DarkSite())
+    batch = synthesiser.make([0, 1, 2])
+    assert [(r["predicted_modality"], r["retries"]) for r in batch.records] == [("T1", 0)] * 3
+    assert (batch.images == -1).all()
+
+
+def test_transfer_fingerprints_hold_what_changes_a_set():
+    """A quantile-map set does not record the method key (the only method before it existed); a site-model set gets
+    its own, except where a source site's styles keep the generator's look: that set is the one made with the
+    transfer off. Sets whose modality filter judged the transferred images (before session 13) are remade."""
     from brainspade.settings import SamplingSettings
     from brainspade.stages.sample import _sampling_fingerprint
 
@@ -217,6 +251,7 @@ def test_transfer_sets_made_before_the_method_key_keep_their_fingerprints():
     assert not any(k.startswith("appearance_") for k in off)
     quantiles = _sampling_fingerprint(SamplingSettings(appearance_transfer=True), "siteB", sources)
     assert "appearance_transfer_method" not in quantiles and quantiles["appearance_transfer"] is True
+    assert quantiles["filter_before_transfer"] and "filter_before_transfer" not in off
     site_model = SamplingSettings(appearance_transfer=True, appearance_transfer_method="site_model")
     assert _sampling_fingerprint(site_model, "siteB", sources)["appearance_transfer_method"] == "site_model"
     assert _sampling_fingerprint(site_model, None, sources)["appearance_transfer_method"] == "site_model"  # a folder

@@ -142,6 +142,9 @@ class PairSynthesiser:
             images[rejected] = redo
             for k, p in zip(rejected, self._predict(redo), strict=True):
                 predicted[k] = p
+        # After the filter: it checks the modality the generator made for the style, which the site's look cannot
+        # change, with a classifier that knows only source sites (it called most target-site FLAIR renders T1).
+        images = self._put_site_look(images, pv_maps, ids, retries)
         records = [
             self._record(i, conditions[k], styles[k], predicted[k], retries[k]) for k, i in enumerate(ids)
         ]
@@ -153,7 +156,11 @@ class PairSynthesiser:
     def _generate(self, pv_maps: torch.Tensor, ids: list[int], styles: list[int], attempts: list[int]) -> torch.Tensor:
         style_images = torch.stack([torch.from_numpy(self.style_bank.image(s))[None] for s in styles]).to(self.device)
         seeds = [derived_seed(self.seed, i, IMAGE_NOISE, a) for i, a in zip(ids, attempts, strict=True)]
-        images = self.image_generator.generate(pv_maps, style_images, seeds)
+        return self.image_generator.generate(pv_maps, style_images, seeds)
+
+    def _put_site_look(self, images: torch.Tensor, pv_maps: torch.Tensor, ids: list[int], attempts: list[int]
+                       ) -> torch.Tensor:
+        """The appearance transfer on the accepted images, its noise seeded per (sample, attempt)."""
         if self.appearance_transfer is None:
             return images
         noise_seeds = [derived_seed(self.seed, i, APPEARANCE_NOISE, a) for i, a in zip(ids, attempts, strict=True)]

@@ -173,13 +173,15 @@ def _sampling_fingerprint(sampling, style_dataset: str | None, sources: Sequence
     keys = dataclasses.asdict(sampling)
     if not (sampling.appearance_transfer
             and transfer_applies(sampling.appearance_transfer_method, style_dataset, sources)):
-        keys = {k: v for k, v in keys.items() if not k.startswith("appearance_")}
-    elif keys["appearance_transfer_method"] == "quantile_map":
-        del keys["appearance_transfer_method"]  # the only method before the key existed: its sets keep their fingerprints
+        return {k: v for k, v in keys.items() if not k.startswith("appearance_")}
+    # Until session 13 the modality filter judged the transferred images; sets made so are remade, not resumed.
+    keys["filter_before_transfer"] = True
+    if keys["appearance_transfer_method"] == "quantile_map":
+        del keys["appearance_transfer_method"]  # the only method before the key existed
         del keys["appearance_generator_texture"]  # a site-model key
     else:
         keys["site_model_version"] = SITE_MODEL_VERSION
-        if keys["appearance_generator_texture"] == 1.0:  # as before the key existed: those sets keep their fingerprints
+        if keys["appearance_generator_texture"] == 1.0:  # the behaviour before the key existed
             del keys["appearance_generator_texture"]
     return keys
 
