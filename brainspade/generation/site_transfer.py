@@ -21,6 +21,8 @@ from brainspade.generation.site_model import SiteModel, fit_site_model, mean_tis
 
 TRANSFER_METHODS = ("quantile_map", "site_model")
 
+Generate = Callable[[torch.Tensor, torch.Tensor, list[int]], torch.Tensor]
+
 
 def transfer_applies(method: str, site_dataset: str | None, sources: Sequence[str]) -> bool:
     """Whether `sample` re-renders a style site's images at all (False: they keep the generator's look).
@@ -32,8 +34,6 @@ def transfer_applies(method: str, site_dataset: str | None, sources: Sequence[st
     contrast (with no noise: the site is its own noise baseline).
     """
     return not (method == "site_model" and site_dataset in sources)
-
-Generate = Callable[[torch.Tensor, torch.Tensor, list[int]], torch.Tensor]
 
 
 def reference_transfer(generate: Generate, pv_maps: np.ndarray, site_slices: np.ndarray,
