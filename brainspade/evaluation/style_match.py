@@ -23,7 +23,7 @@ from brainspade.data.slice_cache import SliceCache
 from brainspade.data.slicing import background_channel
 from brainspade.errors import BrainspadeError
 from brainspade.generation.images import ImageGenerator, ModalityClassifier
-from brainspade.generation.site_transfer import transfer_from_cache
+from brainspade.generation.site_transfer import transfer_applies, transfer_from_cache
 
 TISSUES = ("csf", "gm", "wm")
 RATIOS = {"gm_wm": ("gm", "wm"), "csf_gm": ("csf", "gm")}
@@ -100,16 +100,16 @@ def style_match(generator: ImageGenerator, site_classifier: ModalityClassifier, 
             shares = _site_shares(site_classifier, fake, batch_size)
             transferred = None
             if transfer_reference_images:
-                # Its own generator: the generator-only numbers and the real images drawn stay those of a run without it.
-                transfer_rng = np.random.default_rng([seed, len(results)])
-                site_slices = np.stack([cache.image(int(i)) for i in transfer_rng.choice(
-                    candidates, size=transfer_reference_images, replace=len(candidates) < transfer_reference_images)])
-                transfer = transfer_from_cache(generator.generate, cache, sources, modality, site_slices, seed,
-                                               batch_size, transfer_levels, dataset, transfer_blurs, transfer_method,
-                                               transfer_generator_texture)
-                if transfer is None:  # a source site keeps the generator's look, as `sample` keeps it
+                if not transfer_applies(transfer_method, dataset, sources):  # as `sample` leaves it
                     moved, described = fake, "none: a source site keeps the generator's look"
                 else:
+                    # Its own generator: the generator-only numbers and real images drawn stay those of a run without it.
+                    transfer_rng = np.random.default_rng([seed, len(results)])
+                    site_slices = np.stack([cache.image(int(i)) for i in transfer_rng.choice(
+                        candidates, size=transfer_reference_images, replace=len(candidates) < transfer_reference_images)])
+                    transfer = transfer_from_cache(generator.generate, cache, sources, modality, site_slices, seed,
+                                                   batch_size, transfer_levels, dataset, transfer_blurs,
+                                                   transfer_method, transfer_generator_texture)
                     moved = torch.from_numpy(transfer.apply(
                         fake.numpy(), [seed + 15485863 + k for k in range(len(fake))], pv_maps.numpy()))
                     described = transfer.describe()

@@ -84,16 +84,14 @@ def transfer_from_cache(generate: Generate, cache: SliceCache, sources: Sequence
                         site_slices: np.ndarray, seed: int, batch_size: int, map_levels: bool = True,
                         site_dataset: str | None = None, blur_sigmas: Sequence[float] = (0.0,),
                         method: str = "quantile_map", generator_texture: float = 1.0
-                        ) -> AppearanceTransfer | SiteModel | None:
-    """`reference_transfer` on the workdir's data (None where `transfer_applies` says a source site keeps the
+                        ) -> AppearanceTransfer | SiteModel:
+    """`reference_transfer` on the workdir's data (callers ask `transfer_applies` first: a source site may keep the
     generator's look): one reference image per site slice, on train-split label maps of
     the source data sets; the noise baseline is their train slices of `modality` (none if they have no such images),
     or the site slices themselves when the site is a source (`site_dataset`): the generator's own training data
     gets no noise (two draws of the same site would differ by their estimation error only).
     PROTOCOL: only train splits and the (unlabelled) site slices are read.
     """
-    if not transfer_applies(method, site_dataset, sources):
-        return None
     rng = np.random.default_rng(seed)
     n = len(site_slices)
     label_indices = generator_label_indices(cache, sources)

@@ -191,16 +191,16 @@ def _appearance_transfer(image_generator: ImageGenerator, cache: SliceCache, ban
     """The style site's look fitted on reference images (sampling.appearance_transfer), or None."""
     if not sampling.appearance_transfer:
         return None
+    if not transfer_applies(sampling.appearance_transfer_method, bank.dataset, sources):
+        print(f"[sample] no appearance transfer for {bank.dataset}: a source site keeps the look the generator learnt "
+              "from it", flush=True)
+        return None
     rng = np.random.default_rng(seed)
     site_slices = np.stack([bank.image(bank.draw(rng)) for _ in range(sampling.appearance_reference_images)])
     transfer = transfer_from_cache(image_generator.generate, cache, sources, bank.modality, site_slices, seed,
                                    sampling.batch_size, sampling.appearance_transfer_levels, bank.dataset,
                                    sampling.appearance_transfer_blurs, sampling.appearance_transfer_method,
                                    sampling.appearance_generator_texture)
-    if transfer is None:
-        print(f"[sample] no appearance transfer for {bank.dataset}: a source site keeps the look the generator learnt "
-              "from it", flush=True)
-        return None
     print(f"[sample] appearance transfer fitted on {len(site_slices)} style slices: {transfer.describe()}", flush=True)
     return transfer
 
