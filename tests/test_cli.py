@@ -90,6 +90,7 @@ def test_every_profile_passes_every_commands_checks_and_bench_is_the_cpu_profile
     cpu, bench = configs["cpu"], configs["bench"]
     assert bench.profile_name == "bench" and bench.slices.size == cpu.slices.size
     assert bench.image_generator.generator == cpu.image_generator.generator  # the same networks, trained longer
+    assert bench.image_generator.steps > cpu.image_generator.steps
     assert bench.label_vae.steps >= 1500 and bench.label_ldm.steps >= 3000 and bench.experiments.n_synthetic >= 2000
     assert min(test for _, test in bench.phantom.subjects_per_site.values()) >= 20
     assert bench.segmentation.epochs > cpu.segmentation.epochs
