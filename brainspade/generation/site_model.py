@@ -23,7 +23,9 @@ real one) is fitted best by wrong levels that spread the pooled quantiles instea
 issue 19, session 12). Measured limits: a tissue with a small share whose compartments are a few blur widths
 across (thin CSF) is fitted up to ~0.15 of the reference level too dark, and its level varies with the slice draw
 (phantom siteB CSF 0.17-0.54 of GM from 64 slices, 0.36-0.42 from 192; truth 0.42); the model is 2D (no
-through-plane blur), which on the phantom's thick-slice site did not matter.
+through-plane blur): a thick-slice site's thin CSF comes out darker than the site's (phantom siteB CSF/GM 0.11-0.13
+for 0.14). A 2D stand-in for that blur, fitted from single slices or stated from the voxel size, made the fit darken
+CSF instead (benchmarks/image_generator.md, issue 19, session 14).
 """
 
 from __future__ import annotations
