@@ -5,6 +5,10 @@ intensities with a faint smooth texture, then passed through a scanner model: po
 blur (optionally anisotropic, i.e. thick slices), a smooth multiplicative bias field, a global
 intensity scale and Rician noise (magnitude of complex Gaussian noise, so the background sits
 near 0 but is never exactly 0).
+
+The three steps a fitted site model shares with the phantom (`mix_tissues`, `apply_bias`,
+`rician_magnitude`) work on arrays of any shape: the phantom renders 3D volumes, the site model
+(generation/site_look/scanner_model.py) stacks of 2D slices.
 """
 
 from __future__ import annotations
@@ -63,6 +67,51 @@ def jittered_means(
     return {tissue: mean * float(factor) for (tissue, mean), factor in zip(contrast.items(), factors, strict=True)}
 
 
+def mix_tissues(
+    pv_maps: np.ndarray,
+    levels: Sequence[float],
+    textures: Sequence[np.ndarray | None],
+    axis: int = -1,
+) -> np.ndarray:
+    """Per-tissue levels mixed by the PV fractions, each tissue times its multiplicative texture.
+
+    Args:
+        pv_maps: tissue fractions, the channels along ``axis``; any other shape.
+        levels: intensity of each channel (a zero level adds nothing and is skipped).
+        textures: per channel, a multiplicative field of the fractions' shape around 1, or None (flat).
+        axis: the channel axis of ``pv_maps``.
+
+    Returns:
+        The ideal (noise-free) image, ``pv_maps``' shape without ``axis``, in its dtype.
+    """
+    fractions = np.moveaxis(pv_maps, axis, 0)
+    image = np.zeros(fractions.shape[1:], dtype=pv_maps.dtype)
+    for fraction, level, texture in zip(fractions, levels, textures, strict=True):
+        level = pv_maps.dtype.type(level)
+        if level == 0.0:
+            continue
+        contribution = level * fraction
+        if texture is not None:
+            contribution = contribution * texture
+        image += contribution
+    return image
+
+
+def apply_bias(image: np.ndarray, log_sd: float, unit_field: np.ndarray) -> np.ndarray:
+    """`image` times the smooth multiplicative bias field exp(log_sd * unit_field) (in the field's precision)."""
+    return image * np.exp(unit_field.dtype.type(log_sd) * unit_field)
+
+
+def rician_magnitude(image: np.ndarray, noise_sd: float, real_noise: np.ndarray,
+                     imaginary_noise: np.ndarray) -> np.ndarray:
+    """The magnitude of a complex signal with Gaussian noise of sd `noise_sd` on both channels, from unit-normal draws
+    (in the draws' precision): Rician noise, so the background sits near 0 but is never exactly 0."""
+    sd = real_noise.dtype.type(noise_sd)
+    real = image + sd * real_noise
+    imaginary = sd * imaginary_noise
+    return np.sqrt(real * real + imaginary * imaginary)
+
+
 def render_tissue_image(
     pv_maps: np.ndarray,
     channel_names: Sequence[str],
@@ -81,16 +130,9 @@ def render_tissue_image(
     Returns:
         The ideal (noise-free) float32 image ``(X, Y, Z)``.
     """
-    image = np.zeros(pv_maps.shape[:-1], dtype=np.float32)
-    for channel, tissue in enumerate(channel_names):
-        mean = np.float32(tissue_means[tissue])
-        if mean == 0.0:
-            continue
-        contribution = mean * pv_maps[..., channel]
-        if tissue in tissue_textures:
-            contribution = contribution * tissue_textures[tissue]
-        image += contribution
-    return image
+    image = mix_tissues(pv_maps, [tissue_means[tissue] for tissue in channel_names],
+                        [tissue_textures.get(tissue) for tissue in channel_names])
+    return image.astype(np.float32, copy=False)
 
 
 def tissue_textures(
@@ -126,10 +168,9 @@ def apply_scanner(
     if any(sigma > 0.0 for sigma in sigma_vox):
         image = gaussian_filter(image, sigma=sigma_vox, mode="nearest")
     log_bias = smooth_random_field(rng, image.shape, voxel_size_mm, profile.bias_correlation_mm)
-    image = image * np.exp(np.float32(profile.bias_log_std) * log_bias)
-    # Rician noise: the magnitude of a complex signal with Gaussian noise on both channels.
-    real = image + np.float32(profile.noise_std) * rng.standard_normal(image.shape, dtype=np.float32)
-    imaginary = np.float32(profile.noise_std) * rng.standard_normal(image.shape, dtype=np.float32)
-    magnitude = np.sqrt(real * real + imaginary * imaginary)
+    image = apply_bias(image, profile.bias_log_std, log_bias)
+    real_noise = rng.standard_normal(image.shape, dtype=np.float32)
+    imaginary_noise = rng.standard_normal(image.shape, dtype=np.float32)
+    magnitude = rician_magnitude(image, profile.noise_std, real_noise, imaginary_noise)
     scale = profile.intensity_scale * (1.0 + profile.intensity_scale_jitter * rng.uniform(-1.0, 1.0))
     return (np.float32(scale) * magnitude).astype(np.float32)
