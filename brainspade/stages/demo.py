@@ -13,14 +13,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
+from brainspade.commands import COMMANDS
 from brainspade.stages.config import workdir
 
 PIPELINE = ("prepare-data", "train-label-vae", "train-label-ldm", "train-modisc", "train-image-generator")
 
 
 def run(cfg: DictConfig) -> Path:
-    from brainspade.cli import COMMANDS
-
     started = time.monotonic()
     timings: list[tuple[str, float]] = []
 
