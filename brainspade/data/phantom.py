@@ -26,9 +26,10 @@ Layout written by :func:`build_phantom`::
 from __future__ import annotations
 
 import csv
+import json
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -57,6 +58,7 @@ from brainspade.data.intensity import (
 )
 from brainspade.data.random_fields import smooth_random_field
 from brainspade.engine.logging import progress
+from brainspade.settings import PhantomSettings
 
 PHANTOM_CHANNELS: tuple[str, ...] = ("background", "csf", "gm", "wm", "tumour", "edema")
 PHANTOM_LESION_CHANNELS: tuple[str, ...] = ("tumour", "edema")
@@ -551,3 +553,27 @@ def write_overview(path: Path, subjects: list[PhantomSubject]) -> None:
             axis.set_axis_off()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
+
+
+def make_phantom_folder(target: Path, settings: PhantomSettings, *, seed: int, force: bool = False) -> Path:
+    """Build the phantom in `target` unless an identical one is there; return `target`.
+
+    Built beside the target and swapped in at the end, so a crash never leaves half a data set.
+    """
+    from brainspade.engine.atomic import atomic_folder
+    from brainspade.engine.stage import StageFolder, config_fingerprint
+
+    fingerprint = config_fingerprint(settings, seed)
+    if StageFolder(target, fingerprint).reusable(force):
+        print(f"[make-phantom] {target} is up to date")
+        return target
+    with atomic_folder(target) as building:
+        build_phantom(
+            building,
+            resolution_mm=settings.resolution_mm,
+            subjects_per_site={site: tuple(counts) for site, counts in settings.subjects_per_site.items()},
+            seed=seed,
+        )
+        (building / "config.yaml").write_text(json.dumps(asdict(settings), indent=2) + "\n")
+        StageFolder(building, fingerprint).finish({"manifest": "manifest.csv", "overview": "overview.png"})
+    return target

@@ -11,6 +11,7 @@ from brainspade.data.freesurfer import SYNTHSEG_POSTERIOR_CODES
 from brainspade.data.label_sources import LabelReading
 from brainspade.data.manifest import read_manifest
 from brainspade.data.manifest_checks import check_manifest
+from brainspade.data.phantom import make_phantom_folder
 from brainspade.data.prepare import build_slice_cache
 from brainspade.data.registration import RegistrationTarget
 from brainspade.engine.atomic import atomic_folder
@@ -18,29 +19,22 @@ from brainspade.engine.stage import StageFolder, config_fingerprint
 from brainspade.errors import BrainspadeError
 from brainspade.settings import DataSettings
 from brainspade.stages.config import data_root, plain, run_settings, section, stage_path
-from brainspade.stages.make_phantom import ensure_phantom
-
-# Keys added for labs' own data (issue 16): left out of the fingerprint while at their defaults, so
-# slice caches made before them stay reusable.
-IMPORT_KEYS = ("label_format", "posterior_codes", "extra_codes", "register", "template_resolution_mm",
-               "min_similarity")
 
 
 def run(cfg: DictConfig) -> Path:
     """Write W/slices (skipped when up to date with the data and config); return its folder."""
+    run_ = run_settings(cfg)
     if cfg.data.name == "phantom":
-        ensure_phantom(cfg)
+        make_phantom_folder(stage_path(cfg, "phantom"), section(cfg, "phantom"), seed=run_.seed, force=run_.force)
     root = data_root(cfg)
     if not root.is_dir():
         raise BrainspadeError(f"{root}: data folder not found; set data.root=PATH to a folder with manifest.csv")
-    run_ = run_settings(cfg)
     data, slices = section(cfg, "data"), section(cfg, "slices")
     rows = read_manifest(root)
     check_manifest(rows, root / "manifest.csv", data.source_datasets, data.target_datasets,
                    one_voxel_size=data.register == "none")
     manifest_hash = hashlib.sha256((root / "manifest.csv").read_bytes()).hexdigest()
-    # Hashed as the plain config nodes, as before the typed settings, so existing caches stay valid.
-    fingerprint = config_fingerprint(_fingerprinted(plain(cfg.data), data), plain(cfg.slices), manifest_hash)
+    fingerprint = config_fingerprint(data, slices, manifest_hash)
     target = stage_path(cfg, "slices")
     if StageFolder(target, fingerprint).reusable(run_.force):
         print(f"[prepare-data] {target} is up to date")
@@ -84,14 +78,3 @@ def registration_target(data: DataSettings, seed: int) -> RegistrationTarget | N
     if data.register == "none":
         return None
     return RegistrationTarget(data.template_resolution_mm, data.min_similarity, seed)
-
-
-def _fingerprinted(node: dict, data: DataSettings) -> dict:
-    """The data section as hashed: the import keys only when they change what is read."""
-    defaults = DataSettings()
-    node = dict(node)
-    for key in IMPORT_KEYS:
-        if key in node and (data.register == "none" and key in ("template_resolution_mm", "min_similarity")
-                            or getattr(data, key) == getattr(defaults, key)):
-            node.pop(key)
-    return node

@@ -22,6 +22,7 @@ from brainspade.settings import ExperimentSettings, SegmentationSettings
 from brainspade.stages.config import (
     arm_segmentation,
     experiment_plan,
+    generator_folders,
     run_settings,
     section,
     stage_path,
@@ -50,14 +51,22 @@ def run(cfg: DictConfig) -> Path:
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
 
     def synthetic_samples(source: SyntheticSource | RandomisedSource) -> Path:
-        from brainspade.stages import sample, sample_randomised  # heavy (generators); only for generated arms
+        # Imported here: the generators are heavy, and only generated arms need them.
+        from brainspade.generation.randomised_set import make_randomised_set
+        from brainspade.generation.sample_set import StyleSource, make_sample_set
 
+        samples = stage_path(cfg, "samples")
         if isinstance(source, RandomisedSource):  # the label maps first: they are those of a synthetic arm
             synthetic_samples(_synthetic_source_named(experiments, source.labels_from))
-            return sample_randomised.make_randomised_samples(cfg, name=source.samples, labels_from=source.labels_from)
-        return sample.make_samples(cfg, name=source.samples, n=experiments.n_synthetic,
-                                   style_dataset=source.style_dataset, style_modality=source.style_modality,
-                                   conditions=source.conditions)
+            return make_randomised_set(samples / source.samples, samples / source.labels_from,
+                                       section(cfg, "randomisation"), seed=run_config.seed, force=run_config.force,
+                                       config_yaml=config_yaml)
+        sampling = section(cfg, "sampling")
+        return make_sample_set(
+            samples / source.samples, generator_folders(cfg, sampling.modality_filter),
+            StyleSource(source.style_dataset, source.style_modality), experiments.n_synthetic,
+            sampling=sampling, labels=section(cfg, "label_sampling"), sources=section(cfg, "data").source_datasets,
+            conditions=source.conditions, seed=run_config.seed, force=run_config.force, device=run_config.device)
 
     arms = {spec.name: ensure_arm(spec, stage_path(cfg, "segmentation") / "models" / spec.name, cache,
                                   arm_settings[spec.name],

@@ -19,10 +19,10 @@ from brainspade.engine.atomic import atomic_path, write_json_atomic
 from brainspade.engine.logging import colourise_labels, log_image_columns, progress, tensorboard_writer
 from brainspade.engine.runtime import select_device
 from brainspade.engine.stage import StageFolder, config_fingerprint, finished_fingerprint, require_complete
+from brainspade.evaluation.metrics import lesion_present, tissue_volumes
 from brainspade.generation.labels import LabelSampler, sample_label_maps
+from brainspade.generation.sample_set import case_id, label_condition_drawer
 from brainspade.stages.config import count, resolved_yaml, run_settings, section, stage_path
-from brainspade.stages.sample import case_id, label_condition_drawer
-from brainspade.training.label_batches import lesion_present, tissue_volumes
 
 
 def run(cfg: DictConfig) -> Path:
