@@ -20,11 +20,15 @@ from brainspade.engine.checkpoint import CHECKPOINT_NAME
 from brainspade.errors import BrainspadeError
 
 MANIFEST_NAME = "manifest.json"
+# The meaning of every stage's outputs: bumped when a change makes outputs of the same settings differ, so that
+# folders made before are redone rather than mixed with new ones. Part of every fingerprint and every manifest.
+FORMAT_VERSION = 2
 
 
 def config_fingerprint(*sections: Any) -> str:
-    """A short hash of settings and plain values, to tell whether a finished stage is still valid."""
-    text = json.dumps(sections, sort_keys=True, default=_plain)
+    """A short hash of settings and plain values (and the format version), to tell whether a finished stage is
+    still valid."""
+    text = json.dumps([FORMAT_VERSION, *sections], sort_keys=True, default=_plain)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -73,11 +77,17 @@ class StageFolder:
         """
         if not self.is_complete() or force:
             return False
-        if self.read_manifest().get("fingerprint") == self.fingerprint:
+        manifest = self.read_manifest()
+        if manifest.get("fingerprint") == self.fingerprint:
             damaged = self.damaged_outputs()
             if damaged:
                 print(f"[brainspade] {self.path}: {', '.join(damaged)} missing or changed since it finished; remaking it")
             return not damaged
+        if manifest.get("format") != FORMAT_VERSION:
+            raise BrainspadeError(
+                f"{self.path}: made by a brainspade whose outputs had another format (version "
+                f"{manifest.get('format', 1)}, now {FORMAT_VERSION}); pass force=true to redo it or use another workdir"
+            )
         raise BrainspadeError(
             f"{self.path}: finished with another config; pass force=true to redo it or use another workdir"
         )
@@ -113,6 +123,7 @@ class StageFolder:
             return self.path
         outputs = dict(outputs or {})
         manifest = {
+            "format": FORMAT_VERSION,
             "fingerprint": self.fingerprint,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "outputs": outputs,

@@ -111,7 +111,7 @@ class ArmSpec:
     def as_dict(self) -> dict[str, Any]:
         """The spec as written in the config (the arm's fingerprint and report read this)."""
         spec = {key: dataclasses.asdict(getattr(self, key)) for key in SOURCES if getattr(self, key) is not None}
-        if self.segmentation:  # absent when unset: arms trained before the key existed keep their fingerprints
+        if self.segmentation:
             spec["segmentation"] = dict(self.segmentation)
         return spec
 
@@ -155,9 +155,7 @@ def ensure_arm(
         "arm": arm.as_dict(),
         "slices": finished_fingerprint(cache.folder),
         "samples": None if samples is None else finished_fingerprint(samples),
-        # an unset class_weights leaves the fingerprint (and so every arm trained before the key existed) unchanged
-        "training": {key: getattr(settings, key) for key in TRAINING_KEYS
-                     if key != "class_weights" or settings.class_weights},
+        "training": {key: getattr(settings, key) for key in TRAINING_KEYS},
     }
     fingerprint = config_fingerprint(inputs)
     stage = StageFolder(folder, fingerprint)
