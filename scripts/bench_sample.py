@@ -46,14 +46,14 @@ def label_comparison(workdir: Path, n: int, steps: int) -> list[str]:
 
     from brainspade.data.datasets import generator_label_indices
     from brainspade.data.slice_cache import SliceCache
+    from brainspade.evaluation.metrics import tissue_volumes, volume_distances
     from brainspade.generation.labels import (
         LabelSampler,
         draw_conditions,
         label_conditions,
         postprocess_pv_maps,
     )
-    from brainspade.settings import LabelSamplingSettings
-    from brainspade.training.label_batches import tissue_volumes, volume_distances
+    from brainspade.stages.config import compose, section
 
     torch.set_num_threads(2)
     device = torch.device("cpu")
@@ -72,7 +72,8 @@ def label_comparison(workdir: Path, n: int, steps: int) -> list[str]:
     )
 
     start = time.time()
-    settings = LabelSamplingSettings(sampler="ddim", steps=steps)
+    settings = section(compose("sample", ["label_sampling.sampler=ddim", f"label_sampling.steps={steps}"]),
+                       "label_sampling")
     ours = sampler.sample(conditions, list(range(n)), settings)
     ours_seconds = time.time() - start
     # The same sampler with other seeds: how much W1 moves between two draws of n maps (the noise level

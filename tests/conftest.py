@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from brainspade.cli import main
+from brainspade.stages.config import compose, section
 
 torch.set_num_threads(2)
 
@@ -26,6 +27,19 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
         code = exit_.code if isinstance(exit_.code, int) else 1
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def settings_of(key: str, **values):
+    """The typed settings of config section `key` as configs/ writes them (no profile), with `values` on top.
+
+    Nested values are dicts merged key by key (`weights={"modality": 0.5}` keeps the other weights).
+    """
+    from omegaconf import OmegaConf, open_dict
+
+    cfg = compose("sample", ["~profile"])  # configs/base.yaml holds every section
+    with open_dict(cfg):
+        cfg[key] = OmegaConf.merge(cfg[key], values)
+    return section(cfg, key)
 
 
 def _sphere_pv(shape: tuple[int, int, int], radius: float) -> np.ndarray:

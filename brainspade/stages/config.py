@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -16,10 +17,12 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from brainspade import settings as typed
+from brainspade.commands import CONFIG_DIR
 from brainspade.engine.stage import StageFolder
 from brainspade.errors import BrainspadeError
 
 if TYPE_CHECKING:
+    from brainspade.generation.sample_set import GeneratorFolders
     from brainspade.segmentation.arms import ArmSpec
 
 T = TypeVar("T")
@@ -62,6 +65,8 @@ def section(cfg: DictConfig, key: str, cls: type[T] | None = None) -> T:
         message = str(error).strip().splitlines()[0]
         if "not in struct" in message or "Key '" in message and "not in" in message:
             message = f"unknown key (the section takes {', '.join(sorted(names))})"
+        elif "missing mandatory value" in message:
+            message = "has no value; set it in the YAML or pass it as key=VALUE"
         raise BrainspadeError(f"{full_key}: {message}") from None
     except BrainspadeError as error:
         message = str(error)
@@ -76,27 +81,34 @@ def _field_path(cls: type, name: str, nested: bool = False) -> str:
         if spec.name == name:
             return name
     for spec in dataclasses.fields(cls):
-        child = spec.default_factory if spec.default_factory is not dataclasses.MISSING else None
-        if isinstance(child, type) and dataclasses.is_dataclass(child):
-            found = _field_path(child, name, nested=True)
+        if isinstance(spec.type, type) and dataclasses.is_dataclass(spec.type):
+            found = _field_path(spec.type, name, nested=True)
             if found:
                 return f"{spec.name}.{found}"
     return "" if nested else name
 
 
 def _writable_schema(cls: type) -> DictConfig:
-    """The structured config of a settings class; frozen dataclasses make read-only nodes, which the merge fills."""
+    """The structured config of a settings class, every value missing until the YAML fills it.
+
+    Frozen dataclasses make read-only nodes, which the merge could not fill; nested classes get their own
+    writable schema (a missing nested node would otherwise be made read-only by the merge).
+    """
     schema = OmegaConf.structured(cls)
-
-    def unlock(node: DictConfig) -> None:
-        OmegaConf.set_readonly(node, False)
-        for name in node:
-            child = node._get_node(name)
-            if isinstance(child, DictConfig):
-                unlock(child)
-
-    unlock(schema)
+    OmegaConf.set_readonly(schema, False)
+    for spec in dataclasses.fields(cls):
+        if isinstance(spec.type, type) and dataclasses.is_dataclass(spec.type):
+            schema[spec.name] = _writable_schema(spec.type)
     return schema
+
+
+def compose(command: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """The config of `brainspade COMMAND OVERRIDES...` as Hydra composes it, without running anything."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return hydra_compose(config_name=command, overrides=list(overrides))
 
 
 def run_settings(cfg: DictConfig) -> typed.RunSettings:
@@ -212,6 +224,24 @@ def check_workdir(path: Path) -> None:
 def stage_path(cfg: DictConfig, name: str) -> Path:
     """Where stage `name` keeps its folder inside the workdir."""
     return workdir(cfg) / name
+
+
+def generator_folders(cfg: DictConfig, modality_filter: bool) -> GeneratorFolders:
+    """The finished stage folders `sample` makes pairs from, each refused in one line when missing."""
+    from brainspade.engine.stage import require_complete
+    from brainspade.generation.sample_set import GeneratorFolders
+
+    folders = GeneratorFolders(
+        slices=require_complete(stage_path(cfg, "slices"), "slice cache", "prepare-data"),
+        label_vae=require_complete(stage_path(cfg, "label_vae"), "label VAE", "train-label-vae"),
+        label_ldm=require_complete(stage_path(cfg, "label_ldm"), "label LDM", "train-label-ldm"),
+        image_generator=require_complete(stage_path(cfg, "image_generator"), "image generator",
+                                         "train-image-generator"),
+        modality_classifier=stage_path(cfg, "modisc") if modality_filter else None,
+    )
+    if folders.modality_classifier is not None:
+        require_complete(folders.modality_classifier, "modality classifier", "train-modisc")
+    return folders
 
 
 def data_root(cfg: DictConfig) -> Path:
