@@ -10,12 +10,19 @@ import torch
 from conftest import run_cli
 
 from brainspade.data.slice_cache import SliceCache
-from brainspade.evaluation.consistency import consistency_dice, mean_dice, segment_all
-from brainspade.evaluation.diversity import mean_pairwise_ms_ssim, ms_ssim_weights
+from brainspade.evaluation.consistency import segment_all
 from brainspade.evaluation.features import classifier_features, extract
-from brainspade.evaluation.label_realism import components_and_holes
-from brainspade.evaluation.memorisation import memorisation_scores, nearest
-from brainspade.evaluation.realism import kid, realism_scores
+from brainspade.evaluation.metrics import (
+    components_and_holes,
+    consistency_dice,
+    kid,
+    mean_dice,
+    mean_pairwise_ms_ssim,
+    memorisation_scores,
+    ms_ssim_weights,
+    nearest,
+    realism_scores,
+)
 from brainspade.models.modality_classifier import ModalityDatasetClassifier
 
 SOURCES = ["siteA", "siteT"]
@@ -175,13 +182,13 @@ def test_domain_randomised_sets_are_not_scored_as_generator_output(tmp_path):
         sample_set_names(tmp_path, "D")
 
 
-# ---------------------------------------------------------------- style match (issue 19)
+# ---------------------------------------------------------------- style match
 
 
 def test_tissue_levels_rescale_each_brain_and_give_the_contrast_ratios():
     """Pure tissues at 0.2 / 0.6 / 1.0 (CSF / GM / WM): after the brain's 1st-99th percentile -> [0, 1],
     CSF 0, GM 0.5, WM 1; the same image brighter and shifted gives the same levels (a positive scale)."""
-    from brainspade.evaluation.style_match import tissue_levels
+    from brainspade.evaluation.metrics import tissue_levels
 
     labels = np.zeros((1, 40, 40), dtype=int)
     labels[0, 5:35, 5:15], labels[0, 5:35, 15:25], labels[0, 5:35, 25:35] = 1, 2, 3

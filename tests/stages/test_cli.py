@@ -94,7 +94,7 @@ def test_every_profile_passes_every_commands_checks_and_bench_is_the_cpu_profile
     assert bench.label_vae.steps >= 1500 and bench.label_ldm.steps >= 3000 and bench.experiments.n_synthetic >= 2000
     assert min(test for _, test in bench.phantom.subjects_per_site.values()) >= 20
     assert bench.segmentation.epochs > cpu.segmentation.epochs
-    # The paper's method in the paper profile; the cpu profile adds the fitted site model (issue 19).
+    # The paper's method in the paper profile; the cpu profile adds the fitted site model.
     assert not configs["paper"].sampling.appearance_transfer
     assert cpu.sampling.appearance_transfer and cpu.sampling.appearance_transfer_method == "site_model"
 

@@ -1,4 +1,4 @@
-"""What every stage promises alike (issue 13's regressions): one settings object per concern, force means
+"""What every stage promises alike: one settings object per concern, force means
 redo, checkpoints and finished folders of another schema refused in one line, bad values refused before work."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from conftest import run_cli
 
 from brainspade.engine.checkpoint import CHECKPOINT_NAME
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = "profile=tiny"
 STAGE_FOLDERS = {"train-label-vae": "label_vae", "train-label-ldm": "label_ldm", "train-modisc": "modisc",
                  "train-image-generator": "image_generator"}

@@ -66,7 +66,7 @@ def test_modisc_then_image_generator_write_metrics_and_load_through_the_api(tiny
 
 def test_image_generator_with_the_appearance_path_trains_and_its_styles_reach_the_image(tiny_slices, tmp_path,
                                                                                       capsys):
-    """Issue 19's style path end to end: appearance statistics + seeded noise + pair augmentation train,
+    """The style path end to end: appearance statistics + seeded noise + pair augmentation train,
     the checkpoint alone rebuilds the generator, and a noisier copy of a style slice gives another image."""
     from brainspade.generation.appearance import STATISTICS
 

@@ -1,4 +1,4 @@
-"""scripts/gpu_check.sh --dry-run: the GPU check's code paths at profile=tiny on the CPU (issue 18).
+"""scripts/gpu_check.sh --dry-run: the GPU check's code paths at profile=tiny on the CPU.
 
 The GPU check runs only when a task is lent a GPU; this keeps it from rotting in between.
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STAGES = {"train-label-vae", "train-modisc", "train-label-ldm", "train-image-generator"}
 
 
