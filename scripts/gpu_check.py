@@ -1,4 +1,4 @@
-"""The paper configuration measured on one CUDA GPU in one short, prepared run (issue 18).
+"""The paper configuration measured on one CUDA GPU in one short, prepared run.
 
 Usage (see benchmarks/GPU.md for how to read the results):
     scripts/gpu_check.sh [--out DIR] [--budget SECONDS] [--commit HASH]   # one CUDA GPU, ~7 min

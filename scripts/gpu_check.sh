@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The prepared GPU check (issue 18): scripts/gpu_check.sh [--out DIR] [--dry-run] [...]; see benchmarks/GPU.md.
+# The prepared GPU check: scripts/gpu_check.sh [--out DIR] [--dry-run] [...]; see benchmarks/GPU.md.
 # Uses .venv/bin/python where the project is installed; elsewhere (e.g. a GPU machine with its own torch
 # and the other packages on PYTHONPATH) any python3 that imports torch, with the repository on PYTHONPATH.
 set -euo pipefail

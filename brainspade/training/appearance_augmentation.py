@@ -18,7 +18,7 @@ from brainspade.settings import AppearanceAugmentation
 
 
 def _to_unit_range(images: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
-    """z-scored slices -> background 0, the brain's 99th percentile 1 (TorchIO's gamma needs non-negative values)."""
+    """z-scored slices -> the background at 0, the brain's 99th percentile at 1 (TorchIO's gamma needs non-negative values)."""
     low = images.amin(dim=(1, 2, 3), keepdim=True)
     shifted = images - low
     high = torch.stack([torch.quantile(s[m > 0], 0.99) if (m > 0).sum() > 1 else s.max()
