@@ -26,9 +26,9 @@ from brainspade.engine.ema import make_ema, update_ema
 from brainspade.engine.logging import colourise_labels, grey_to_rgb, log_image_columns
 from brainspade.engine.runtime import Runtime
 from brainspade.errors import BrainspadeError
-from brainspade.generation.appearance import STATISTICS
-from brainspade.generation.fidelity import paired_fidelity
+from brainspade.evaluation.metrics import paired_fidelity
 from brainspade.generation.images import ImageGenerator, ModalityClassifier, with_style_modality
+from brainspade.generation.site_look.statistics import STATISTICS
 from brainspade.losses.gan import feature_matching_loss, hinge_discriminator_loss, hinge_generator_loss
 from brainspade.losses.kl import kl_divergence
 from brainspade.losses.modality import modality_dataset_loss
@@ -64,7 +64,7 @@ class GeneratorLosses:
         self.sampled_code = settings.sampled_code
         self.style_modality_input = settings.style_modality_input
         self.style_appearance_input = settings.style_appearance_input
-        self.noise_input = bool(settings.generator.get("noise_input", False))
+        self.noise_input = bool(settings.generator["noise_input"])
         self.perceptual = (make_perceptual_loss(settings.perceptual_network, networks.classifier).to(device)
                            if self.weights["perceptual"] > 0 else None)
         affine = settings.style_affine
@@ -158,7 +158,7 @@ def model_arguments(settings: ImageGeneratorSettings, channels: list[str], size:
     """
     if settings.style_modality_input and modalities < 1:
         raise BrainspadeError("image_generator.style_modality_input=true needs a trained modality classifier (train-modisc)")
-    style_encoder = {"z_dim": 16, **settings.style_encoder}
+    style_encoder = dict(settings.style_encoder)
     generator_code = (style_encoder["z_dim"] + (modalities if settings.style_modality_input else 0)
                       + (len(STATISTICS) if settings.style_appearance_input else 0))
     return {
