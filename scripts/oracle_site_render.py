@@ -6,7 +6,7 @@ workdir whose `slices` links to the source workdir's and whose `samples/<name>` 
 `scripts/bench_segmenter.py --workdir OUT --arm <arm>`. Variants:
     render  the PV map with the site's jittered tissue levels and textures, then its scanner (no generator image);
     shift   the generated image's tissue levels replaced by the site's (its texture kept), then the site's scanner;
-    model   a fitted `SiteModel` (JSON, e.g. a sample set's appearance_transfer.json) applied as `sample` would.
+    model   a fitted `ScannerModel` (JSON, e.g. a sample set's site_look.json) applied as `sample` would.
 Only in-plane blur is applied (a 2D slice has no neighbours to mix through-plane).
 
 Usage:
@@ -33,21 +33,21 @@ def main() -> None:
     parser.add_argument("--site", default="siteB")
     parser.add_argument("--modality", default="T1")
     parser.add_argument("--variant", choices=("render", "shift", "model"), required=True)
-    parser.add_argument("--model", type=Path, help="SiteModel JSON (variant model)")
+    parser.add_argument("--model", type=Path, help="ScannerModel JSON (variant model)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
     from brainspade.data.intensity import apply_scanner, jittered_means, render_tissue_image, tissue_textures
     from brainspade.data.phantom import PHANTOM_CHANNELS, SITE_SPECS
     from brainspade.data.slicing import zscore_in_brain
-    from brainspade.generation.site_model import SiteModel, generated_texture
+    from brainspade.generation.site_look.scanner_model import ScannerModel, generated_texture
 
     spec = SITE_SPECS[args.site]
     voxel_mm = 2.0  # the cpu profile's resolution
     model = None
     if args.variant == "model":
         recorded = {"texture": 0.0, **json.loads(args.model.read_text())}  # version-1 fits had no texture
-        model = SiteModel(**{k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()})
+        model = ScannerModel(**{k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()})
     source = args.workdir / "samples" / args.samples
     args.out.mkdir(parents=True, exist_ok=True)
     if not (args.out / "slices").exists():

@@ -1,12 +1,12 @@
 """How much of the generator's texture can a site model keep before the site classifier stops naming the site?
 
 Diagnostic for issue 19 (benchmarks/image_generator.md, session 13). Styles held-out source label maps with train
-slices of one site, puts a fitted site model on them (a sample set's `appearance_transfer.json`) with several shares
-of the generator's own texture kept (`sampling.appearance_generator_texture`), and prints the evaluation-only site
+slices of one site, puts a fitted site model on them (a sample set's `site_look.json`) with several shares
+of the generator's own texture kept (`sampling.site_look.generator_texture`), and prints the evaluation-only site
 classifier's shares and the tissue ratios of each, next to the generator's images alone and real test images.
 
 Usage (a workdir after `brainspade evaluate-generators`, which trains W/evaluation/site_classifier):
-    .venv/bin/python scripts/site_model_texture.py --workdir W --model W/samples/S_n-ood/appearance_transfer.json \
+    .venv/bin/python scripts/site_model_texture.py --workdir W --model W/samples/S_n-ood/site_look.json \
         --site siteB --modality T1 --shares 1 0.5 0.25 0
 """
 
@@ -24,7 +24,7 @@ import torch
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, required=True)
-    parser.add_argument("--model", type=Path, required=True, help="a fitted SiteModel (appearance_transfer.json)")
+    parser.add_argument("--model", type=Path, required=True, help="a fitted ScannerModel (site_look.json)")
     parser.add_argument("--site", default="siteB")
     parser.add_argument("--modality", default="T1")
     parser.add_argument("--sources", nargs="+", default=["siteA", "siteT"], help="the generator's source data sets")
@@ -36,7 +36,7 @@ def main() -> None:
     from brainspade.data.slice_cache import SliceCache
     from brainspade.evaluation.style_match import _site_shares, tissue_levels
     from brainspade.generation.images import ImageGenerator, ModalityClassifier
-    from brainspade.generation.site_model import SiteModel
+    from brainspade.generation.site_look import ScannerModel
 
     torch.set_grad_enabled(False)
     cpu = torch.device("cpu")
@@ -44,7 +44,7 @@ def main() -> None:
     generator = ImageGenerator.from_folder(args.workdir / "image_generator", cpu, cache.channels)
     site_classifier = ModalityClassifier.from_folder(args.workdir / "evaluation" / "site_classifier", cpu, cache.channels)
     recorded = json.loads(args.model.read_text())
-    model = SiteModel(**{k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()})
+    model = ScannerModel(**{k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()})
 
     rng = np.random.default_rng(0)
     maps = np.sort(rng.choice(heldout_label_indices(cache, args.sources), args.images, replace=False))

@@ -13,8 +13,6 @@ PROTOCOL: the target's test-split labels are used here to measure, never to trai
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import torch
 
@@ -23,7 +21,9 @@ from brainspade.data.slice_cache import SliceCache
 from brainspade.data.slicing import background_channel
 from brainspade.errors import BrainspadeError
 from brainspade.generation.images import ImageGenerator, ModalityClassifier
-from brainspade.generation.site_transfer import transfer_applies, transfer_from_cache
+from brainspade.generation.site_look import fit_site_look
+from brainspade.generation.styles import style_bank_from_cache
+from brainspade.settings import SiteLookSettings
 
 TISSUES = ("csf", "gm", "wm")
 RATIOS = {"gm_wm": ("gm", "wm"), "csf_gm": ("csf", "gm")}
@@ -66,13 +66,11 @@ def _site_shares(classifier: ModalityClassifier, images: torch.Tensor, batch_siz
 @torch.no_grad()
 def style_match(generator: ImageGenerator, site_classifier: ModalityClassifier, cache: SliceCache,
                 sources: list[str], max_images: int, batch_size: int, seed: int,
-                transfer_reference_images: int | None = None, transfer_levels: bool = True,
-                transfer_blurs: Sequence[float] = (0.0,), transfer_method: str = "quantile_map",
-                transfer_generator_texture: float = 1.0) -> dict:
+                site_look: SiteLookSettings | None = None) -> dict:
     """Per style source: the site classifier's shares and the tissue levels of generated vs real images.
 
-    With `transfer_reference_images`, each source is also measured after the site appearance transfer of
-    `sample` (fitted as there, on that many train slices of the source), under "with_appearance_transfer".
+    With `site_look` enabled, each source is also measured after the site look, fitted as `sample` fits it for a
+    set styled by that source with the same seed, under "with_appearance_transfer".
     """
     rng = np.random.default_rng(seed)
     heldout = heldout_label_indices(cache, sources)
@@ -99,20 +97,16 @@ def style_match(generator: ImageGenerator, site_classifier: ModalityClassifier, 
             real_maps = np.stack([cache.pv_map(int(table["label_index"][i])) for i in real])
             shares = _site_shares(site_classifier, fake, batch_size)
             transferred = None
-            if transfer_reference_images:
-                if not transfer_applies(transfer_method, dataset, sources):  # as `sample` leaves it
+            if site_look is not None and site_look.enabled:
+                # Its own random draws: the generator-only numbers and real images drawn stay those of a run without it.
+                look = fit_site_look(generator.generate, cache, sources, style_bank_from_cache(cache, dataset, modality),
+                                     site_look, seed, batch_size)
+                if look is None:  # as `sample` leaves it
                     moved, described = fake, "none: a source site keeps the generator's look"
                 else:
-                    # Its own generator: the generator-only numbers and real images drawn stay those of a run without it.
-                    transfer_rng = np.random.default_rng([seed, len(results)])
-                    site_slices = np.stack([cache.image(int(i)) for i in transfer_rng.choice(
-                        candidates, size=transfer_reference_images, replace=len(candidates) < transfer_reference_images)])
-                    transfer = transfer_from_cache(generator.generate, cache, sources, modality, site_slices, seed,
-                                                   batch_size, transfer_levels, dataset, transfer_blurs,
-                                                   transfer_method, transfer_generator_texture)
-                    moved = torch.from_numpy(transfer.apply(
+                    moved = torch.from_numpy(look.apply(
                         fake.numpy(), [seed + 15485863 + k for k in range(len(fake))], pv_maps.numpy()))
-                    described = transfer.describe()
+                    described = look.describe()
                 moved_shares = _site_shares(site_classifier, moved, batch_size)
                 transferred = {"site_match": moved_shares.get(dataset), "site_shares": moved_shares,
                                "generated": tissue_levels(moved.numpy(), pv_maps.numpy(), cache.channels),

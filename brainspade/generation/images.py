@@ -14,7 +14,7 @@ from torch import nn
 from brainspade.engine.checkpoint import build_model, load_checkpoint
 from brainspade.engine.stage import load_stage_checkpoint
 from brainspade.errors import BrainspadeError
-from brainspade.generation.appearance import STATISTICS, appearance_statistics
+from brainspade.generation.site_look.statistics import STATISTICS, appearance_statistics
 from brainspade.models.modality_classifier import ModalityDatasetClassifier
 from brainspade.models.spade_generator import SpadeGenerator
 from brainspade.models.style_encoder import StyleEncoder
@@ -64,7 +64,7 @@ class ImageGenerator:
                                  if style_classifier is not None else None)
         # The modalities that classifier tells apart: the only ones the generator's modality input can carry.
         self.modality_input = list(modality_input) if style_classifier is not None else []
-        # The style image's appearance statistics (generation/appearance.py) are part of the generator's input.
+        # The style image's appearance statistics (site_look/statistics.py) are part of the generator's input.
         self.appearance_input = list(STATISTICS) if appearance_input else []
         self.channels = list(channels)
         self.size = tuple(size)

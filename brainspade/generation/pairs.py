@@ -23,8 +23,7 @@ from brainspade.generation.labels import (
     LabelSampler,
     sample_label_maps,
 )
-from brainspade.generation.site_appearance import AppearanceTransfer
-from brainspade.generation.site_model import SiteModel
+from brainspade.generation.site_look import SiteLook
 from brainspade.generation.styles import StyleBank
 from brainspade.settings import LabelSamplingSettings
 
@@ -77,7 +76,7 @@ class PairSynthesiser:
         max_retries: how often a rejected image is regenerated with another style image.
         known_label_maps: returns the PV maps of given ids when another run already sampled them
             with the same label settings (only the style differs), else None.
-        appearance_transfer: the style site's measured look, put on each generated image (or None).
+        site_look: the style site's fitted look, put on each accepted image (or None).
     """
 
     def __init__(
@@ -93,7 +92,7 @@ class PairSynthesiser:
         max_retries: int = 3,
         device: torch.device | None = None,
         known_label_maps: Callable[[Sequence[int]], torch.Tensor | None] | None = None,
-        appearance_transfer: AppearanceTransfer | SiteModel | None = None,
+        site_look: SiteLook | None = None,
     ):
         self.label_sampler = label_sampler
         self.image_generator = image_generator
@@ -105,7 +104,7 @@ class PairSynthesiser:
         self.max_retries = max_retries
         self.device = device or torch.device("cpu")
         self.known_label_maps = known_label_maps
-        self.appearance_transfer = appearance_transfer
+        self.site_look = site_look
         self.expected_modality = self._filter_modality_index()
 
     def _filter_modality_index(self) -> int | None:
@@ -160,11 +159,11 @@ class PairSynthesiser:
 
     def _put_site_look(self, images: torch.Tensor, pv_maps: torch.Tensor, ids: list[int], attempts: list[int]
                        ) -> torch.Tensor:
-        """The appearance transfer on the accepted images, its noise seeded per (sample, attempt)."""
-        if self.appearance_transfer is None:
+        """The site look on the accepted images, its noise seeded per (sample, attempt)."""
+        if self.site_look is None:
             return images
         noise_seeds = [derived_seed(self.seed, i, APPEARANCE_NOISE, a) for i, a in zip(ids, attempts, strict=True)]
-        moved = self.appearance_transfer.apply(images.cpu().numpy(), noise_seeds, pv_maps.cpu().numpy())
+        moved = self.site_look.apply(images.cpu().numpy(), noise_seeds, pv_maps.cpu().numpy())
         return torch.from_numpy(moved).to(images.device)
 
     def _predict(self, images: torch.Tensor) -> list[int | None]:

@@ -40,9 +40,7 @@ from brainspade.errors import BrainspadeError
 from brainspade.generation.images import ImageGenerator, ModalityClassifier
 from brainspade.generation.labels import LabelSampler, condition_drawer, label_conditions
 from brainspade.generation.pairs import PairBatch, PairSynthesiser, check_style_modality
-from brainspade.generation.site_appearance import AppearanceTransfer
-from brainspade.generation.site_model import SiteModel
-from brainspade.generation.site_transfer import transfer_applies, transfer_from_cache
+from brainspade.generation.site_look import SiteLook, fit_site_look, look_applies
 from brainspade.generation.styles import StyleBank, style_bank_from_cache, style_bank_from_folder
 from brainspade.settings import LabelSamplingSettings, SamplingSettings
 
@@ -171,7 +169,7 @@ def make_sample_set(
         max_retries=sampling.max_retries,
         device=torch_device,
         known_label_maps=shared.load if shared else None,
-        appearance_transfer=site_look,
+        site_look=site_look,
     )
     batch_size = sampling.batch_size
     total_blocks = _block_count(n, batch_size)
@@ -197,29 +195,22 @@ def _sampling_keys(sampling: SamplingSettings, style_dataset: str | None, source
     """The sampling keys a sample set depends on: the site look's keys only when it is on and applies to the style
     source (a set it does not touch does not depend on them)."""
     keys = dataclasses.asdict(sampling)
-    if not (sampling.appearance_transfer
-            and transfer_applies(sampling.appearance_transfer_method, style_dataset, sources)):
-        return {k: v for k, v in keys.items() if not k.startswith("appearance_")}
+    if not (sampling.site_look.enabled and look_applies(sampling.site_look, style_dataset, sources)):
+        del keys["site_look"]
     return keys
 
 
 def _fit_site_look(image_generator: ImageGenerator, cache: SliceCache, bank: StyleBank, sources: Sequence[str],
-                   seed: int, sampling: SamplingSettings) -> AppearanceTransfer | SiteModel | None:
-    """The style site's look fitted on reference images (sampling.appearance_transfer), or None."""
-    if not sampling.appearance_transfer:
-        return None
-    if not transfer_applies(sampling.appearance_transfer_method, bank.dataset, sources):
+                   seed: int, sampling: SamplingSettings) -> SiteLook | None:
+    """The style site's look fitted on reference images (sampling.site_look), or None."""
+    look = fit_site_look(image_generator.generate, cache, sources, bank, sampling.site_look, seed, sampling.batch_size)
+    if look is not None:
+        print(f"[sample] appearance transfer fitted on {sampling.site_look.reference_images} style slices: "
+              f"{look.describe()}", flush=True)
+    elif sampling.site_look.enabled:
         print(f"[sample] no appearance transfer for {bank.dataset}: a source site keeps the look the generator learnt "
               "from it", flush=True)
-        return None
-    rng = np.random.default_rng(seed)
-    site_slices = np.stack([bank.image(bank.draw(rng)) for _ in range(sampling.appearance_reference_images)])
-    transfer = transfer_from_cache(image_generator.generate, cache, sources, bank.modality, site_slices, seed,
-                                   sampling.batch_size, sampling.appearance_transfer_levels, bank.dataset,
-                                   sampling.appearance_transfer_blurs, sampling.appearance_transfer_method,
-                                   sampling.appearance_generator_texture)
-    print(f"[sample] appearance transfer fitted on {len(site_slices)} style slices: {transfer.describe()}", flush=True)
-    return transfer
+    return look
 
 
 class SharedLabelMaps:

@@ -31,7 +31,6 @@ from brainspade.evaluation.sample_sets import load_sample_set
 from brainspade.evaluation.scoring import evaluate_sample_set
 from brainspade.evaluation.style_match import style_match, style_match_table
 from brainspade.generation.images import ImageGenerator, ModalityClassifier
-from brainspade.generation.site_model import SITE_MODEL_VERSION
 from brainspade.segmentation.nnunet import Segmenter
 from brainspade.settings import StyleMatchSettings
 from brainspade.stages.config import resolved_config, resolved_yaml, run_settings, section, stage_path
@@ -109,18 +108,11 @@ def style_match_report(cfg: DictConfig, settings: StyleMatchSettings, cache: Sli
                                    run_.seed, resolved_config(cfg))
         write_json_atomic(classifier_folder.path / "metrics.json", metrics)
         classifier_folder.finish({"checkpoint": CHECKPOINT_NAME, "metrics": "metrics.json"})
-    sampling = section(cfg, "sampling")  # the transfer is measured as `sample` would fit it
-    transfer = (sampling.appearance_reference_images, sampling.appearance_transfer_levels,
-                tuple(sampling.appearance_transfer_blurs), sampling.appearance_transfer_method)
-    if sampling.appearance_transfer_method == "site_model" and sampling.appearance_generator_texture != 1.0:
-        transfer = (*transfer, sampling.appearance_generator_texture)  # folders measured before the key keep theirs
-    # A new site-model version is measured again; so are folders from before source sites kept the generator's look.
-    version = ((SITE_MODEL_VERSION, "sources keep the generator's look")
-               if sampling.appearance_transfer_method == "site_model" else None)
+    # The site look as `sample` would fit it, measured whether or not `sample` applies it.
+    site_look = dataclasses.replace(section(cfg, "sampling").site_look, enabled=True)
     folder = StageFolder(stage_path(cfg, "evaluation") / STYLE_MATCH_FOLDERS[1],
                          config_fingerprint(settings, run_.seed, sources, finished_fingerprint(generator_folder),
-                                            finished_fingerprint(classifier_folder.path), transfer,
-                                            *([version] if version else [])))
+                                            finished_fingerprint(classifier_folder.path), site_look))
     if folder.is_up_to_date() and not run_.force:
         print(f"[{COMMAND}] {folder.path} is up to date")
         return folder.path
@@ -128,7 +120,7 @@ def style_match_report(cfg: DictConfig, settings: StyleMatchSettings, cache: Sli
     site_classifier = ModalityClassifier.from_folder(classifier_folder.path, device, cache.channels)
     generator = ImageGenerator.from_folder(generator_folder, device, cache.channels)
     metrics = style_match(generator, site_classifier, cache, sources, settings.max_images, settings.batch_size,
-                          run_.seed, *transfer)
+                          run_.seed, site_look)
     held = json.loads((classifier_folder.path / "metrics.json").read_text())
     metrics["site_classifier_heldout"] = {k: v.get("dataset_accuracy") for k, v in held["per_test_set"].items()}
     write_json_atomic(folder.path / "metrics.json", metrics)
@@ -138,7 +130,7 @@ def style_match_report(cfg: DictConfig, settings: StyleMatchSettings, cache: Sli
                       f"Held-out source PV maps ({metrics['pv_maps']}) styled with train-split slices of each source; "
                       "tissue levels: mean intensity at PV > 0.9, each image's brain 1st-99th percentile rescaled "
                       "to [0, 1] (clipped); real = test-split images of the style's site. Each source also after the site "
-                      "appearance transfer `sample` applies with sampling.appearance_transfer=true (fitted the same way). "
+                      "look `sample` applies with sampling.site_look.enabled=true (fitted the same way). "
                       "Site classifier (evaluation only) "
                       f"accuracy on real test slices: {accuracy}.\n\n{table}\n")
     print(f"[{COMMAND}] {folder.path / 'report.md'}:\n{table}", flush=True)

@@ -95,8 +95,8 @@ def test_every_profile_passes_every_commands_checks_and_bench_is_the_cpu_profile
     assert min(test for _, test in bench.phantom.subjects_per_site.values()) >= 20
     assert bench.segmentation.epochs > cpu.segmentation.epochs
     # The paper's method in the paper profile; the cpu profile adds the fitted site model.
-    assert not configs["paper"].sampling.appearance_transfer
-    assert cpu.sampling.appearance_transfer and cpu.sampling.appearance_transfer_method == "site_model"
+    assert not configs["paper"].sampling.site_look.enabled
+    assert cpu.sampling.site_look.enabled and cpu.sampling.site_look.method == "site_model"
 
 
 def test_lesion_arms_train_on_their_own_nnunet_keys_checked_before_work(capsys, tmp_path):

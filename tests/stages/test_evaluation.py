@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_cli, settings_of
 
 from brainspade.data.slice_cache import SliceCache
 from brainspade.evaluation.consistency import segment_all
@@ -226,14 +227,15 @@ def test_style_match_scores_every_style_source_with_shares_over_every_site(cache
     for entry in metrics["styles"].values():
         assert abs(sum(entry["site_shares"].values()) - 1) < 1e-9 and entry["site_match"] is not None
     assert style_match_table(metrics).count("\n| site") == 5
-    moved = style_match(PaintT1(), site, cache, SOURCES, max_images=6, batch_size=4, seed=0, transfer_reference_images=8)
+    look = settings_of("sampling", site_look={"enabled": True, "reference_images": 8}).site_look
+    moved = style_match(PaintT1(), site, cache, SOURCES, max_images=6, batch_size=4, seed=0, site_look=look)
     transferred = {k: v["with_appearance_transfer"] for k, v in moved["styles"].items()}
     # A source site gets no noise (its own images are the baseline); the painted images now take each site's levels.
     assert all("added noise sd 0.000" in transferred[k]["transfer"] for k in ("siteA/T1", "siteT/FLAIR"))
     assert len({round(v["generated"]["gm_wm"], 3) for v in transferred.values()}) > 1
     assert style_match_table(moved).count("\n| site") == 10
     modelled = style_match(PaintT1(), site, cache, SOURCES, max_images=6, batch_size=4, seed=0,
-                           transfer_reference_images=8, transfer_method="site_model")
+                           site_look=dataclasses.replace(look, method="site_model"))
     # The site model re-renders only sites the generator never learnt; source sites keep its images as they are.
     for entry in modelled["styles"].values():
         moved_entry = entry["with_appearance_transfer"]

@@ -68,7 +68,7 @@ def test_image_generator_with_the_appearance_path_trains_and_its_styles_reach_th
                                                                                       capsys):
     """The style path end to end: appearance statistics + seeded noise + pair augmentation train,
     the checkpoint alone rebuilds the generator, and a noisier copy of a style slice gives another image."""
-    from brainspade.generation.appearance import STATISTICS
+    from brainspade.generation.site_look.statistics import STATISTICS
 
     workdir = workdir_with_slices(tiny_slices, tmp_path / "w")
     assert run_cli(capsys, "train-modisc", f"workdir={workdir}", "profile=tiny")[0] == 0

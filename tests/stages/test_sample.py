@@ -126,12 +126,12 @@ def test_runs_differing_only_in_style_share_label_maps(capsys, monkeypatch, full
 
 
 def test_appearance_transfer_gives_the_style_sites_noise_on_the_same_label_maps(capsys, full_run, trained_workdir):
-    """sampling.appearance_transfer: siteB (a noisy scanner, not in the generator's training data) styles get
+    """sampling.site_look (quantile map): siteB (a noisy scanner, not in the generator's training data) styles get
     noise on top of the generator's images; the label maps stay those of the other runs; the fit is recorded."""
-    from brainspade.generation.site_appearance import measure_appearance
+    from brainspade.generation.site_look.quantile_map import measure_appearance
 
-    args = _sample_args(trained_workdir, "siteB_transfer", "style.dataset=siteB", "sampling.appearance_transfer=true",
-                        "sampling.appearance_reference_images=8")
+    args = _sample_args(trained_workdir, "siteB_transfer", "style.dataset=siteB", "sampling.site_look.enabled=true",
+                        "sampling.site_look.reference_images=8")
     code, out, err = run_cli(capsys, *args)
     assert code == 0, err
     assert "appearance transfer fitted on 8 style slices" in out
@@ -169,12 +169,12 @@ def test_bad_style_source_is_refused(capsys, trained_workdir):
 
 
 def test_site_model_transfer_puts_the_fitted_site_levels_on_the_same_label_maps(capsys, full_run, trained_workdir):
-    """sampling.appearance_transfer_method=site_model: the style site's scanner is fitted and recorded, the label
+    """sampling.site_look.method=site_model: the style site's scanner is fitted and recorded, the label
     maps stay those of the other runs, and each image carries the fitted tissue contrast (its label map is known)."""
-    from brainspade.generation.site_model import mean_tissue_levels
+    from brainspade.generation.site_look.scanner_model import mean_tissue_levels
 
-    args = _sample_args(trained_workdir, "siteB_model", "style.dataset=siteB", "sampling.appearance_transfer=true",
-                        "sampling.appearance_transfer_method=site_model", "sampling.appearance_reference_images=8")
+    args = _sample_args(trained_workdir, "siteB_model", "style.dataset=siteB", "sampling.site_look.enabled=true",
+                        "sampling.site_look.method=site_model", "sampling.site_look.reference_images=8")
     code, out, err = run_cli(capsys, *args)
     assert code == 0, err
     assert "appearance transfer fitted on 8 style slices: site model: levels" in out
@@ -195,8 +195,8 @@ def test_site_model_transfer_puts_the_fitted_site_levels_on_the_same_label_maps(
 def test_site_model_leaves_a_source_sites_styles_as_the_generator_made_them(capsys, full_run, trained_workdir):
     """The site model is for sites the generator never learnt: with the source site's styles `sample` says it
     fits nothing and writes the very pairs of a run without the transfer."""
-    args = _sample_args(trained_workdir, "source_model", "sampling.appearance_transfer=true",
-                        "sampling.appearance_transfer_method=site_model", "sampling.appearance_reference_images=8")
+    args = _sample_args(trained_workdir, "source_model", "sampling.site_look.enabled=true",
+                        "sampling.site_look.method=site_model", "sampling.site_look.reference_images=8")
     code, out, err = run_cli(capsys, *args)
     assert code == 0, err
     assert "no appearance transfer for siteA" in out and "fitted" not in out
@@ -233,7 +233,7 @@ def test_the_modality_filter_judges_the_generators_image_and_the_site_look_follo
         label_sampler=SimpleNamespace(lesion_channels=[]), image_generator=Generator(), style_bank=bank,
         draw_conditions=lambda seeds: torch.zeros(len(seeds), 1), seed=0, label_settings=None,
         classifier=Classifier(), max_retries=2, known_label_maps=lambda ids: torch.zeros(len(ids), 4, 8, 8),
-        appearance_transfer=DarkSite())
+        site_look=DarkSite())
     batch = synthesiser.make([0, 1, 2])
     assert [(r["predicted_modality"], r["retries"]) for r in batch.records] == [("T1", 0)] * 3
     assert (batch.images == -1).all()
@@ -245,15 +245,14 @@ def test_a_set_depends_on_the_site_look_keys_only_where_the_look_touches_it():
     from brainspade.generation.sample_set import _sampling_keys
 
     sources = ["siteA", "siteT"]
-    off = _sampling_keys(settings_of("sampling", appearance_transfer=False), "siteB", sources)
-    assert not any(k.startswith("appearance_") for k in off)
-    quantiles = _sampling_keys(settings_of("sampling", appearance_transfer=True), "siteB", sources)
-    assert quantiles["appearance_transfer"] is True and quantiles["appearance_transfer_method"] == "quantile_map"
-    site_model = settings_of("sampling", appearance_transfer=True, appearance_transfer_method="site_model")
-    assert _sampling_keys(site_model, "siteB", sources)["appearance_transfer_method"] == "site_model"
-    assert _sampling_keys(site_model, None, sources)["appearance_transfer_method"] == "site_model"  # a folder
+    off = _sampling_keys(settings_of("sampling", site_look={"enabled": False}), "siteB", sources)
+    assert "site_look" not in off
+    quantiles = _sampling_keys(settings_of("sampling", site_look={"enabled": True}), "siteB", sources)
+    assert quantiles["site_look"]["enabled"] is True and quantiles["site_look"]["method"] == "quantile_map"
+    site_model = settings_of("sampling", site_look={"enabled": True, "method": "site_model"})
+    assert _sampling_keys(site_model, "siteB", sources)["site_look"]["method"] == "site_model"
+    assert _sampling_keys(site_model, None, sources)["site_look"]["method"] == "site_model"  # a folder
     assert _sampling_keys(site_model, "siteA", sources) == off
-    assert _sampling_keys(settings_of("sampling", appearance_transfer=True), "siteA", sources)["appearance_transfer"]
-    half = settings_of("sampling", appearance_transfer=True, appearance_transfer_method="site_model",
-                       appearance_generator_texture=0.5)
+    assert _sampling_keys(settings_of("sampling", site_look={"enabled": True}), "siteA", sources)["site_look"]
+    half = settings_of("sampling", site_look={"enabled": True, "method": "site_model", "generator_texture": 0.5})
     assert _sampling_keys(half, "siteB", sources) != _sampling_keys(site_model, "siteB", sources)

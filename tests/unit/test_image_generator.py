@@ -288,7 +288,7 @@ def test_generator_fed_the_classifier_modality_depends_on_it_and_is_saved_with_i
                                model.generate(batch["pv_map"], batch["style"], [1, 2]))
 
 
-# ---------------------------------------------------------------- appearance statistics (issue 19)
+# ---------------------------------------------------------------- the style image's appearance as an input
 
 
 def _phantom_slice(noise: float = 0.02, seed: int = 0) -> torch.Tensor:
@@ -302,34 +302,9 @@ def _phantom_slice(noise: float = 0.02, seed: int = 0) -> torch.Tensor:
     return ((image - values.mean()) / values.std())[None, None].float()
 
 
-def test_appearance_statistics_are_scale_free_and_move_with_noise_and_blur():
-    from brainspade.generation.appearance import STATISTICS, appearance_statistics, gaussian_blur
-
-    image = _phantom_slice()
-    noisy = _phantom_slice(noise=0.3)
-    blurred = gaussian_blur(image, 2.0)
-    stats = appearance_statistics(torch.cat([image, 2.5 * image + 4.0, noisy, blurred]))
-    assert stats.shape == (4, len(STATISTICS)) and torch.isfinite(stats).all()
-    torch.testing.assert_close(stats[0], stats[1], atol=1e-3, rtol=1e-3)  # a brighter copy: the same site
-    noise, sharpness = STATISTICS.index("log_noise"), STATISTICS.index("log_sharpness")
-    assert stats[2, noise] > stats[0, noise] + 1.0  # 15x more noise: clearly higher noise estimate
-    assert stats[3, sharpness] < stats[0, sharpness] and stats[3, noise] < stats[0, noise]  # blur: softer, less noise
-
-
-def test_appearance_statistics_follow_a_contrast_change():
-    """A monotone remap of the tissue levels (the darker half further down) moves the quantiles: the statistics
-    see contrast, not only brightness (which the re-standardisation removes)."""
-    from brainspade.generation.appearance import appearance_statistics
-
-    image = _phantom_slice()
-    remapped = torch.where(image < 0, image - 1.0, image)
-    stats = appearance_statistics(torch.cat([image, remapped]))
-    assert (stats[1, :7] - stats[0, :7]).abs().max() > 0.1
-
-
 def test_pair_augmentation_gives_both_slices_one_appearance():
     """The same random draw for target and style: identical inputs stay (up to noise) identical, and change."""
-    from brainspade.generation.appearance import appearance_statistics
+    from brainspade.generation.site_look.statistics import appearance_statistics
     from brainspade.training.appearance_augmentation import augment_pairs
 
     torch.manual_seed(0)
@@ -350,7 +325,7 @@ def test_pair_augmentation_gives_both_slices_one_appearance():
 def test_generator_output_follows_the_style_appearance_and_noise_and_is_rebuilt_from_its_checkpoint(tmp_path):
     """style_appearance_input + noise_input: a noisier style image gives another image; the noise is seeded
     per image; the checkpoint alone rebuilds the same generator."""
-    from brainspade.generation.appearance import STATISTICS
+    from brainspade.generation.site_look.statistics import STATISTICS
 
     torch.manual_seed(0)
     args = model_args()

@@ -2,10 +2,12 @@
 
 The learnt style code does not separate sites at CPU length (benchmarks/image_generator.md), and
 the classifier's modality carries only T1 vs FLAIR. These few numbers carry the rest of a site's
-appearance (contrast levels, noise, blur, bias) and are fed to the generator next to the code.
-Style images are unlabelled, so everything is computed from intensities: the foreground is
-estimated as in `style_bank_from_folder` (above 10% of the way from the minimum to the 99th
-percentile), which matches the brain of skull-stripped z-scored slices.
+appearance (contrast levels, noise, blur, bias) and are fed to the generator next to the code
+(`image_generator.style_appearance_input`). Style images are unlabelled, so everything is computed
+from intensities: the foreground is estimated as in `style_bank_from_folder` (above 10% of the way
+from the minimum to the 99th percentile), which matches the brain of skull-stripped z-scored slices.
+Not measure.py's mask and noise rules: these run batched in torch on the generator's device, and a
+trained generator reads these exact numbers.
 """
 
 from __future__ import annotations

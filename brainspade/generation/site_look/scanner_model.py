@@ -1,31 +1,29 @@
 """A site's scanner, fitted to its unlabelled images by analysis by synthesis, and put onto generated pairs.
 
-The pooled-quantile transfer of `site_appearance` moves a site's noise and global contrast, but a monotone map
-of pooled brain intensities cannot recover a blurred, biased site's per-tissue levels (its grey and white matter
-peaks merge; benchmarks/image_generator.md). This model says how the site's images are made instead, in the way
-of SAMSEG's and SynthSeg's generative models: an image is the label map's tissue fractions times per-tissue
-levels, each tissue carrying a faint smooth multiplicative texture, blurred in-plane, times a smooth bias field,
-with Rician noise, z-scored in the brain. Its parameters are chosen so that the source data sets' train-split
-label maps, rendered with them, have the site's pooled brain intensity quantiles, fine-residual spread and edge
-strength; the site's images stay unlabelled. The anatomy is
-assumed to be alike in both sets (as the pooled-quantile transfer assumes): the model fits contrast and scanner,
-not anatomy.
+The quantile map moves a site's noise and global contrast, but a monotone map of pooled brain intensities cannot
+recover a blurred, biased site's per-tissue levels (its grey and white matter peaks merge;
+benchmarks/image_generator.md). This model says how the site's images are made instead, in the way of SAMSEG's and
+SynthSeg's generative models: an image is the label map's tissue fractions times per-tissue levels, each tissue
+carrying a faint smooth multiplicative texture, blurred in-plane, times a smooth bias field, with Rician noise,
+z-scored in the brain: the phantom's own image model (data/intensity.py), on 2D slices. Its parameters are chosen so
+that the source data sets' train-split label maps, rendered with them, have the site's pooled brain intensity
+quantiles, fine-residual spread and edge strength (measure.summaries); the site's images stay unlabelled. The anatomy
+is assumed to be alike in both sets (as the quantile map assumes): the model fits contrast and scanner, not anatomy.
 
 A generated pair keeps a share of what the generator made beyond its tissue levels (its texture, scaled to the
 site's contrast; `generator_texture`); its levels become the site's, then the site's texture, blur, bias and noise
 follow. Label maps are known for generated pairs, which is what makes per-tissue levels possible at all. The
 generator's soft borders and blotches are not a target site's: with all of them kept, phantom siteB-styled images
-read as another site to the evaluation's site classifier, with a quarter as siteB (benchmarks/image_generator.md,
-issue 19, session 13).
+read as another site to the evaluation's site classifier, with a quarter as siteB (benchmarks/image_generator.md).
 
 The texture is what makes the levels identifiable: without it, a site whose tissues vary within themselves (every
-real one) is fitted best by wrong levels that spread the pooled quantiles instead (benchmarks/image_generator.md,
-issue 19, session 12). Measured limits: a tissue with a small share whose compartments are a few blur widths
-across (thin CSF) is fitted up to ~0.15 of the reference level too dark, and its level varies with the slice draw
-(phantom siteB CSF 0.17-0.54 of GM from 64 slices, 0.36-0.42 from 192; truth 0.42); the model is 2D (no
-through-plane blur): a thick-slice site's thin CSF comes out darker than the site's (phantom siteB CSF/GM 0.11-0.13
-for 0.14). A 2D stand-in for that blur, fitted from single slices or stated from the voxel size, made the fit darken
-CSF instead (benchmarks/image_generator.md, issue 19, session 14).
+real one) is fitted best by wrong levels that spread the pooled quantiles instead (benchmarks/image_generator.md).
+Measured limits: a tissue with a small share whose compartments are a few blur widths across (thin CSF) is fitted
+up to ~0.15 of the reference level too dark, and its level varies with the slice draw (phantom siteB CSF 0.17-0.54
+of GM from 64 slices, 0.36-0.42 from 192; truth 0.42); the model is 2D (no through-plane blur): a thick-slice site's
+thin CSF comes out darker than the site's (phantom siteB CSF/GM 0.11-0.13 for 0.14). A 2D stand-in for that blur,
+fitted from single slices or stated from the voxel size, made the fit darken CSF instead
+(benchmarks/image_generator.md).
 """
 
 from __future__ import annotations
@@ -34,19 +32,15 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy.ndimage import binary_erosion, gaussian_filter, uniform_filter, zoom
+from scipy.ndimage import gaussian_filter, zoom
 from scipy.optimize import minimize
 
+from brainspade.data.intensity import apply_bias, mix_tissues, rician_magnitude
 from brainspade.data.slicing import background_channel
-from brainspade.generation.site_appearance import EDGE_PX, MIN_PIXELS, brain_mask
+from brainspade.generation.site_look.measure import MIN_PIXELS, summaries
 
-# Sample sets record it: a set made by another version of the model is remade, never resumed with mixed blocks.
-# 2: per-tissue texture (session 12).
-SITE_MODEL_VERSION = 2
-SUMMARY_QUANTILES = tuple(np.round(np.linspace(0.05, 0.95, 19), 2).tolist())
 MIN_TISSUE_SHARE = 0.02  # a tissue with less of the reference brains than this gets no level of its own
 BIAS_COARSE_GRID = 4  # the bias field varies over about a third of the field of view
-SHAPE_WEIGHT = 4.0  # weight of the log fine-residual and log edge-strength misfits against the quantiles'
 MAX_BLUR_PX = 3.0
 MAX_TEXTURE = 0.3
 TEXTURE_CORRELATION_PX = 3.0  # the tissue texture varies over a few pixels (a few mm)
@@ -55,12 +49,12 @@ ORDER_PENALTY = 10.0  # per unit of level that two tissues cross
 
 
 @dataclass(frozen=True)
-class SiteModel:
-    """How a site's images are made from tissue fractions, on the z-scored scale of the slice cache.
+class ScannerModel:
+    """How a site's images are made from tissue fractions, on the z-scored scale of the slice cache (a `SiteLook`).
 
     Attributes:
         channels: the PV channels, in the order of `levels`.
-        levels: intensity of each channel, background 0 and the most common tissue 1.
+        levels: intensity of each channel; the background's is 0 and the most common tissue's 1.
         blur: sd in pixels of the in-plane Gaussian point spread.
         texture: sd of each tissue's smooth multiplicative texture (correlated over TEXTURE_CORRELATION_PX).
         bias: sd of the log of the smooth multiplicative bias field.
@@ -104,7 +98,7 @@ class SiteModel:
 
     def apply(self, images: np.ndarray, seeds: Sequence[int], pv_maps: np.ndarray) -> np.ndarray:
         """(B, 1, H, W) generated images and their (B, C, H, W) PV maps -> the same pairs with the site's look,
-        image i's bias and noise seeded with seeds[i].
+        image i's texture, bias and noise seeded with seeds[i].
 
         The generator's tissue levels are fitted per image (least squares on the PV map); what is left over is its
         texture, scaled by the ratio of the site's tissue contrast to the image's, and `generator_texture` of it is kept.
@@ -164,48 +158,26 @@ def unit_fields(rng: np.random.Generator, shape: tuple[int, int], n_channels: in
 
 def render_slices(pv_maps: np.ndarray, levels: np.ndarray, blur: float, texture: float, bias: float, noise: float,
                   fields: Sequence[SliceFields], background: int, generated: np.ndarray | None = None) -> np.ndarray:
-    """The site model's images of (S, C, H, W) tissue fractions (+ (S, H, W) generated texture on the levels' scale),
-    z-scored in the brain (background fraction < 0.5)."""
-    tissue_textures = np.stack([f[3] for f in fields])
-    ideal = np.einsum("schw,c->shw", pv_maps * (1.0 + texture * tissue_textures), levels)
+    """The model's images of (S, C, H, W) tissue fractions (+ (S, H, W) generated texture on the levels' scale),
+    z-scored in the brain (background fraction < 0.5); the phantom's tissue mixing, bias and Rician noise."""
+    tissue_textures = 1.0 + texture * np.stack([f[3] for f in fields])
+    ideal = mix_tissues(pv_maps, levels, np.moveaxis(tissue_textures, 1, 0), axis=1)
     if generated is not None:
         ideal = ideal + generated
     if blur > 0:
         ideal = gaussian_filter(ideal, (0, blur, blur), mode="nearest")
     out = np.empty_like(ideal)
     for k, (bias_field, real_noise, imaginary_noise, _) in enumerate(fields):
-        biased = ideal[k] * np.exp(bias * bias_field)
-        magnitude = np.hypot(biased + noise * real_noise, noise * imaginary_noise)
+        magnitude = rician_magnitude(apply_bias(ideal[k], bias, bias_field), noise, real_noise, imaginary_noise)
         brain = pv_maps[k, background] < 0.5
         values = magnitude[brain] if brain.sum() > 1 else magnitude.ravel()
         out[k] = (magnitude - values.mean()) / max(float(values.std()), 1e-6)
     return out
 
 
-def summaries(slices: np.ndarray) -> np.ndarray:
-    """What the fit matches, measured from intensities alone: pooled brain quantiles, log fine-residual spread,
-    log edge strength (the brain found by `site_appearance.brain_mask`, its outline left out)."""
-    brain_values, residuals, edges = [], [], []
-    for image in np.asarray(slices, np.float64):
-        inside = binary_erosion(brain_mask(image), np.ones((3, 3), bool), iterations=EDGE_PX)
-        if inside.sum() < MIN_PIXELS:
-            continue
-        brain_values.append(image[inside])
-        residuals.append((image - uniform_filter(image, 3, mode="nearest"))[inside])
-        gy, gx = np.gradient(gaussian_filter(image, 1.0, mode="nearest"))
-        edges.append(np.hypot(gy, gx)[inside])
-    if not brain_values:
-        raise ValueError(f"none of {len(slices)} slices has {MIN_PIXELS} brain pixels to measure")
-    brain, residual = np.concatenate(brain_values), np.concatenate(residuals)
-    spread = 1.4826 * np.median(np.abs(residual - np.median(residual)))
-    return np.concatenate([np.quantile(brain, SUMMARY_QUANTILES),
-                           [SHAPE_WEIGHT * np.log(max(spread, 1e-6)),
-                            SHAPE_WEIGHT * np.log(max(float(np.concatenate(edges).mean()), 1e-6))]])
-
-
-def fit_site_model(site_slices: np.ndarray, pv_maps: np.ndarray, channels: Sequence[str],
-                   initial_levels: np.ndarray, seed: int = 0, max_evaluations: int = 400) -> SiteModel:
-    """Fit a `SiteModel` to (S, H, W) unlabelled z-scored site slices with (S', C, H, W) reference tissue fractions.
+def fit_scanner_model(site_slices: np.ndarray, pv_maps: np.ndarray, channels: Sequence[str],
+                      initial_levels: np.ndarray, seed: int = 0, max_evaluations: int = 400) -> ScannerModel:
+    """Fit a `ScannerModel` to (S, H, W) unlabelled z-scored site slices with (S', C, H, W) reference tissue fractions.
 
     `initial_levels`: a start for each channel's level: the generator's own levels for that site's style, which
     already have the site's modality; the fitted tissues keep their order.
@@ -262,4 +234,4 @@ def fit_site_model(site_slices: np.ndarray, pv_maps: np.ndarray, channels: Seque
     if others:
         slope, intercept = np.polyfit(start[known], levels[known], 1)
         levels[others] = np.maximum(slope * start[others] + intercept, 0.0)
-    return SiteModel(tuple(channels), tuple(float(v) for v in levels), blur, texture, bias, noise, float(result.fun))
+    return ScannerModel(tuple(channels), tuple(float(v) for v in levels), blur, texture, bias, noise, float(result.fun))

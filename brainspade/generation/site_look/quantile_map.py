@@ -1,22 +1,18 @@
-"""A site's appearance, measured on its unlabelled images and put onto generated images.
+"""The pooled quantile map: a site's contrast and noise, measured on its unlabelled images, put onto generated images.
 
-At CPU length the SPADE generator does not read a site's look from its style input
-(benchmarks/image_generator.md, issue 19): it carries the modality, not a scanner's contrast
-or noise. This module makes that step explicit, as intensity standardisation does in classical
-MRI pipelines (Nyul & Udupa's histogram standardisation, at the level of a whole set of slices):
-- contrast: the brain intensity quantiles pooled over many slices of the site are matched by
-  the same quantiles pooled over images the generator made with that site's styles. One
-  monotone map for the whole run: a slice with more grey matter than average keeps it, since
-  pooled over many slices the two sets have the same mix of tissues;
-- noise: the spread of the fine residual inside homogeneous neighbourhoods (classes of a
-  three-class Gaussian mixture over intensity); generated images get the Gaussian noise they lack
-  beyond what they lack on the generator's own training data (that deficit is texture the SPADE
-  does not make, not scanner noise).
+A monotone map of intensities, as intensity standardisation does in classical MRI pipelines (Nyul & Udupa's
+histogram standardisation, at the level of a whole set of slices):
+- contrast: the brain intensity quantiles pooled over many slices of the site are matched by the same quantiles
+  pooled over images the generator made with that site's styles. One map for the whole run: a slice with more grey
+  matter than average keeps it, since pooled over many slices the two sets have the same mix of tissues;
+- noise: the spread of the fine residual inside homogeneous neighbourhoods (classes of a three-class Gaussian
+  mixture over intensity); generated images get the Gaussian noise they lack beyond what they lack on the
+  generator's own training data (that deficit is texture the SPADE does not make, not scanner noise).
 No bias is matched (per-slice estimates did not separate the phantom's sites); a blur only on request
 (`blur_sigmas`), chosen by edge strength relative to the generator's own data.
-Both sides are measured the same way and from intensities only: style images are unlabelled
-(train split or a user's folder). Unsupervised tissue levels (a mixture's class means) were tried
-first and fail on blurred, noisy sites: their grey and white matter peaks merge.
+Unsupervised tissue levels (a mixture's class means) fail on blurred, noisy sites: their grey and white matter
+peaks merge. A monotone map of pooled intensities cannot recover such a site's per-tissue levels either; the
+scanner model (scanner_model.py) does, from the label maps of generated pairs.
 """
 
 from __future__ import annotations
@@ -25,13 +21,13 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy.ndimage import binary_erosion, binary_fill_holes, gaussian_filter, median_filter, uniform_filter
+from scipy.ndimage import gaussian_filter
+
+from brainspade.generation.site_look.measure import MIN_PIXELS, brain_interior, edge_strength, residual_noise
 
 QUANTILE_LEVELS = tuple(np.round(np.linspace(0.01, 0.99, 99), 2).tolist())
-MIN_PIXELS = 32  # fewer homogeneous pixels in a slice: its noise is not measured
 N_CLASSES = 3  # intensity classes whose 3x3-homogeneous interiors measure the noise
 MAX_FIT_PIXELS = 100_000
-EDGE_PX = 2  # pixels off the brain's outline before anything is measured
 BACKGROUND_MARGIN = 0.05  # brain quantiles closer than this to the background level are no anchors of the map
 
 
@@ -52,15 +48,6 @@ class Appearance:
     n_slices: int
 
 
-def brain_mask(image: np.ndarray) -> np.ndarray:
-    """Pixels of a 3x3-median-filtered slice above 10% of the way from its 1st to its 99th percentile,
-    hole-filled (dark CSF inside the brain in). The median and the percentiles keep the threshold, and so
-    the outline, where it is whatever the noise level (a noisy site must not get a wider brain)."""
-    smooth = median_filter(image, size=3, mode="nearest")
-    low, high = (float(v) for v in np.percentile(smooth, [1, 99]))
-    return binary_fill_holes(smooth > low + 0.1 * (high - low))
-
-
 def homogeneous_pixels(labels: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Valid pixels whose whole 3x3 neighbourhood is valid and shares their label: their residual is noise."""
     same = valid.copy()
@@ -74,27 +61,17 @@ def homogeneous_pixels(labels: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return same
 
 
-def residual_noise(image: np.ndarray, homogeneous: np.ndarray) -> float | None:
-    """Robust sd (1.4826 MAD) of the residual to a 3x3 mean at the homogeneous pixels."""
-    if homogeneous.sum() < MIN_PIXELS:
-        return None
-    residual = (image - uniform_filter(image, 3, mode="nearest"))[homogeneous]
-    return float(1.4826 * np.median(np.abs(residual - np.median(residual))))
-
-
 def measure_appearance(slices: np.ndarray, seed: int = 0) -> Appearance:
     """(S, H, W) z-scored slices of one site (or one generator run) -> their `Appearance`."""
     slices = np.asarray(slices, dtype=np.float64)
-    # The brain's outline is left out: its partial-volume ring with the background moves with the mask's
-    # threshold (noise, blur) and would dominate the low quantiles.
-    masks = [binary_erosion(brain_mask(s), np.ones((3, 3), dtype=bool), iterations=EDGE_PX) for s in slices]
+    masks = [brain_interior(s) for s in slices]
     brain = np.concatenate([s[m] for s, m in zip(slices, masks, strict=True)])
     outside = np.concatenate([s[~m] for s, m in zip(slices, masks, strict=True)])
     if brain.size < N_CLASSES * MIN_PIXELS:
         raise ValueError(f"{len(slices)} slices hold {brain.size} brain pixels: too few to measure their appearance")
     rng = np.random.default_rng(seed)
     fit_pixels = rng.choice(brain, size=min(MAX_FIT_PIXELS, brain.size), replace=False)
-    # Imported here: scikit-learn is needed only by this opt-in transfer, not by every `sample`.
+    # Imported here: scikit-learn is needed only by this opt-in map, not by every `sample`.
     from sklearn.mixture import GaussianMixture
 
     mixture = GaussianMixture(N_CLASSES, random_state=seed).fit(fit_pixels[:, None])
@@ -118,8 +95,8 @@ def _increasing(values: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class AppearanceTransfer:
-    """The monotone intensity map and the added noise that take generated images to a site's look.
+class QuantileMap:
+    """The monotone intensity map and the added noise that take generated images to a site's look (a `SiteLook`).
 
     Attributes:
         generated: the appearance of the reference images the generator made with the site's styles.
@@ -153,9 +130,9 @@ class AppearanceTransfer:
         return (f"quantile map: added noise sd {self.added_noise:.3f}, blur sd {self.blur:.2f} px, brain median "
                 f"{self.generated.quantiles[49]:.2f} -> {self.site.quantiles[49]:.2f}")
 
-    def apply(self, images: np.ndarray, seeds, pv_maps: np.ndarray | None = None) -> np.ndarray:
+    def apply(self, images: np.ndarray, seeds: Sequence[int], pv_maps: np.ndarray | None = None) -> np.ndarray:
         """(B, ..., H, W) generated images -> blurred, mapped images with noise; image i's noise seeded with seeds[i].
-        The map reads intensities only: `pv_maps` (the images' label maps, which `SiteModel.apply` needs) is unused."""
+        The map reads intensities only: `pv_maps` (which the scanner model needs) is unused."""
         images = np.asarray(images, dtype=np.float64)
         if self.blur > 0:
             images = gaussian_filter(images, [0] * (images.ndim - 2) + [self.blur, self.blur], mode="nearest")
@@ -169,39 +146,26 @@ class AppearanceTransfer:
         return asdict(self)
 
 
-def _intensity_map(generated: np.ndarray, site: Appearance, map_levels: bool,
-                   seed: int) -> tuple[AppearanceTransfer, float]:
-    """The transfer without noise, and the noise variance the mapped generated images lack against the site."""
+def _intensity_map(generated: np.ndarray, site: Appearance, map_levels: bool, seed: int) -> tuple[QuantileMap, float]:
+    """The map without noise, and the noise variance the mapped generated images lack against the site."""
     own = measure_appearance(generated, seed)
     # Without the level map the generated appearance is its own target: the identity map.
-    transfer = AppearanceTransfer(own, site if map_levels else own, 0.0)
+    transfer = QuantileMap(own, site if map_levels else own, 0.0)
     mapped = transfer.map_intensities(np.asarray(generated, np.float64)) if map_levels else generated
     return transfer, site.noise**2 - measure_appearance(mapped, seed).noise ** 2
 
 
-def edge_strength(slices: np.ndarray) -> float:
-    """Median over slices of the mean gradient magnitude of the sigma-1-smoothed slice inside the brain (off its
-    outline): how sharp tissue borders are, on the slices' own intensity scale (compare only after the map)."""
-    values = []
-    for image in np.asarray(slices, dtype=np.float64):
-        inside = binary_erosion(brain_mask(image), np.ones((3, 3), dtype=bool), iterations=EDGE_PX)
-        if inside.sum() >= MIN_PIXELS:
-            gy, gx = np.gradient(gaussian_filter(image, 1.0, mode="nearest"))
-            values.append(float(np.hypot(gy, gx)[inside].mean()))
-    return float(np.median(values)) if values else 0.0
-
-
-def fit_appearance_transfer(generated: np.ndarray, site_slices: np.ndarray,
-                            baseline: tuple[np.ndarray, np.ndarray] | None = None, map_levels: bool = True,
-                            seed: int = 0, blur_sigmas: Sequence[float] = (0.0,)) -> AppearanceTransfer:
-    """(S, H, W) images the generator made with the site's styles + (S', H, W) site slices -> the transfer.
+def fit_quantile_map(generated: np.ndarray, site_slices: np.ndarray,
+                     baseline: tuple[np.ndarray, np.ndarray] | None = None, map_levels: bool = True,
+                     seed: int = 0, blur_sigmas: Sequence[float] = (0.0,)) -> QuantileMap:
+    """(S, H, W) images the generator made with the site's styles + (S', H, W) site slices -> the map.
 
     `baseline`: (images the generator made with styles of its own training data, those training slices) of the
     same modality. Real images hold fine texture the generator does not make; on its own training data that
     deficit is texture, not noise, so only the noise variance a site lacks beyond it is added.
     `map_levels`: False keeps the generator's intensities and adds only the noise.
     `blur_sigmas`: candidate blurs, applied before the map (a blurred site's histogram has its tissue peaks merged,
-    so the map is fitted after the blur); the one whose transferred images are as sharp, relative to the site, as
+    so the map is fitted after the blur); the one whose mapped images are as sharp, relative to the site, as
     the generator's own images are relative to its training data (the baseline; else equally sharp) is kept.
     """
     site = measure_appearance(site_slices, seed)
@@ -227,8 +191,8 @@ def fit_appearance_transfer(generated: np.ndarray, site_slices: np.ndarray,
                        if sigma > 0 else generated)
             transfer, deficit = _intensity_map(blurred, site, map_levels, seed)
         # A 3x3-mean residual keeps sqrt(8/9) of white noise; both sides are measured that way.
-        candidate = AppearanceTransfer(transfer.generated, transfer.site,
-                                       float(np.sqrt(max(deficit - own_deficit, 0.0) * 9.0 / 8.0)), float(sigma))
+        candidate = QuantileMap(transfer.generated, transfer.site,
+                                float(np.sqrt(max(deficit - own_deficit, 0.0) * 9.0 / 8.0)), float(sigma))
         if len(blur_sigmas) == 1:
             return candidate
         sharpness = edge_strength(candidate.apply(generated, range(len(generated)))) / max(site_edges, 1e-9)

@@ -1,0 +1,84 @@
+"""A site's look measured from intensities alone: its brain, fine-residual noise, edge strength and fit summaries.
+
+Style images are unlabelled (a site's train split or a user's folder), so the brain is found from intensities, and
+the images the generator makes are measured by the same rules: the quantile map and the scanner model compare the
+two sides only through these functions. Slices are numpy (H, W) arrays on the z-scored scale of the slice cache.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.ndimage import binary_erosion, binary_fill_holes, gaussian_filter, median_filter, uniform_filter
+
+MIN_PIXELS = 32  # fewer brain (or homogeneous) pixels in a slice: it is not measured
+EDGE_PX = 2  # pixels off the brain's outline before anything is measured
+SUMMARY_QUANTILES = tuple(np.round(np.linspace(0.05, 0.95, 19), 2).tolist())
+SHAPE_WEIGHT = 4.0  # weight of the log fine-residual and log edge-strength summaries against the quantiles'
+
+
+def brain_mask(image: np.ndarray) -> np.ndarray:
+    """Pixels of a 3x3-median-filtered slice above 10% of the way from its 1st to its 99th percentile,
+    hole-filled (dark CSF inside the brain in). The median and the percentiles keep the threshold, and so
+    the outline, where it is whatever the noise level (a noisy site must not get a wider brain)."""
+    smooth = median_filter(image, size=3, mode="nearest")
+    low, high = (float(v) for v in np.percentile(smooth, [1, 99]))
+    return binary_fill_holes(smooth > low + 0.1 * (high - low))
+
+
+def brain_interior(image: np.ndarray) -> np.ndarray:
+    """`brain_mask` without its outline (EDGE_PX pixels): the partial-volume ring with the background moves with
+    the mask's threshold (noise, blur) and would dominate the low quantiles and the edges."""
+    return binary_erosion(brain_mask(image), np.ones((3, 3), dtype=bool), iterations=EDGE_PX)
+
+
+def fine_residual(image: np.ndarray) -> np.ndarray:
+    """The residual to a 3x3 mean: it keeps sqrt(8/9) of white noise's sd, and little of smooth anatomy."""
+    return image - uniform_filter(image, 3, mode="nearest")
+
+
+def robust_sd(values: np.ndarray) -> float:
+    """1.4826 x the median absolute deviation: a Gaussian's sd, unmoved by the few tissue borders among the values."""
+    return float(1.4826 * np.median(np.abs(values - np.median(values))))
+
+
+def residual_noise(image: np.ndarray, pixels: np.ndarray) -> float | None:
+    """The noise estimate: robust sd of the fine residual at `pixels` (None with fewer than MIN_PIXELS)."""
+    if pixels.sum() < MIN_PIXELS:
+        return None
+    return robust_sd(fine_residual(image)[pixels])
+
+
+def edge_magnitude(image: np.ndarray) -> np.ndarray:
+    """Gradient magnitude of the sigma-1-smoothed slice (the smoothing keeps noise from posing as edges)."""
+    gy, gx = np.gradient(gaussian_filter(image, 1.0, mode="nearest"))
+    return np.hypot(gy, gx)
+
+
+def edge_strength(slices: np.ndarray) -> float:
+    """Median over slices of the mean `edge_magnitude` inside the brain (off its outline): how sharp tissue borders
+    are, on the slices' own intensity scale (compare only after the quantile map)."""
+    values = []
+    for image in np.asarray(slices, dtype=np.float64):
+        inside = brain_interior(image)
+        if inside.sum() >= MIN_PIXELS:
+            values.append(float(edge_magnitude(image)[inside].mean()))
+    return float(np.median(values)) if values else 0.0
+
+
+def summaries(slices: np.ndarray) -> np.ndarray:
+    """What the scanner model's fit matches, pooled over slices: brain quantiles (SUMMARY_QUANTILES), log noise
+    (robust sd of the fine residual) and log edge strength, the two logs weighted by SHAPE_WEIGHT."""
+    brain_values, residuals, edges = [], [], []
+    for image in np.asarray(slices, np.float64):
+        inside = brain_interior(image)
+        if inside.sum() < MIN_PIXELS:
+            continue
+        brain_values.append(image[inside])
+        residuals.append(fine_residual(image)[inside])
+        edges.append(edge_magnitude(image)[inside])
+    if not brain_values:
+        raise ValueError(f"none of {len(slices)} slices has {MIN_PIXELS} brain pixels to measure")
+    spread = robust_sd(np.concatenate(residuals))
+    return np.concatenate([np.quantile(np.concatenate(brain_values), SUMMARY_QUANTILES),
+                           [SHAPE_WEIGHT * np.log(max(spread, 1e-6)),
+                            SHAPE_WEIGHT * np.log(max(float(np.concatenate(edges).mean()), 1e-6))]])
