@@ -1,6 +1,6 @@
 """What would a perfect style path give? Re-render a finished sample set's pairs with a phantom site's *true* scanner.
 
-Diagnostic for issue 19 (benchmarks/image_generator.md): the phantom knows how each site's images are made, so the
+Diagnostic of the site look (benchmarks/image_generator.md): the phantom knows how each site's images are made, so the
 pairs of a sample set (e.g. S_n-ood) can be given siteB's true look and trained on like any arm. Writes a new
 workdir whose `slices` links to the source workdir's and whose `samples/<name>` holds the re-rendered set, ready for
 `scripts/bench_segmenter.py --workdir OUT --arm <arm>`. Variants:

@@ -1,6 +1,6 @@
 """How much of the generator's texture can a site model keep before the site classifier stops naming the site?
 
-Diagnostic for issue 19 (benchmarks/image_generator.md, session 13). Styles held-out source label maps with train
+A diagnostic of the scanner model (benchmarks/image_generator.md). Styles held-out source label maps with train
 slices of one site, puts a fitted site model on them (a sample set's `site_look.json`) with several shares
 of the generator's own texture kept (`sampling.site_look.generator_texture`), and prints the evaluation-only site
 classifier's shares and the tissue ratios of each, next to the generator's images alone and real test images.

@@ -78,7 +78,7 @@ def mix_tissues(
     Args:
         pv_maps: tissue fractions, the channels along ``axis``; any other shape.
         levels: intensity of each channel (a zero level adds nothing and is skipped).
-        textures: per channel, a multiplicative field of the fractions' shape around 1, or None (flat).
+        textures: per channel, a multiplicative field of the fractions' shape near 1, or None (flat).
         axis: the channel axis of ``pv_maps``.
 
     Returns:
@@ -124,7 +124,7 @@ def render_tissue_image(
         pv_maps: float32 array ``(X, Y, Z, C)`` of tissue fractions.
         channel_names: the tissue of each of the ``C`` channels.
         tissue_means: mean intensity per tissue name.
-        tissue_textures: per tissue, a multiplicative texture field ``(X, Y, Z)`` around 1
+        tissue_textures: per tissue, a multiplicative texture field ``(X, Y, Z)`` near 1
             (tissues without an entry are flat).
 
     Returns:
