@@ -34,7 +34,8 @@ def main() -> None:
 
     from brainspade.data.datasets import heldout_label_indices, style_image_indices
     from brainspade.data.slice_cache import SliceCache
-    from brainspade.evaluation.style_match import _site_shares, tissue_levels
+    from brainspade.evaluation.metrics import tissue_levels
+    from brainspade.evaluation.style_match import _site_shares
     from brainspade.generation.images import ImageGenerator, ModalityClassifier
     from brainspade.generation.site_look import ScannerModel
 

@@ -1,8 +1,8 @@
 """Scores of synthetic sample sets against the real slices they imitate (`brainspade evaluate-generators`).
 
-Each module takes plain arrays, tensors and settings: features (the network whose features FID/KID
-compare), realism (FID, KID), diversity (MS-SSIM, intensity histograms), label_realism (tissue
-volumes, lesion sizes, components and holes), consistency (a segmenter on the synthetic images),
-memorisation (nearest training slices), sample_sets (reading a set and its real references),
+metrics holds every score of the project (overlap, label statistics, image fidelity and diversity,
+FID/KID, memorisation), as plain formulas over arrays and tensors. Around it: features (the network
+whose features FID/KID compare), consistency (a segmenter run on the synthetic images), sample_sets
+(reading a set and its real references), style_match (the generator's styles against real sites),
 scoring (one set end to end) and report (figures, report.md, the summary table).
 """

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from brainspade.engine.logging import LABEL_COLOURS
-from brainspade.evaluation.memorisation import Nearest
+from brainspade.evaluation.metrics import Nearest
 from brainspade.segmentation.report import _in_plain_style as in_plain_style
 
 PROTOCOL = (

@@ -10,17 +10,21 @@ import torch
 from brainspade.data.slice_cache import SliceCache
 from brainspade.engine.atomic import write_json_atomic, write_text_atomic
 from brainspade.evaluation import report
-from brainspade.evaluation.consistency import Segment, consistency_dice, mean_dice, segment_all
-from brainspade.evaluation.diversity import (
+from brainspade.evaluation.consistency import Segment, segment_all
+from brainspade.evaluation.features import FeatureNetwork, extract
+from brainspade.evaluation.metrics import (
+    consistency_dice,
     intensity_distances,
+    label_distances,
+    label_statistics,
+    mean_dice,
     mean_pairwise_ms_ssim,
+    memorisation_scores,
     ms_ssim_weights,
+    nearest,
+    realism_scores,
     tissue_intensities,
 )
-from brainspade.evaluation.features import FeatureNetwork, extract
-from brainspade.evaluation.label_realism import label_distances, label_statistics
-from brainspade.evaluation.memorisation import memorisation_scores, nearest
-from brainspade.evaluation.realism import realism_scores
 from brainspade.evaluation.sample_sets import (
     References,
     SampleSet,

@@ -18,41 +18,12 @@ import torch
 
 from brainspade.data.datasets import heldout_label_indices, style_image_indices
 from brainspade.data.slice_cache import SliceCache
-from brainspade.data.slicing import background_channel
 from brainspade.errors import BrainspadeError
+from brainspade.evaluation.metrics import TISSUES, tissue_levels
 from brainspade.generation.images import ImageGenerator, ModalityClassifier
 from brainspade.generation.site_look import fit_site_look
 from brainspade.generation.styles import style_bank_from_cache
 from brainspade.settings import SiteLookSettings
-
-TISSUES = ("csf", "gm", "wm")
-RATIOS = {"gm_wm": ("gm", "wm"), "csf_gm": ("csf", "gm")}
-
-
-def tissue_levels(images: np.ndarray, pv_maps: np.ndarray, channels: list[str], threshold: float = 0.9) -> dict:
-    """(N,1,H,W) images + (N,C,H,W) PV maps -> mean rescaled intensity per tissue and the tissue ratios.
-
-    Each image is rescaled to its brain's (background PV < 0.5) 1st-99th percentile = [0, 1] and clipped there; a
-    tissue's level pools its PV > threshold voxels over all images. Tissues the schema lacks are left out.
-    """
-    background = background_channel(channels)
-    sums = {t: 0.0 for t in TISSUES if t in channels}
-    counts = dict.fromkeys(sums, 0)
-    for image, pv in zip(images[:, 0], pv_maps, strict=True):
-        brain = pv[background] < 0.5
-        if brain.sum() < 2:
-            continue
-        low, high = np.percentile(image[brain], [1, 99])
-        scaled = np.clip((image - low) / max(high - low, 1e-6), 0, 1)  # positive, so ratios are defined
-        for tissue in sums:
-            voxels = pv[channels.index(tissue)] > threshold
-            sums[tissue] += float(scaled[voxels].sum())
-            counts[tissue] += int(voxels.sum())
-    levels = {t: sums[t] / counts[t] for t in sums if counts[t]}
-    for name, (top, bottom) in RATIOS.items():
-        if top in levels and bottom in levels and abs(levels[bottom]) > 1e-6:
-            levels[name] = levels[top] / levels[bottom]
-    return levels
 
 
 def _site_shares(classifier: ModalityClassifier, images: torch.Tensor, batch_size: int) -> dict[str, float]:

@@ -21,7 +21,7 @@ from brainspade.data.slice_cache import SliceCache
 from brainspade.engine.atomic import atomic_path
 from brainspade.engine.logging import progress
 from brainspade.errors import BrainspadeError
-from brainspade.segmentation.metrics import stack_volumes, volume_metrics
+from brainspade.evaluation.metrics import volume_metrics
 from brainspade.segmentation.nnunet import Segmenter
 from brainspade.segmentation.raw_dataset import labels_from_pv
 
@@ -92,6 +92,29 @@ class TestVolume:
     truth: np.ndarray
     slice_indices: np.ndarray
     image_indices: np.ndarray
+
+
+def stack_volumes(
+    slices: Sequence[np.ndarray], subjects: Sequence[str], slice_indices: Sequence[int]
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Group 2D slices by subject into (S, H, W) volumes ordered by slice index.
+
+    Returns {subject: (volume, sorted slice indices)}, subjects in sorted order. Two slices of
+    one subject with the same index are an error (a volume cannot hold both).
+    """
+    if not len(slices) == len(subjects) == len(slice_indices):
+        raise ValueError("slices, subjects and slice indices must have the same length")
+    volumes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    subjects = np.asarray(subjects).astype(str)
+    slice_indices = np.asarray(slice_indices, dtype=np.int64)
+    for subject in sorted(set(subjects.tolist())):
+        members = np.flatnonzero(subjects == subject)
+        order = members[np.argsort(slice_indices[members], kind="stable")]
+        indices = slice_indices[order]
+        if len(np.unique(indices)) != len(indices):
+            raise ValueError(f"subject {subject}: the same slice index appears twice")
+        volumes[subject] = (np.stack([np.asarray(slices[i]) for i in order]), indices)
+    return volumes
 
 
 def load_test_set(cache: SliceCache, dataset: str, modality: str) -> list[TestVolume]:

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from brainspade.engine.logging import LABEL_COLOURS
+from brainspade.evaluation.metrics import mean_sd
 from brainspade.segmentation.evaluation import RESULT_COLUMNS, Evaluation, TestVolume
-from brainspade.segmentation.metrics import mean_sd
 from brainspade.segmentation.statistics import PairedDifference, PairedTest, paired_difference, paired_tests
 
 

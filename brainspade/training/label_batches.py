@@ -1,12 +1,9 @@
-"""PV-map batches, latents and label statistics shared by the label VAE and label LDM trainings and by sampling."""
+"""PV-map batches and latents shared by the label VAE and label LDM trainings."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import torch
-from scipy.stats import wasserstein_distance
 
 from brainspade.data.slice_cache import SliceCache
 from brainspade.errors import BrainspadeError
@@ -85,18 +82,3 @@ def reconstruct(vae: LabelVAE, pv_maps: torch.Tensor, batch_size: int, device: t
     chunks = [vae.decode(vae.encode(as_pv(pv_maps[i : i + batch_size]).to(device))[0]).cpu()
               for i in range(0, len(pv_maps), batch_size)]
     return torch.cat(chunks)
-
-
-def tissue_volumes(pv_maps: torch.Tensor) -> np.ndarray:
-    """Share of the slice each channel covers (N, C): the 'tissue volume per slice'."""
-    return pv_maps.float().mean(dim=(2, 3)).numpy()
-
-
-def volume_distances(a: np.ndarray, b: np.ndarray, channels: Sequence[str]) -> dict[str, float]:
-    """1-D Wasserstein distance per channel between two sets of per-slice tissue volumes."""
-    return {name: float(wasserstein_distance(a[:, i], b[:, i])) for i, name in enumerate(channels)}
-
-
-def lesion_present(pv_maps: torch.Tensor, channel: int, min_pixels: int) -> torch.Tensor:
-    """Per slice: does the channel win the argmax in at least `min_pixels` pixels?"""
-    return (pv_maps.argmax(dim=1) == channel).flatten(1).sum(dim=1) >= min_pixels

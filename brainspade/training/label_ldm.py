@@ -19,6 +19,7 @@ from brainspade.engine.ema import make_ema, update_ema
 from brainspade.engine.gradients import clip_finite_gradients
 from brainspade.engine.logging import colourise_labels, log_image_columns
 from brainspade.engine.runtime import Runtime
+from brainspade.evaluation.metrics import lesion_present, tissue_volumes, volume_distances
 from brainspade.generation.labels import LabelSampler, label_conditions
 from brainspade.models.label_diffusion_unet import ConditionedDiffusionUNet
 from brainspade.models.label_vae import LabelVAE
@@ -27,10 +28,7 @@ from brainspade.training.label_batches import (
     batch_indices,
     encode_means,
     lesion_positions,
-    lesion_present,
     load_pv_maps,
-    tissue_volumes,
-    volume_distances,
 )
 from brainspade.training.loop import Checkpointer, Schedule, run_steps
 from brainspade.training.models import build

@@ -18,7 +18,7 @@ from brainspade.engine.checkpoint import schema_signature
 from brainspade.engine.gradients import clip_finite_gradients
 from brainspade.engine.logging import colourise_labels, log_image_columns
 from brainspade.engine.runtime import Runtime
-from brainspade.generation.fidelity import label_dice
+from brainspade.evaluation.metrics import label_dice
 from brainspade.losses.kl import kl_divergence
 from brainspade.losses.label_perceptual import make_label_perceptual_loss
 from brainspade.models.label_vae import LabelVAE
