@@ -1,9 +1,10 @@
-"""Progress bars and TensorBoard: what a user watches while a stage runs."""
+"""Progress bars, TensorBoard and figures: what a user watches while a stage runs, and the plots it leaves."""
 
 from __future__ import annotations
 
+import functools
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
@@ -88,3 +89,19 @@ def log_image_columns(writer, tag: str, columns: list[torch.Tensor], step: int) 
     """Log a grid whose columns are RGB batches (e.g. label | style | generated | real) to TensorBoard."""
     if writer is not None:
         writer.add_image(tag, image_grid(columns), step)
+
+
+def in_plain_style(plot: Callable) -> Callable:
+    """Draw off-screen in matplotlib's default style, whatever style other imports have set globally."""
+
+    @functools.wraps(plot)
+    def wrapper(*args, **kwargs):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        with plt.style.context("default"), plt.rc_context({"font.size": 8}):
+            return plot(*args, **kwargs)
+
+    return wrapper

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from brainspade.engine.logging import LABEL_COLOURS
+from brainspade.engine.logging import LABEL_COLOURS, in_plain_style
 from brainspade.evaluation.metrics import Nearest
-from brainspade.segmentation.report import _in_plain_style as in_plain_style
 
 PROTOCOL = (
     "Real references follow the data protocol: the generators trained on the train split of the source data "

@@ -7,37 +7,19 @@ and p-values of paired tests between every two arms on the same volumes.
 from __future__ import annotations
 
 import csv
-import functools
 import itertools
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from brainspade.engine.logging import LABEL_COLOURS
+from brainspade.engine.logging import LABEL_COLOURS, in_plain_style
 from brainspade.evaluation.metrics import mean_sd
 from brainspade.segmentation.evaluation import RESULT_COLUMNS, Evaluation, TestVolume
 from brainspade.segmentation.statistics import PairedDifference, PairedTest, paired_difference, paired_tests
-
-
-def _in_plain_style(plot: Callable) -> Callable:
-    """Draw off-screen in matplotlib's default style, whatever style other imports have set globally."""
-
-    @functools.wraps(plot)
-    def wrapper(*args, **kwargs):
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        with plt.style.context("default"), plt.rc_context({"font.size": 8}):
-            return plot(*args, **kwargs)
-
-    return wrapper
-
 
 METRIC_TITLES = {"dice": "Dice", "precision": "Precision", "recall": "Recall"}
 
@@ -206,7 +188,7 @@ def _updates(updates: dict[str, Any] | None) -> str:
     return text + "".join(f", {label} weight {weight:g}" for label, weight in weights.items())
 
 
-@_in_plain_style
+@in_plain_style
 def plot_scores(path: Path, evaluation: Evaluation, rows: Sequence[dict[str, Any]]) -> None:
     """Box plots of per-volume scores: one panel per metric, classes on x, one box per arm."""
     import matplotlib.pyplot as plt
@@ -235,7 +217,7 @@ def plot_scores(path: Path, evaluation: Evaluation, rows: Sequence[dict[str, Any
     plt.close(figure)
 
 
-@_in_plain_style
+@in_plain_style
 def plot_slices(
     path: Path, evaluation: Evaluation, volumes: list[TestVolume], predictions: dict[str, dict[str, np.ndarray]],
     classes: dict[str, int], count: int,
