@@ -214,6 +214,12 @@ def test_a_manifest_saved_with_a_byte_order_mark_is_read(capsys, folder_dataset,
     (folder_dataset / "manifest.csv").write_text(text, encoding="utf-8-sig")
     code, _, err = run_cli(capsys, "prepare-data", *folder_overrides(folder_dataset, tmp_path / "w"))
     assert code == 0, err
+    from brainspade.data.slice_cache import SliceCache
+
+    # The mark does not stick to the first column: every subject arrives, in the split the manifest gives it.
+    table = SliceCache.open(tmp_path / "w" / "slices").image_table
+    assert sorted(set(table["subject"].tolist())) == ["sub0", "sub1", "sub2"]
+    assert set(table["subject"][table["split"] == "test"].tolist()) == {"sub2"}
 
 
 # ------------------------------------------------------------------ failing machines

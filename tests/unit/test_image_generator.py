@@ -166,9 +166,16 @@ def test_alpha_mod_must_exceed_alpha_dat(alpha_mod, alpha_dat):
         settings_of("image_generator", weights={"modality": alpha_mod, "dataset": alpha_dat})
 
 
-def test_alpha_both_zero_or_paper_values_are_accepted():
-    assert settings(modality=0.0, dataset=0.0).weights.modality == 0.0
-    assert settings().weights.modality == 0.75
+def test_both_alphas_zero_turn_the_modality_loss_off_and_training_needs_no_classifier():
+    """The ablation without the modality / data-set loss trains without train-modisc's classifier; the paper's
+    alphas need it."""
+    off = settings(modality=0.0, dataset=0.0, perceptual=0.0)  # perceptual 0: its network is the classifier here
+    assert not off.needs_classifier and settings(perceptual=0.0).needs_classifier
+    nets = networks()
+    nets.classifier = None
+    terms, fake = GeneratorLosses(nets, off, torch.device("cpu")).terms(fake_batch())
+    assert "modality_dataset" not in terms and fake.shape == (4, 1, *SIZE)
+    assert all(torch.isfinite(value) for value in terms.values())
 
 
 def test_generated_image_depends_only_on_its_seed_and_inputs_not_on_the_batch():
