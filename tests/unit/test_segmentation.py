@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import run_cli, settings_of
-from scipy import stats
 
 from brainspade.data.datasets import real_training_indices
 from brainspade.data.slice_cache import SliceCache
@@ -19,7 +18,6 @@ from brainspade.segmentation import raw_dataset
 from brainspade.segmentation.arms import ArmSpec, RealSource, SyntheticSource, ensure_arm
 from brainspade.segmentation.evaluation import Evaluation, stack_volumes
 from brainspade.segmentation.nnunet import link_raw_dataset
-from brainspade.segmentation.statistics import PairedTest, paired_tests
 
 CHANNELS = ["background", "csf", "gm", "wm", "tumour", "edema"]
 
@@ -116,23 +114,6 @@ def test_arm_sources_must_share_labels(tmp_path):
     (tmp_path / "b" / "dataset.json").write_text(json.dumps(header))
     with pytest.raises(BrainspadeError, match="labels"):
         link_raw_dataset([tmp_path / "a", tmp_path / "b"], tmp_path / "raw" / "Dataset001_x")
-
-
-def test_paired_tests_on_known_inputs():
-    first, second = [0.80, 0.85, 0.90, 0.70, 0.75], [0.70, 0.80, 0.82, 0.69, 0.60]
-    differences = np.subtract(first, second)
-    t = differences.mean() / (differences.std(ddof=1) / np.sqrt(len(differences)))
-    result = paired_tests(first, second)
-    assert result.n == 5
-    assert result.t_test_p == pytest.approx(2 * stats.t.sf(abs(t), df=4))
-    assert result.wilcoxon_p == pytest.approx(0.0625)  # all 5 differences positive: 2 / 2**5
-    assert paired_tests(second, first).t_test_p == pytest.approx(result.t_test_p)  # two-sided
-    # Identical scores on every volume: no evidence of a difference, p = 1 (not an error or NaN).
-    assert paired_tests([0.5, 0.6, 0.7], [0.5, 0.6, 0.7]) == PairedTest(1.0, 1.0, 3)
-    # Pairs with an undefined value are dropped; fewer than two pairs give no test.
-    dropped = paired_tests([0.5, float("nan"), 0.7, 0.2], [0.4, 0.1, 0.5, 0.3])
-    assert dropped.n == 3 and dropped.t_test_p == pytest.approx(stats.ttest_rel([0.5, 0.7, 0.2], [0.4, 0.5, 0.3]).pvalue)
-    assert np.isnan(paired_tests([0.5, float("nan")], [0.4, 0.3]).t_test_p)
 
 
 def test_stack_volumes_orders_slices_by_subject_and_index():

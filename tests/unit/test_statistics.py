@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from brainspade.errors import BrainspadeError
 from brainspade.segmentation.evaluation import Evaluation
 from brainspade.segmentation.report import relation_verdict, relations_section
-from brainspade.segmentation.statistics import PairedDifference, PairedTest, paired_difference
+from brainspade.segmentation.statistics import PairedDifference, PairedTest, paired_difference, paired_tests
 
 
 def test_paired_difference_interval_covers_the_mean_and_tightens_with_more_volumes():
@@ -56,3 +57,20 @@ def test_a_relation_must_compare_arms_of_its_evaluation():
         Evaluation.from_dict({"name": "iod", "test": {"dataset": "a", "modality": "T1"}, "arms": ["R", "S"],
                               "classes": ["gm"], "lesion_metrics": False,
                               "relations": [{"finding": "f", "better": "H", "worse": "S"}]})
+
+
+def test_paired_tests_on_known_inputs():
+    first, second = [0.80, 0.85, 0.90, 0.70, 0.75], [0.70, 0.80, 0.82, 0.69, 0.60]
+    differences = np.subtract(first, second)
+    t = differences.mean() / (differences.std(ddof=1) / np.sqrt(len(differences)))
+    result = paired_tests(first, second)
+    assert result.n == 5
+    assert result.t_test_p == pytest.approx(2 * stats.t.sf(abs(t), df=4))
+    assert result.wilcoxon_p == pytest.approx(0.0625)  # all 5 differences positive: 2 / 2**5
+    assert paired_tests(second, first).t_test_p == pytest.approx(result.t_test_p)  # two-sided
+    # Identical scores on every volume: no evidence of a difference, p = 1 (not an error or NaN).
+    assert paired_tests([0.5, 0.6, 0.7], [0.5, 0.6, 0.7]) == PairedTest(1.0, 1.0, 3)
+    # Pairs with an undefined value are dropped; fewer than two pairs give no test.
+    dropped = paired_tests([0.5, float("nan"), 0.7, 0.2], [0.4, 0.1, 0.5, 0.3])
+    assert dropped.n == 3 and dropped.t_test_p == pytest.approx(stats.ttest_rel([0.5, 0.7, 0.2], [0.4, 0.5, 0.3]).pvalue)
+    assert np.isnan(paired_tests([0.5, float("nan")], [0.4, 0.3]).t_test_p)
