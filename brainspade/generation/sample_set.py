@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
+import yaml
 
 from brainspade.data.datasets import generator_label_indices
 from brainspade.data.slice_cache import SliceCache
@@ -264,7 +264,7 @@ def parse_shard(shard: str) -> tuple[int, int]:
 def _check_same_run(path: Path, settings: dict, force: bool) -> None:
     """Blocks left by an interrupted run are reused only if that run had the same settings."""
     settings_file = path / "settings.yaml"
-    text = OmegaConf.to_yaml(OmegaConf.create(settings))
+    text = yaml.safe_dump(settings, sort_keys=False)
     if settings_file.is_file() and settings_file.read_text() != text and not force:
         raise BrainspadeError(
             f"{path}: holds an unfinished run with other settings; re-run with its settings, pass force=true, "
