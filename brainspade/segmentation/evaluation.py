@@ -1,9 +1,10 @@
 """Test sets, per-volume predictions and per-volume metrics of the arms of one evaluation.
 
-A test set is the *test split* of one data set and modality in the slice cache; its 2D
-slices are segmented one by one and stacked back into volumes (by subject, in slice order)
-before any metric is computed. Predictions are saved as NIfTI volumes (H, W, S) with the
-slice order in `slices.csv`, so every number of a report can be recomputed from them.
+A test set is the *test split* of one data set and modality in the slice cache (or its *dev split*,
+to choose settings without reading a test volume: `evaluation_split=dev`); its 2D slices are
+segmented one by one and stacked back into volumes (by subject, in slice order) before any
+metric is computed. Predictions are saved as NIfTI volumes (H, W, S) with the slice order in
+`slices.csv`, so every number of a report can be recomputed from them.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from brainspade.segmentation.nnunet import Segmenter
 from brainspade.segmentation.raw_dataset import labels_from_pv
 
 RESULT_COLUMNS = ("evaluation", "arm", "subject", "class", "dice", "precision", "recall")
+# The splits an evaluation may score: test for the report, dev for choosing settings (METHOD.md, dev and test).
+EVALUATION_SPLITS = ("test", "dev")
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,7 @@ class Relation:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """One test set of an experiment: the test split of a data set and modality, the arms tested, the classes scored."""
+    """One test set of an experiment: a split of a data set and modality, the arms tested, the classes scored."""
 
     name: str
     test_dataset: str
@@ -49,6 +52,11 @@ class Evaluation:
     classes: tuple[str, ...]
     lesion_metrics: bool  # precision and recall besides Dice
     relations: tuple[Relation, ...] = ()  # the paper's findings on this test set, opening the report
+    split: str = "test"  # the split scored (EVALUATION_SPLITS); run-experiment sets it from `evaluation_split`
+
+    def __post_init__(self) -> None:
+        if self.split not in EVALUATION_SPLITS:
+            raise BrainspadeError(f"evaluation_split={self.split!r}: choose one of {', '.join(EVALUATION_SPLITS)}")
 
     @classmethod
     def from_dict(cls, node: Mapping[str, Any]) -> Evaluation:
@@ -117,11 +125,20 @@ def stack_volumes(
     return volumes
 
 
-def load_test_set(cache: SliceCache, dataset: str, modality: str) -> list[TestVolume]:
-    """The test split of one data set and modality, as volumes sorted by subject."""
-    indices = cache.image_indices(split="test", datasets=[dataset], modalities=[modality])
+def split_slice_indices(cache: SliceCache, dataset: str, modality: str, split: str = "test") -> np.ndarray:
+    """Cache rows of the `split` slices of one data set and modality; none is refused in one line."""
+    indices = cache.image_indices(split=split, datasets=[dataset], modalities=[modality])
     if indices.size == 0:
-        raise BrainspadeError(f"{cache.folder}: no test slices of data set {dataset!r} with modality {modality!r}")
+        other = "; score the test split (evaluation_split=test) or give some subjects split dev in the manifest" \
+            if split == "dev" else ""
+        raise BrainspadeError(f"{cache.folder}: no {split} slices of data set {dataset!r} with modality "
+                              f"{modality!r}{other}")
+    return indices
+
+
+def load_test_set(cache: SliceCache, dataset: str, modality: str, split: str = "test") -> list[TestVolume]:
+    """The `split` slices (test, or dev) of one data set and modality, as volumes sorted by subject."""
+    indices = split_slice_indices(cache, dataset, modality, split)
     table = cache.image_table
     subjects = table["subject"][indices]
     slice_indices = table["slice_index"][indices]

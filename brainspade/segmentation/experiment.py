@@ -1,4 +1,5 @@
-"""An experiment's evaluations: every arm segments every test set; results.csv, figures and report.md.
+"""An experiment's evaluations: every arm segments every test set (its test or dev split); results.csv, figures
+and report.md.
 
 The arms are trained beforehand (`segmentation.arms.ensure_arm`); this module only predicts
 and reports, into one folder.
@@ -40,7 +41,7 @@ def evaluate(
     segmenters: dict[str, Segmenter] = {}
     (folder / "figures").mkdir()
     for evaluation in evaluations:
-        volumes = ev.load_test_set(cache, evaluation.test_dataset, evaluation.test_modality)
+        volumes = ev.load_test_set(cache, evaluation.test_dataset, evaluation.test_modality, evaluation.split)
         counts[evaluation.name] = len(volumes)
         classes = {c: cache.channels.index(c) for c in evaluation.classes}
         predicted = folder / "predictions" / evaluation.name

@@ -1,7 +1,8 @@
 """An experiment's report: results.csv (per volume), report.md (tables), PNG figures.
 
 Table cells are `mean ± sd` over test volumes (NaN values skipped, n shown when some are)
-and p-values of paired tests between every two arms on the same volumes.
+and p-values of paired tests between every two arms on the same volumes. A report of the dev split
+(`evaluation_split=dev`, for choosing settings) says so in every table title.
 """
 
 from __future__ import annotations
@@ -102,8 +103,9 @@ def relations_section(evaluations: Sequence[Evaluation], rows: Sequence[dict[str
     relations = [(evaluation, relation) for evaluation in evaluations for relation in evaluation.relations]
     if not relations:
         return []
+    split = relations[0][0].split
     lines = ["## The paper's findings, tested here", "",
-             "Per test volume, the metric averaged over the evaluation's classes; the difference is paired over "
+             f"Per {split} volume, the metric averaged over the evaluation's classes; the difference is paired over "
              "volumes, with a bootstrap 95% CI (BCa, 9,999 resamples) and two-sided paired t-test / Wilcoxon "
              "p-values; a finding holds (or is reversed) when the CI excludes 0 and both p < 0.05.", "",
              "| test set | the paper's finding | compared | difference [95% CI] | p (t / Wilcoxon) | n | here |",
@@ -126,15 +128,17 @@ def evaluation_section(
     """Markdown of one evaluation: a mean ± sd table and a p-value table per metric."""
     name, arms, classes, metrics = evaluation.name, evaluation.arms, evaluation.classes, evaluation.metrics
     lines = [
-        f"## {name}: tested on {evaluation.test_dataset} {evaluation.test_modality}",
+        f"## {name}: tested on {evaluation.test_dataset} {evaluation.test_modality}"
+        + ("" if evaluation.split == "test" else f" ({evaluation.split} split)"),
         "",
-        f"Test split of {evaluation.test_dataset}: {len(volumes)} volumes, {sum(len(v.images) for v in volumes)} slices "
+        f"{evaluation.split.capitalize()} split of {evaluation.test_dataset}: {len(volumes)} volumes, "
+        f"{sum(len(v.images) for v in volumes)} slices "
         f"({', '.join(v.subject for v in volumes)}). Arms: {', '.join(arms)}.",
         "",
     ]
     header = ["| arm | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
     for metric in metrics:
-        lines += [f"### {METRIC_TITLES[metric]} (mean ± sd over test volumes)", "", *header]
+        lines += [f"### {METRIC_TITLES[metric]} (mean ± sd over {evaluation.split} volumes)", "", *header]
         for arm in arms:
             cells = [format_mean_sd(metric_values(rows, name, arm, c, metric)) for c in classes]
             lines.append(f"| {arm} | " + " | ".join(cells) + " |")

@@ -3,10 +3,13 @@
 Each arm's model (W/segmentation/models/<arm>) is trained once and reused by every
 experiment naming it; the experiment folder W/experiments/<name> holds report.md,
 results.csv, figures/ and predictions/, and is replaced as a whole when it is redone.
+`evaluation_split=dev` scores the dev subjects instead, into W/experiments/<name>_dev, so a
+report for choosing settings never replaces the test report.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -17,6 +20,7 @@ from brainspade.engine.runtime import select_device
 from brainspade.engine.stage import StageFolder, config_fingerprint, require_complete
 from brainspade.errors import BrainspadeError
 from brainspade.segmentation.arms import ArmSpec, RandomisedSource, SyntheticSource, ensure_arm
+from brainspade.segmentation.evaluation import EVALUATION_SPLITS, split_slice_indices
 from brainspade.segmentation.experiment import evaluate
 from brainspade.settings import ExperimentSettings, SegmentationSettings
 from brainspade.stages.config import (
@@ -33,8 +37,12 @@ from brainspade.stages.config import (
 def run(cfg: DictConfig) -> Path:
     """Run the experiment named by `experiment`; return its folder."""
     name = str(cfg.experiment)
+    split = str(OmegaConf.select(cfg, "evaluation_split", default="test"))  # the demo's config reports on test
+    if split not in EVALUATION_SPLITS:
+        raise BrainspadeError(f"evaluation_split={split!r}: choose one of {', '.join(EVALUATION_SPLITS)}")
     experiments = section(cfg, "experiments")
     evaluations, specs = experiment_plan(experiments, name)
+    evaluations = [dataclasses.replace(evaluation, split=split) for evaluation in evaluations]
     evaluations_config = experiments.evaluations[name]
     settings: SegmentationSettings = section(cfg, "segmentation")
     run_config = run_settings(cfg)
@@ -42,6 +50,7 @@ def run(cfg: DictConfig) -> Path:
     cache = SliceCache.open(require_complete(stage_path(cfg, "slices"), "slice cache", "prepare-data"))
     for evaluation in evaluations:
         evaluation.check_classes(cache.channels)
+        split_slice_indices(cache, evaluation.test_dataset, evaluation.test_modality, split)  # before any training
     arm_settings = {spec.name: arm_segmentation(cfg, spec) for spec in specs.values()}
     weighted = {label for arm in arm_settings.values() for label in arm.class_weights or {}}
     unknown = sorted(weighted - set(cache.channels))
@@ -76,15 +85,17 @@ def run(cfg: DictConfig) -> Path:
 
     figure_slices = experiments.figure_slices
     fingerprint = config_fingerprint({"evaluations": evaluations_config, "figure_slices": figure_slices,
-                                      "mirroring": settings.test_time_mirroring,
+                                      "mirroring": settings.test_time_mirroring, "split": split,
                                       "models": {arm: trained.fingerprint for arm, trained in arms.items()}})
-    target = stage_path(cfg, "experiments") / name
+    target = stage_path(cfg, "experiments") / (name if split == "test" else f"{name}_{split}")
     if StageFolder(target, fingerprint).reusable(run_config.force):
         print(f"[run-experiment] {target} is up to date")
         return target
     header = [
         f"# Experiment {name}",
         "",
+        *([] if split == "test" else [f"Scored on the {split} split, for choosing settings; the test split's report "
+                                      f"is in {stage_path(cfg, 'experiments') / name}.", ""]),
         f"Workdir {workdir(cfg)}, profile {cfg.get('profile_name', '?')}, seed {run_config.seed}. 2D nnU-Net v2 per "
         f"arm ({settings.epochs} epochs x {settings.iterations_per_epoch} iterations unless the Models table says "
         "otherwise). Per-volume "
