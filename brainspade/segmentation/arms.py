@@ -2,7 +2,9 @@
 
 An arm is real slices (the train split of one data set and modality, optionally only its
 first k volumes), a generated sample set (learnt images made by `sample`, or domain-randomised
-images on the same label maps made by `sample-randomised`), or real and generated together. Each arm is trained
+images on the same label maps made by `sample-randomised`), or real and generated together. A learnt set names
+its synthesis: brainSPADE as published, or an extension on top of it (a fitted site look), each a separate arm
+in the same report (SYNTHESES). Each arm is trained
 once and reused by every experiment that names it; its folder is a finished stage folder
 whose fingerprint covers the arm's data and the segmentation config, so a changed input is
 never silently reused.
@@ -33,7 +35,7 @@ from brainspade.engine.stage import StageFolder, config_fingerprint, finished_fi
 from brainspade.errors import BrainspadeError
 from brainspade.segmentation import nnunet
 from brainspade.segmentation.raw_dataset import export_real_slices
-from brainspade.settings import SegmentationSettings
+from brainspade.settings import SegmentationSettings, SiteLookSettings
 
 TRAINING_KEYS = ("epochs", "iterations_per_epoch", "val_iterations_per_epoch", "batch_size", "lesion_case_share",
                  "base_features", "max_features", "class_weights")
@@ -49,13 +51,42 @@ class RealSource:
 
 
 @dataclass(frozen=True)
+class Synthesis:
+    """How a synthetic set's images are made: the site-look keys it sets on the profile's, and the report's words."""
+
+    images: str  # the Models table's words; {site} is the style data set
+    site_look: Mapping[str, Any]  # SiteLookSettings keys set on top of the profile's `sampling.site_look`
+
+
+# The published method and its extensions, side by side (METHOD.md): each synthetic arm names its own.
+SYNTHESES = {
+    "published": Synthesis("published brainSPADE (SPADE, styles from {site})", {"enabled": False}),
+    "site_model": Synthesis("extension: SPADE + fitted site model (styles from {site})",
+                            {"enabled": True, "method": "site_model"}),
+    "site_model_render": Synthesis("ablation: fitted site-model render (styles from {site})",
+                                   {"enabled": True, "method": "site_model", "generator_texture": 0.0}),
+    "quantile_map": Synthesis("extension: SPADE + pooled quantile map (styles from {site})",
+                              {"enabled": True, "method": "quantile_map"}),
+}
+
+
+@dataclass(frozen=True)
 class SyntheticSource:
-    """A synthetic sample set made by `brainspade sample` (its name, style images and label conditions)."""
+    """A synthetic sample set made by `brainspade sample`: its name, style images, label conditions and synthesis.
+
+    `synthesis` (a key of SYNTHESES) says how its images are made: `published` is brainSPADE as published, the
+    others put a fitted site look on (or in place of) the SPADE's images.
+    """
 
     samples: str
     style_dataset: str
     style_modality: str
     conditions: str
+    synthesis: str
+
+    def site_look(self, profile: SiteLookSettings) -> SiteLookSettings:
+        """The profile's site look with this synthesis's keys set (its parameters stay the profile's)."""
+        return dataclasses.replace(profile, **SYNTHESES[self.synthesis].site_look)
 
 
 @dataclass(frozen=True)
@@ -106,6 +137,10 @@ class ArmSpec:
                 except TypeError:
                     raise BrainspadeError(f"experiments.arms.{name}.{key}: give {', '.join(wanted)}, "
                                           f"got {sorted(spec[key] or {})}") from None
+        synthetic = parts.get("synthetic")
+        if synthetic is not None and synthetic.synthesis not in SYNTHESES:
+            raise BrainspadeError(f"experiments.arms.{name}.synthetic.synthesis={synthetic.synthesis!r}: choose one "
+                                  f"of {', '.join(SYNTHESES)}")
         return cls(name, **parts, segmentation=segmentation)
 
     def as_dict(self) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import numpy as np
 
 from brainspade.engine.logging import LABEL_COLOURS, in_plain_style
 from brainspade.evaluation.metrics import mean_sd
+from brainspade.segmentation.arms import SYNTHESES
 from brainspade.segmentation.evaluation import RESULT_COLUMNS, Evaluation, TestVolume
 from brainspade.segmentation.statistics import PairedDifference, PairedTest, paired_difference, paired_tests
 
@@ -160,10 +161,24 @@ def evaluation_section(
     return lines
 
 
+def images_made(training: dict[str, Any]) -> str:
+    """How an arm's training images were made: 'real', 'published brainSPADE (SPADE, styles from siteB)', ..."""
+    parts = []
+    if "real" in training:
+        parts.append("real")
+    if "synthetic" in training:
+        synthetic = training["synthetic"]
+        parts.append(SYNTHESES[synthetic["synthesis"]].images.format(site=synthetic["style_dataset"]))
+    if "randomised" in training:
+        parts.append(f"domain randomisation (label maps of {training['randomised']['labels_from']})")
+    return " + ".join(parts)
+
+
 def models_section(trained: dict[str, dict[str, Any]], folders: dict[str, str]) -> list[str]:
-    """What each arm was trained on."""
-    lines = ["## Models", "", "| arm | trained on | training slices | nnU-Net training | model folder |",
-             "|---|---|---|---|---|"]
+    """What each arm was trained on, and how its images were made (the published method or an extension)."""
+    lines = ["## Models", "",
+             "| arm | images | trained on | training slices | nnU-Net training | model folder |",
+             "|---|---|---|---|---|---|"]
     for arm, training in trained.items():
         parts = []
         if "real" in training:
@@ -178,8 +193,8 @@ def models_section(trained: dict[str, dict[str, Any]], folders: dict[str, str]) 
             randomised = training["randomised"]
             parts.append(f"domain-randomised '{randomised['samples']}' ({randomised['slices']} pairs, SynthSeg-style "
                          f"images on the label maps of '{randomised['labels_from']}')")
-        lines.append(f"| {arm} | {' + '.join(parts)} | {training['slices']} | {_updates(training.get('updates'))} | "
-                     f"{folders[arm]} |")
+        lines.append(f"| {arm} | {images_made(training)} | {' + '.join(parts)} | {training['slices']} | "
+                     f"{_updates(training.get('updates'))} | {folders[arm]} |")
     return lines + [""]
 
 

@@ -22,7 +22,7 @@ from brainspade.errors import BrainspadeError
 from brainspade.segmentation.arms import ArmSpec, RandomisedSource, SyntheticSource, ensure_arm
 from brainspade.segmentation.evaluation import EVALUATION_SPLITS, split_slice_indices
 from brainspade.segmentation.experiment import evaluate
-from brainspade.settings import ExperimentSettings, SegmentationSettings
+from brainspade.settings import ExperimentSettings, SamplingSettings, SegmentationSettings
 from brainspade.stages.config import (
     arm_segmentation,
     experiment_plan,
@@ -59,27 +59,12 @@ def run(cfg: DictConfig) -> Path:
                               f"use one of {', '.join(cache.channels)}")
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
 
-    def synthetic_samples(source: SyntheticSource | RandomisedSource) -> Path:
-        # Imported here: the generators are heavy, and only generated arms need them.
-        from brainspade.generation.randomised_set import make_randomised_set
-        from brainspade.generation.sample_set import StyleSource, make_sample_set
-
-        samples = stage_path(cfg, "samples")
-        if isinstance(source, RandomisedSource):  # the label maps first: they are those of a synthetic arm
-            synthetic_samples(_synthetic_source_named(experiments, source.labels_from))
-            return make_randomised_set(samples / source.samples, samples / source.labels_from,
-                                       section(cfg, "randomisation"), seed=run_config.seed, force=run_config.force,
-                                       config_yaml=config_yaml)
-        sampling = section(cfg, "sampling")
-        return make_sample_set(
-            samples / source.samples, generator_folders(cfg, sampling.modality_filter),
-            StyleSource(source.style_dataset, source.style_modality), experiments.n_synthetic,
-            sampling=sampling, labels=section(cfg, "label_sampling"), sources=section(cfg, "data").source_datasets,
-            conditions=source.conditions, seed=run_config.seed, force=run_config.force, device=run_config.device)
+    def samples(source: SyntheticSource | RandomisedSource) -> Path:
+        return synthetic_samples(cfg, source, config_yaml)
 
     arms = {spec.name: ensure_arm(spec, stage_path(cfg, "segmentation") / "models" / spec.name, cache,
                                   arm_settings[spec.name],
-                                  synthetic_samples, seed=run_config.seed, force=run_config.force, device=device,
+                                  samples, seed=run_config.seed, force=run_config.force, device=device,
                                   config_yaml=config_yaml)
             for spec in specs.values()}
 
@@ -112,6 +97,33 @@ def run(cfg: DictConfig) -> Path:
         )
     print(f"[run-experiment] report: {target / 'report.md'}")
     return target
+
+
+def synthetic_samples(cfg: DictConfig, source: SyntheticSource | RandomisedSource, config_yaml: str) -> Path:
+    """The finished sample set of a generated arm's source, made when missing.
+
+    A learnt set is made with the profile's `sampling` whose site look is set by the source's synthesis (the
+    published method: none); a randomised set first needs the synthetic set whose label maps it takes.
+    """
+    # Imported here: the generators are heavy, and only generated arms need them.
+    from brainspade.generation.randomised_set import make_randomised_set
+    from brainspade.generation.sample_set import StyleSource, make_sample_set
+
+    experiments: ExperimentSettings = section(cfg, "experiments")
+    run_config = run_settings(cfg)
+    samples = stage_path(cfg, "samples")
+    if isinstance(source, RandomisedSource):  # the label maps first: they are those of a synthetic arm
+        synthetic_samples(cfg, _synthetic_source_named(experiments, source.labels_from), config_yaml)
+        return make_randomised_set(samples / source.samples, samples / source.labels_from,
+                                   section(cfg, "randomisation"), seed=run_config.seed, force=run_config.force,
+                                   config_yaml=config_yaml)
+    profile: SamplingSettings = section(cfg, "sampling")
+    sampling = dataclasses.replace(profile, site_look=source.site_look(profile.site_look))
+    return make_sample_set(
+        samples / source.samples, generator_folders(cfg, sampling.modality_filter),
+        StyleSource(source.style_dataset, source.style_modality), experiments.n_synthetic,
+        sampling=sampling, labels=section(cfg, "label_sampling"), sources=section(cfg, "data").source_datasets,
+        conditions=source.conditions, seed=run_config.seed, force=run_config.force, device=run_config.device)
 
 
 def _synthetic_source_named(experiments: ExperimentSettings, samples: str) -> SyntheticSource:

@@ -74,7 +74,8 @@ def test_every_profile_passes_every_commands_checks_and_bench_is_the_cpu_profile
     from hydra import compose, initialize_config_dir
 
     from brainspade.cli import CONFIG_DIR
-    from brainspade.stages.config import check_config
+    from brainspade.segmentation.arms import ArmSpec
+    from brainspade.stages.config import check_config, section
 
     profiles = sorted(path.stem for path in (CONFIG_DIR / "profile").glob("*.yaml"))
     assert profiles == ["bench", "cpu", "paper", "tiny"]
@@ -92,11 +93,28 @@ def test_every_profile_passes_every_commands_checks_and_bench_is_the_cpu_profile
     assert bench.image_generator.generator == cpu.image_generator.generator  # the same networks, trained longer
     assert bench.image_generator.steps > cpu.image_generator.steps
     assert bench.label_vae.steps >= 1500 and bench.label_ldm.steps >= 3000 and bench.experiments.n_synthetic >= 2000
-    assert min(test for _, test in bench.phantom.subjects_per_site.values()) >= 20
+    assert min(counts[-1] for counts in bench.phantom.subjects_per_site.values()) >= 20  # the last count: test
     assert bench.segmentation.epochs > cpu.segmentation.epochs
-    # The paper's method in the paper profile; the cpu profile adds the fitted site model.
-    assert not configs["paper"].sampling.site_look.enabled
-    assert cpu.sampling.site_look.enabled and cpu.sampling.site_look.method == "site_model"
+    # `sample` and the published arms are the paper's method in every profile; the cpu profile's extension arms (SF)
+    # put its fitted site model on, and its ablation arms (F) render with it alone.
+    for name, profile in configs.items():
+        look = section(profile, "sampling").site_look
+        assert not look.enabled, name
+        arms = {arm: ArmSpec.from_dict(arm, spec).synthetic for arm, spec in profile.experiments.arms.items()}
+        published = {arm for arm, source in arms.items() if source and source.synthesis == "published"}
+        assert published >= {"S_iod", "S_n-ood", "S_f-ood", "S_les", "H_les"}, name
+        assert not any(arms[arm].site_look(look).enabled for arm in published)
+    look = section(cpu, "sampling").site_look
+    cpu_arms = {arm: ArmSpec.from_dict(arm, spec).synthetic for arm, spec in cpu.experiments.arms.items()}
+    extension = cpu_arms["SF_n-ood"].site_look(look)
+    assert extension.enabled and extension.method == "site_model" and extension.generator_texture == 0.25
+    assert extension.reference_images == look.reference_images == 192
+    ablation = cpu_arms["F_n-ood"].site_look(look)
+    assert ablation.enabled and ablation.method == "site_model" and ablation.generator_texture == 0
+    # The cpu demo shows the published arm beside the extension and its ablation on siteB.
+    n_ood = next(node for node in cpu.experiments.evaluations.ood if node.name == "n-ood")
+    assert {"S_n-ood", "SF_n-ood", "F_n-ood"} <= set(n_ood.arms)
+    assert {(r.better, r.worse) for r in n_ood.relations} >= {("SF_n-ood", "S_n-ood"), ("SF_n-ood", "F_n-ood")}
 
 
 def test_lesion_arms_train_on_their_own_nnunet_keys_checked_before_work(capsys, tmp_path):

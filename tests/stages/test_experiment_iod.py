@@ -39,7 +39,7 @@ def recording_make_sample_set(calls: list):
 
     def make_sample_set(folder, generators, style, n, **kwargs):
         calls.append({"name": folder.name, "n": n, "style_dataset": style.dataset, "style_modality": style.modality,
-                      "conditions": kwargs["conditions"]})
+                      "conditions": kwargs["conditions"], "site_look": kwargs["sampling"].site_look.enabled})
         return real(folder, generators, style, n, **kwargs)
 
     return make_sample_set
@@ -151,12 +151,17 @@ def test_report_says_what_each_model_trained_on(experiment):
     folder, workdir, calls, _ = experiment
     report = (folder / "report.md").read_text()
     models = markdown_table(report, "## Models")
-    assert "real siteA T1 (train split, 3 volumes" in models["R_iod"][0]
-    assert "synthetic 'S_iod'" in models["S_iod"][0] and "siteA T1" in models["S_iod"][0]
-    assert "domain-randomised 'D'" in models["D"][0] and "label maps of 'S_iod'" in models["D"][0]
-    # The synthetic arm asked for the profile's n samples styled with siteA T1 train images; D reuses that set.
+    assert {arm: cells[0] for arm, cells in models.items()} == {  # how each arm's images were made
+        "R_iod": "real", "S_iod": "published brainSPADE (SPADE, styles from siteA)",
+        "D": "domain randomisation (label maps of S_iod)"}
+    assert "real siteA T1 (train split, 3 volumes" in models["R_iod"][1]
+    assert "synthetic 'S_iod'" in models["S_iod"][1] and "siteA T1" in models["S_iod"][1]
+    assert "domain-randomised 'D'" in models["D"][1] and "label maps of 'S_iod'" in models["D"][1]
+    # The synthetic arm asked for the profile's n samples styled with siteA T1 train images, as published (no site
+    # look); D reuses that set.
     assert {tuple(sorted(c.items())) for c in calls} == {tuple(sorted({
-        "name": "S_iod", "n": 40, "style_dataset": "siteA", "style_modality": "T1", "conditions": "healthy"}.items()))}
+        "name": "S_iod", "n": 40, "style_dataset": "siteA", "style_modality": "T1", "conditions": "healthy",
+        "site_look": False}.items()))}
     for arm in ARMS:
         assert (workdir / "segmentation" / "models" / arm / "manifest.json").is_file()
     for figure in ("iod_scores.png", "iod_slices.png"):

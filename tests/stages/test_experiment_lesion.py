@@ -47,8 +47,9 @@ def test_lesion_report_has_the_randomised_arm_and_its_findings_match_results(les
     dice = markdown_table(report, "### Dice (mean ± sd over test volumes)")
     assert list(dice) == ARMS and len(dice["D_les"]) == len(CLASSES)
     models = markdown_table(report, "## Models")
-    assert "label maps of 'S_les'" in models["D_les"][0]
-    assert {cells[2] for cells in models.values()} == {"2 x 5 iterations"}  # the tiny profile's nnU-Net length
+    assert "label maps of 'S_les'" in models["D_les"][1]
+    assert models["H_les"][0] == "real + published brainSPADE (SPADE, styles from siteT)"
+    assert {cells[3] for cells in models.values()} == {"2 x 5 iterations"}  # the tiny profile's nnU-Net length
 
     findings = [cells[1:] for cells in markdown_rows(report, "## The paper's findings, tested here")]
     assert [cells[1] for cells in findings] == ["H_les − R_les (recall)", "S_les − D_les (dice)"]

@@ -1,8 +1,10 @@
-"""Evaluations as run-experiment runs them: the dev split is scored only when asked, into its own folder."""
+"""Arms and evaluations as the config writes them: each synthetic arm names how its images are made (the published
+method or an extension), the report says so, and an evaluation scores the dev split only when asked."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +13,105 @@ from conftest import run_cli
 
 from brainspade.data.slice_cache import SliceCache
 from brainspade.errors import BrainspadeError
+from brainspade.segmentation.arms import SYNTHESES, ArmSpec, _describe
 from brainspade.segmentation.evaluation import Evaluation, load_test_set, split_slice_indices
+from brainspade.segmentation.report import models_section
 from brainspade.stages.config import compose
+
+SYNTHETIC = {"samples": "SF_n-ood", "style_dataset": "siteB", "style_modality": "T1", "conditions": "healthy"}
+
+
+def test_each_synthesis_parses_and_an_unknown_or_missing_one_is_refused_naming_its_key():
+    for synthesis in ("published", "site_model", "site_model_render", "quantile_map"):
+        spec = ArmSpec.from_dict("SF_n-ood", {"synthetic": {**SYNTHETIC, "synthesis": synthesis}})
+        assert spec.synthetic.synthesis == synthesis
+        assert spec.as_dict()["synthetic"]["synthesis"] == synthesis  # the arm's fingerprint sees it
+    assert set(SYNTHESES) == {"published", "site_model", "site_model_render", "quantile_map"}
+    with pytest.raises(BrainspadeError) as refused:
+        ArmSpec.from_dict("SF_n-ood", {"synthetic": {**SYNTHETIC, "synthesis": "cyclegan"}})
+    message = str(refused.value)
+    assert "experiments.arms.SF_n-ood.synthetic.synthesis='cyclegan'" in message and "\n" not in message
+    assert all(choice in message for choice in SYNTHESES)
+    with pytest.raises(BrainspadeError, match=r"experiments.arms.S.synthetic: give .*synthesis"):
+        ArmSpec.from_dict("S", {"synthetic": SYNTHETIC})  # no default: every synthetic arm states its synthesis
+
+
+def test_a_bad_synthesis_in_the_yaml_fails_the_config_check(tmp_path):
+    from brainspade.stages.config import check_config
+
+    cfg = compose("run-experiment", ["profile=tiny", f"workdir={tmp_path}",
+                                     "experiments.arms.SF_n-ood.synthetic.synthesis=site_look"])
+    with pytest.raises(BrainspadeError, match=r"experiments.arms.SF_n-ood.synthetic.synthesis='site_look': choose"):
+        check_config(cfg)
+
+
+@pytest.mark.parametrize("profile", ["cpu", "tiny"])
+def test_each_arm_makes_its_set_with_its_own_site_look(profile, tmp_path, monkeypatch):
+    """run-experiment's sample sets: the published arm without a site look, the extension with the profile's fitted
+    site model on the SPADE, the ablation with that model's render alone."""
+    from brainspade.stages import run_experiment
+
+    cfg = compose("run-experiment", [f"profile={profile}", f"workdir={tmp_path}"])
+    profile_look = run_experiment.section(cfg, "sampling").site_look
+    asked = {}
+
+    def make_sample_set(folder, generators, style, n, **kwargs):
+        asked[folder.name] = (style.dataset, kwargs["sampling"])
+        return folder
+
+    monkeypatch.setattr("brainspade.generation.sample_set.make_sample_set", make_sample_set)
+    monkeypatch.setattr(run_experiment, "generator_folders", lambda cfg, modality_filter: None)
+    for arm in ("S_n-ood", "SF_n-ood", "F_n-ood", "S_f-ood", "SF_f-ood", "F_f-ood"):
+        source = ArmSpec.from_dict(arm, cfg.experiments.arms[arm]).synthetic
+        assert run_experiment.synthetic_samples(cfg, source, "") == tmp_path / "samples" / arm
+    looks = {name: sampling.site_look for name, (_, sampling) in asked.items()}
+    assert not looks["S_n-ood"].enabled and not looks["S_f-ood"].enabled  # the paper's method
+    for site in ("n-ood", "f-ood"):
+        extension, ablation = looks[f"SF_{site}"], looks[f"F_{site}"]
+        assert extension.enabled and extension.method == "site_model"
+        assert extension.generator_texture == profile_look.generator_texture
+        assert ablation.enabled and ablation.method == "site_model" and ablation.generator_texture == 0
+        # Everything else is the profile's: the fit's parameters and how sampling runs.
+        for look in (extension, ablation):
+            assert look.reference_images == profile_look.reference_images
+        assert dataclasses.replace(asked[f"SF_{site}"][1], site_look=profile_look) == \
+            run_experiment.section(cfg, "sampling")
+    assert asked["SF_n-ood"][0] == asked["S_n-ood"][0] == "siteB" and asked["F_f-ood"][0] == "siteC"
+
+
+def _training(arm: str, spec: dict, tmp_path: Path) -> dict:
+    """What ensure_arm records for a generated arm (its sample set's header read from dataset.json)."""
+    samples = tmp_path / arm
+    samples.mkdir()
+    (samples / "dataset.json").write_text(json.dumps({"numTraining": 40}))
+    return _describe(ArmSpec.from_dict(arm, spec), None, samples)
+
+
+def test_the_models_table_says_how_each_arms_images_were_made(tmp_path):
+    def synthetic(samples, site, synthesis):
+        return {"samples": samples, "style_dataset": site, "style_modality": "T1", "conditions": "healthy",
+                "synthesis": synthesis}
+
+    trained = {arm: _training(arm, spec, tmp_path) for arm, spec in {
+        "S_n-ood": {"synthetic": synthetic("S_n-ood", "siteB", "published")},
+        "SF_n-ood": {"synthetic": synthetic("SF_n-ood", "siteB", "site_model")},
+        "F_n-ood": {"synthetic": synthetic("F_n-ood", "siteB", "site_model_render")},
+        "Q_n-ood": {"synthetic": synthetic("Q_n-ood", "siteB", "quantile_map")},
+        "D": {"randomised": {"samples": "D", "labels_from": "S_iod"}},
+    }.items()}
+    trained["R_iod"] = {"slices": 3, "real": {"dataset": "siteA", "modality": "T1", "split": "train",
+                                              "volumes": ["a", "b"], "slices": 3}}
+    lines = models_section(trained, {arm: f"segmentation/models/{arm}" for arm in trained})
+    assert lines[2].startswith("| arm | images | trained on |")
+    images = {line.split(" | ")[0].strip("| "): line.split(" | ")[1] for line in lines[4:] if line.startswith("|")}
+    assert images == {
+        "S_n-ood": "published brainSPADE (SPADE, styles from siteB)",
+        "SF_n-ood": "extension: SPADE + fitted site model (styles from siteB)",
+        "F_n-ood": "ablation: fitted site-model render (styles from siteB)",
+        "Q_n-ood": "extension: SPADE + pooled quantile map (styles from siteB)",
+        "D": "domain randomisation (label maps of S_iod)",
+        "R_iod": "real",
+    }
 
 
 class _MemoryCache:

@@ -248,7 +248,7 @@ def test_segmentation_imports_neither_stages_nor_config_objects_and_trainer_not_
 def test_arm_and_evaluation_specs_parse_plain_config_and_refuse_malformed_ones(cache):
     both = {"real": {"dataset": "siteT", "modality": "FLAIR", "volumes": None},
             "synthetic": {"samples": "S_les", "style_dataset": "siteT", "style_modality": "FLAIR",
-                          "conditions": "lesion"}}
+                          "conditions": "lesion", "synthesis": "published"}}
     spec = ArmSpec.from_dict("H_les", both)
     assert spec.real == RealSource("siteT", "FLAIR") and spec.synthetic.conditions == "lesion"
     assert spec.as_dict() == both  # the arm's fingerprint sees the config as written (trained arms stay valid)
