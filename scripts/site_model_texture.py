@@ -3,7 +3,8 @@
 A diagnostic of the scanner model (benchmarks/image_generator.md). Styles held-out source label maps with train
 slices of one site, puts a fitted site model on them (a sample set's `site_look.json`) with several shares
 of the generator's own texture kept (`sampling.site_look.generator_texture`), and prints the evaluation-only site
-classifier's shares and the tissue ratios of each, next to the generator's images alone and real test images.
+classifier's shares and the tissue ratios of each, next to the generator's images alone and the site's real
+dev images (settings are chosen on dev subjects; this script never reads a test image).
 
 Usage (a workdir after `brainspade evaluate-generators`, which trains W/evaluation/site_classifier):
     .venv/bin/python scripts/site_model_texture.py --workdir W --model W/samples/S_n-ood/site_look.json \
@@ -35,7 +36,7 @@ def main() -> None:
     from brainspade.data.datasets import heldout_label_indices, style_image_indices
     from brainspade.data.slice_cache import SliceCache
     from brainspade.evaluation.metrics import tissue_levels
-    from brainspade.evaluation.style_match import _site_shares
+    from brainspade.evaluation.style_match import site_shares
     from brainspade.generation.images import ImageGenerator, ModalityClassifier
     from brainspade.generation.site_look import ScannerModel
 
@@ -55,18 +56,20 @@ def main() -> None:
     seeds = [1000 + k for k in range(args.images)]
     generated = torch.cat([generator.generate(torch.from_numpy(pv[s : s + 16]), style_images[s : s + 16], seeds[s : s + 16])
                            for s in range(0, args.images, 16)]).numpy()
-    real = np.sort(rng.choice(cache.image_indices(split="test", datasets=[args.site], modalities=[args.modality]),
-                              args.images, replace=False))
+    dev = cache.image_indices(split="dev", datasets=[args.site], modalities=[args.modality])
+    if len(dev) == 0:
+        raise SystemExit(f"{args.site}/{args.modality} has no dev subjects in {args.workdir / 'slices'}")
+    real = np.sort(rng.choice(dev, min(args.images, len(dev)), replace=False))
 
     def row(name: str, images: np.ndarray, label_maps: np.ndarray) -> None:
-        shares = _site_shares(site_classifier, torch.from_numpy(np.asarray(images, np.float32)), 16)
+        shares = site_shares(site_classifier, torch.from_numpy(np.asarray(images, np.float32)), 16)
         levels = tissue_levels(np.asarray(images, np.float32), label_maps, list(cache.channels))
         named = ", ".join(f"{k} {v:.2f}" for k, v in sorted(shares.items(), key=lambda kv: -kv[1]) if v >= 0.01)
         print(f"| {name} | {named} | {levels['gm_wm']:.3f} | {levels['csf_gm']:.3f} |", flush=True)
 
     print(model.describe())
     print(f"| {args.site}/{args.modality} images | site shares | GM/WM | CSF/GM |\n|---|---|---|---|")
-    row("real test images", np.stack([cache.image(int(i))[None] for i in real]),
+    row("real dev images", np.stack([cache.image(int(i))[None] for i in real]),
         np.stack([cache.pv_map(int(cache.image_table["label_index"][i])) for i in real]))
     row("generator alone", generated, pv)
     for share in args.shares:

@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from cache_reads import CacheReads, recording
 
 from brainspade.cli import main
 from brainspade.stages.config import compose, section
@@ -127,9 +128,20 @@ def trained_workdir(tiny_slices, tmp_path_factory) -> Path:
     Trained once per test session and shared by the sampling, experiment and stage-contract tests.
     """
     workdir = workdir_with_slices(tiny_slices, tmp_path_factory.mktemp("trained"))
-    for command in TRAINING_COMMANDS:
-        _run(command, workdir)
+    with recording(TRAINING_READS):  # what each training stage reads, for the data-access test
+        for command in TRAINING_COMMANDS:
+            TRAINING_READS.phase = command
+            _run(command, workdir)
     return workdir
+
+
+TRAINING_READS = CacheReads()
+
+
+@pytest.fixture(scope="session")
+def training_reads(trained_workdir) -> CacheReads:
+    """The slice-cache rows each training stage of `trained_workdir` read (phases: the commands)."""
+    return TRAINING_READS
 
 
 def markdown_rows(report: str, title: str) -> list[list[str]]:

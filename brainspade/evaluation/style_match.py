@@ -2,13 +2,15 @@
 
 For every style source (train-split slices of each data set and modality), the image generator
 styles held-out PV maps of the source data sets (test split, so their tissues are known) and the
-images are compared with the *real* test-split images of the style's site:
+images are compared with *real* images of the style's site: a target site's dev subjects (the style match
+chooses settings, and settings are chosen on dev subjects; test subjects are for the report), a source
+site's test subjects:
 - appearance match: mean intensity per tissue (voxels with PV > 0.9), each image rescaled so its
   brain's 1st-99th percentile spans [0, 1], clipped (a positive scale, so ratios are defined), and the
   GM/WM and CSF/GM ratios of those means;
 - site match: a classifier trained on real train-split slices of *every* site (source and
   target; evaluation only, nothing trains on its verdict) names the site each image looks like.
-PROTOCOL: the target's test-split labels are used here to measure, never to train.
+PROTOCOL: no target test image is read here, and of a target's labels only its dev subjects'.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from brainspade.generation.styles import style_bank_from_cache
 from brainspade.settings import SiteLookSettings
 
 
-def _site_shares(classifier: ModalityClassifier, images: torch.Tensor, batch_size: int) -> dict[str, float]:
+def site_shares(classifier: ModalityClassifier, images: torch.Tensor, batch_size: int) -> dict[str, float]:
+    """The share of `images` the classifier assigns to each data set (its data-set head's arg-max)."""
     votes = np.zeros(len(classifier.datasets))
     for start in range(0, len(images), batch_size):
         _, dataset_probs = classifier.predict(images[start : start + batch_size])
@@ -54,7 +57,8 @@ def style_match(generator: ImageGenerator, site_classifier: ModalityClassifier, 
     for dataset in sorted(set(table["dataset"].tolist())):
         for modality in sorted(set(table["modality"][cache.image_indices(datasets=[dataset])].tolist())):
             candidates = style_image_indices(cache, dataset, modality)
-            real = cache.image_indices(split="test", datasets=[dataset], modalities=[modality])
+            split = "test" if dataset in sources else "dev"
+            real = cache.image_indices(split=split, datasets=[dataset], modalities=[modality])
             if len(candidates) == 0 or len(real) == 0:
                 continue
             styles = rng.choice(candidates, size=len(pv_maps), replace=len(candidates) < len(pv_maps))
@@ -66,7 +70,7 @@ def style_match(generator: ImageGenerator, site_classifier: ModalityClassifier, 
             real = np.sort(rng.choice(real, size=min(max_images, len(real)), replace=False))
             real_images = np.stack([cache.image(int(i))[None] for i in real])
             real_maps = np.stack([cache.pv_map(int(table["label_index"][i])) for i in real])
-            shares = _site_shares(site_classifier, fake, batch_size)
+            shares = site_shares(site_classifier, fake, batch_size)
             transferred = None
             if site_look is not None and site_look.enabled:
                 # Its own random draws: the generator-only numbers and real images drawn stay those of a run without it.
@@ -78,17 +82,17 @@ def style_match(generator: ImageGenerator, site_classifier: ModalityClassifier, 
                     moved = torch.from_numpy(look.apply(
                         fake.numpy(), [seed + 15485863 + k for k in range(len(fake))], pv_maps.numpy()))
                     described = look.describe()
-                moved_shares = _site_shares(site_classifier, moved, batch_size)
+                moved_shares = site_shares(site_classifier, moved, batch_size)
                 transferred = {"site_match": moved_shares.get(dataset), "site_shares": moved_shares,
                                "generated": tissue_levels(moved.numpy(), pv_maps.numpy(), cache.channels),
                                "transfer": described}
             results[f"{dataset}/{modality}"] = {
-                "n": len(pv_maps), "site": dataset,
+                "n": len(pv_maps), "site": dataset, "real_split": split,
                 "site_match": shares.get(dataset),
                 "site_shares": shares,
                 "generated": tissue_levels(fake.numpy(), pv_maps.numpy(), cache.channels),
                 "real": tissue_levels(real_images, real_maps, cache.channels),
-                "real_site_shares": _site_shares(site_classifier, torch.from_numpy(real_images), batch_size),
+                "real_site_shares": site_shares(site_classifier, torch.from_numpy(real_images), batch_size),
             }
             if transferred is not None:
                 results[f"{dataset}/{modality}"]["with_appearance_transfer"] = transferred
@@ -98,7 +102,7 @@ def style_match(generator: ImageGenerator, site_classifier: ModalityClassifier, 
 def style_match_table(metrics: dict) -> str:
     """Markdown: one row per style source and path (the generator alone; with the site appearance transfer)."""
     lines = ["| style source | path | n | assigned to its site | site shares | generated CSF / GM / WM | real CSF / GM / WM "
-             "| GM/WM generated / real | CSF/GM generated / real | real test images assigned to their site |",
+             "| GM/WM generated / real | CSF/GM generated / real | real images (split) assigned to their site |",
              "|---|---|---|---|---|---|---|---|---|---|"]
 
     def levels(entry: dict) -> str:
@@ -120,5 +124,5 @@ def style_match_table(metrics: dict) -> str:
                 f"| {source} | {path} | {entry['n']} | {match} | {shares} | {levels(result['generated'])} "
                 f"| {levels(entry['real'])} | {ratio(result['generated'], 'gm_wm')} / {ratio(entry['real'], 'gm_wm')} "
                 f"| {ratio(result['generated'], 'csf_gm')} / {ratio(entry['real'], 'csf_gm')} "
-                f"| {'-' if real_match is None else f'{real_match:.2f}'} |")
+                f"| {'-' if real_match is None else f'{real_match:.2f}'} ({entry.get('real_split', 'test')}) |")
     return "\n".join(lines)
