@@ -1,14 +1,14 @@
-"""Does an arm's nnU-Net converge in the demo's budget? Test Dice and minutes per training length and width.
+"""Does an arm's nnU-Net converge in the demo's budget? Dev Dice and minutes per training length and width.
 
 Usage (a workdir with a finished slice cache, e.g. after `brainspade prepare-data`):
-    .venv/bin/python scripts/bench_segmenter.py --workdir W --arm R_iod --test siteA/T1 --classes csf gm wm \
+    .venv/bin/python scripts/bench_segmenter.py --workdir W --arm R_iod --on siteB/T1 --classes csf gm wm \
         --config "epochs=5 iterations_per_epoch=25" --config "epochs=20 iterations_per_epoch=25 base_features=8 \
         max_features=128" --seeds 0 1 --out benchmarks/segmenter.md
 
 Each --config is a set of `segmentation` keys on top of the profile's (cpu by default). Every
 (config, seed) trains the arm from scratch in its own folder under --scratch (never the
-workdir's models), then segments the test split: the table gives Dice mean over test
-volumes per class, the training minutes, and for two seeds the largest per-class gap. A
+workdir's models), then segments the dev subjects of --on (settings are chosen on dev subjects; this
+script never reads a test image): the table gives Dice mean over dev volumes per class, the training minutes, and for two seeds the largest per-class gap. A
 synthetic or randomised arm trains on the finished sample set of that name in the workdir
 (`W/samples/<name>`, e.g. after `brainspade demo`); the script never makes samples. The
 arm's own keys (`experiments.arms.<arm>.segmentation`, e.g. the lesion arms' longer training)
@@ -33,7 +33,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--arm", default="R_iod")
-    parser.add_argument("--test", default="siteA/T1", help="DATASET/MODALITY of the test split")
+    parser.add_argument("--on", default="siteB/T1", help="DATASET/MODALITY whose dev subjects are segmented")
     parser.add_argument("--classes", nargs="+", default=["csf", "gm", "wm"])
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--config", action="append", default=[], help="segmentation keys, e.g. 'epochs=10'")
@@ -45,16 +45,16 @@ def main() -> None:
     import torch
     from hydra import compose, initialize_config_dir
 
-    from brainspade.cli import CONFIG_DIR
+    from brainspade.commands import CONFIG_DIR
     from brainspade.data.slice_cache import SliceCache
     from brainspade.segmentation.arms import ArmSpec, ensure_arm
     from brainspade.segmentation.evaluation import load_test_set, predict_test_set, score
     from brainspade.segmentation.nnunet import Segmenter
     from brainspade.stages.config import section
 
-    dataset, modality = args.test.split("/")
+    dataset, modality = args.on.split("/")
     cache = SliceCache.open(args.workdir / "slices")
-    volumes = load_test_set(cache, dataset, modality)
+    volumes = load_test_set(cache, dataset, modality, split="dev")
     classes = {c: cache.channels.index(c) for c in args.classes}
     rows = []
     for config in args.config or [""]:
@@ -91,10 +91,10 @@ def main() -> None:
 
 def _markdown(args, rows, n_volumes) -> str:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    lines = [f"### {args.arm} on {args.test} test ({n_volumes} volumes), profile {args.profile}", "",
+    lines = [f"### {args.arm} on {args.on} dev ({n_volumes} volumes), profile {args.profile}", "",
              f"Commit `{commit}`, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
              f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}. Command: `scripts/bench_segmenter.py "
-             f"--arm {args.arm} --test {args.test} --seeds {' '.join(map(str, args.seeds))} "
+             f"--arm {args.arm} --on {args.on} --seeds {' '.join(map(str, args.seeds))} "
              + " ".join(f"--config '{c}'" for c in args.config) + "`", "",
              "| segmentation keys | seed | " + " | ".join(args.classes) + " | minutes |",
              "|---|---|" + "---|" * len(args.classes) + "---|"]

@@ -11,7 +11,7 @@ Only in-plane blur is applied (a 2D slice has no neighbours to mix through-plane
 
 Usage:
     .venv/bin/python scripts/oracle_site_render.py --workdir W --samples S_n-ood --site siteB --variant render --out /tmp/o
-    .venv/bin/python scripts/bench_segmenter.py --workdir /tmp/o --arm S_n-ood --test siteB/T1 --seeds 0
+    .venv/bin/python scripts/bench_segmenter.py --workdir /tmp/o --arm S_n-ood --on siteB/T1 --seeds 0
 """
 
 from __future__ import annotations
