@@ -88,9 +88,48 @@ class RuntimeSettings(Checked):
 
 
 @dataclass(frozen=True)
+class OtherPhysicsSettings(Checked):
+    """siteN's acquisition (data/other_physics.py): a monotone curve of the real T1 texture, then TorchIO's MR artefacts."""
+
+    curve_input: list[float] = bounded(ge=0, le=1)  # knots on the template T1, relative to its brain 99th percentile
+    curve_output: list[float] = bounded(ge=0)  # the curve's value at each knot
+    bias_field: float = bounded(ge=0)  # largest coefficient of the polynomial bias field (RandomBiasField)
+    bias_order: int = bounded(ge=1)
+    slice_thickness_mm: list[float] = bounded(gt=0, interval=True)  # axial slice thickness (RandomAnisotropy)
+    motion_degrees: float = bounded(ge=0)  # largest rotation of each head movement (RandomMotion)
+    motion_translation_mm: float = bounded(ge=0)
+    motion_movements: int = bounded(ge=1)
+    ghosts: list[int] = bounded(ge=0, interval=True)  # number of ghosts (RandomGhosting)
+    ghost_intensity: list[float] = bounded(ge=0, le=1, interval=True)
+    ghost_axis: int = bounded(choices=(0, 1, 2))  # the phase-encoding axis the ghosts repeat along
+    spikes: list[int] = bounded(ge=0, interval=True)  # k-space spikes (RandomSpike)
+    spike_intensity: list[float] = bounded(ge=0, interval=True)
+    noise_std: list[float] = bounded(ge=0, interval=True)  # Gaussian noise before the magnitude (RandomNoise)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        knots_in, knots_out = self.curve_input, self.curve_output
+        if len(knots_in) < 2 or len(knots_in) != len(knots_out):
+            raise BrainspadeError(f"curve_input={knots_in}, curve_output={knots_out}: give two or more knots, "
+                                  "as many outputs as inputs")
+        increasing = all(a < b for a, b in zip(knots_in[:-1], knots_in[1:], strict=True))
+        if not increasing or any(a > b for a, b in zip(knots_out[:-1], knots_out[1:], strict=True)):
+            raise BrainspadeError(f"curve_input={knots_in}, curve_output={knots_out}: inputs must increase and "
+                                  "outputs never decrease (a monotone curve keeps the tissue order)")
+
+
+@dataclass(frozen=True)
 class PhantomSettings(Checked):
     resolution_mm: int = bounded(choices=(1, 2, 4))
-    subjects_per_site: dict[str, list[int]]
+    subjects_per_site: dict[str, list[int]]  # site -> [train, dev, test]
+    other_physics: OtherPhysicsSettings
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for site, counts in self.subjects_per_site.items():
+            if len(counts) != 3 or any(count < 0 for count in counts):
+                raise BrainspadeError(f"subjects_per_site={{{site}: {counts}}}: give [train, dev, test] subject "
+                                      "counts, each >= 0")
 
 
 @dataclass(frozen=True)

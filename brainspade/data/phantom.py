@@ -1,4 +1,4 @@
-"""The embedded phantom data set: four synthetic MRI "sites" built from the MNI152 templates.
+"""The embedded phantom data set: five synthetic MRI "sites" built from the MNI152 templates.
 
 Every subject is the MNI152 2009 template anatomy (nilearn's offline copy) with its own random
 smooth warp, small affine, cortical atrophy and ventricle size; ``siteT`` subjects also carry a
@@ -13,7 +13,14 @@ siteB     T1        tissue-intensity model, other GM/WM contrast, strong bias, n
                     slices (near out-of-distribution target)
 siteC     FLAIR     tissue-intensity model (far out-of-distribution target)
 siteT     T1+FLAIR  tissue-intensity model with tumour and edema (lesion source)
+siteN     T1        the real T1 template warped like the labels through a monotone non-linear
+                    curve, then TorchIO's MR artefacts: bias, thick slices, motion, ghosts,
+                    spikes, noise (near out-of-distribution target outside the tissue-intensity
+                    model: see data/other_physics.py)
 ========  ========  ==========================================================================
+
+Each site has train, dev and test subjects (manifest column ``split``). Dev subjects are labelled
+and are where any setting is chosen; test subjects are read only to report.
 
 Layout written by :func:`build_phantom`::
 
@@ -56,15 +63,19 @@ from brainspade.data.intensity import (
     render_tissue_image,
     tissue_textures,
 )
+from brainspade.data.other_physics import render_other_physics
 from brainspade.data.random_fields import smooth_random_field
 from brainspade.engine.logging import progress
-from brainspade.settings import PhantomSettings
+from brainspade.settings import OtherPhysicsSettings, PhantomSettings
 
 PHANTOM_CHANNELS: tuple[str, ...] = ("background", "csf", "gm", "wm", "tumour", "edema")
 PHANTOM_LESION_CHANNELS: tuple[str, ...] = ("tumour", "edema")
-PHANTOM_SITES: tuple[str, ...] = ("siteA", "siteB", "siteC", "siteT")
+PHANTOM_SITES: tuple[str, ...] = ("siteA", "siteB", "siteC", "siteT", "siteN")
 SUPPORTED_RESOLUTIONS_MM: tuple[int, ...] = (1, 2, 4)
-SPLITS: tuple[str, ...] = ("train", "test")
+SPLITS: tuple[str, ...] = ("train", "dev", "test")  # the order of the counts in subjects_per_site
+# Each split's code in a subject's seed, fixed apart from SPLITS' order: a subject's draws never depend on
+# which other splits exist.
+SPLIT_SEED_CODES: Mapping[str, int] = {"train": 0, "test": 1, "dev": 2}
 MANIFEST_COLUMNS: tuple[str, ...] = ("subject", "dataset", "modality", "split", "image", "labels")
 
 # The healthy template maps, in this order, are what gets warped; lesions are added afterwards.
@@ -78,13 +89,14 @@ class SiteSpec:
     Attributes:
         modalities: image modalities acquired per subject (all share one label map).
         contrasts: tissue-intensity model per modality; ``None`` means "use the real T1 template".
-        scanner: the site's scanner degradation.
+        scanner: the site's scanner degradation (``data/intensity.py``); ``None`` means the other-physics
+            acquisition of ``data/other_physics.py`` (configured in ``phantom.other_physics``).
         has_lesions: whether subjects carry a tumour and edema.
     """
 
     modalities: tuple[str, ...]
     contrasts: Mapping[str, Mapping[str, float] | None]
-    scanner: ScannerProfile
+    scanner: ScannerProfile | None
     has_lesions: bool
 
 
@@ -117,6 +129,7 @@ SITE_SPECS: Mapping[str, SiteSpec] = {
                                noise_std=0.02, intensity_scale=1.2),
         has_lesions=True,
     ),
+    "siteN": SiteSpec(modalities=("T1",), contrasts={"T1": None}, scanner=None, has_lesions=False),
 }
 
 # Subject variability (all in mm unless stated).
@@ -190,8 +203,9 @@ def build_phantom(
     out_dir: Path,
     *,
     resolution_mm: int,
-    subjects_per_site: Mapping[str, tuple[int, int]],
+    subjects_per_site: Mapping[str, tuple[int, int, int]],
     seed: int,
+    other_physics: OtherPhysicsSettings | None = None,
     show_progress: bool = True,
 ) -> Path:
     """Write the phantom data set into out_dir and return the path of out_dir/'manifest.csv'.
@@ -199,33 +213,38 @@ def build_phantom(
     Args:
         out_dir: folder to write into (created if needed; existing phantom files are replaced).
         resolution_mm: 1, 2 or 4 — the resolution of nilearn's MNI152 templates used.
-        subjects_per_site: site name (``siteA``, ``siteB``, ``siteC``, ``siteT``) to
-            ``(n_train, n_test)``. Sites left out get no subjects.
+        subjects_per_site: site name (one of :data:`PHANTOM_SITES`) to ``(n_train, n_dev, n_test)``.
+            Sites left out get no subjects.
         seed: non-negative integer; a subject depends only on (seed, site, split, index), so
-            changing the counts of other sites never changes it.
+            changing the counts of other sites or splits never changes it.
+        other_physics: siteN's acquisition; needed only when siteN has subjects.
         show_progress: show a tqdm bar over subjects.
 
     Returns:
         The path of ``out_dir/manifest.csv``.
 
     Raises:
-        ValueError: for an unsupported resolution, an unknown site, bad counts or a bad seed.
+        ValueError: for an unsupported resolution, an unknown site, bad counts, a bad seed, or siteN
+            subjects without ``other_physics``.
     """
     validate_build_arguments(resolution_mm, subjects_per_site, seed)
+    if other_physics is None and any(SITE_SPECS[site].scanner is None and sum(counts) > 0
+                                     for site, counts in subjects_per_site.items()):
+        raise ValueError("siteN is drawn by data/other_physics.py: pass other_physics (phantom.other_physics)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     templates = load_templates(resolution_mm)
     plan = [
         (site, split, index)
         for site in PHANTOM_SITES
-        for split, count in zip(SPLITS, subjects_per_site.get(site, (0, 0)), strict=True)
+        for split, count in zip(SPLITS, subjects_per_site.get(site, (0, 0, 0)), strict=True)
         for index in range(count)
     ]
     manifest_rows: list[dict[str, str]] = []
     overview_subjects: dict[str, PhantomSubject] = {}
     subjects = progress(plan, desc="phantom subjects", unit="subject") if show_progress else plan
     for site, split, index in subjects:
-        subject = synthesize_subject(templates, site, split, index, seed)
+        subject = synthesize_subject(templates, site, split, index, seed, other_physics)
         manifest_rows.extend(write_subject(out_dir, subject, templates.affine))
         overview_subjects.setdefault(site, subject)
     manifest_path = out_dir / "manifest.csv"
@@ -235,23 +254,24 @@ def build_phantom(
 
 
 def validate_build_arguments(
-    resolution_mm: int, subjects_per_site: Mapping[str, tuple[int, int]], seed: int
+    resolution_mm: int, subjects_per_site: Mapping[str, tuple[int, int, int]], seed: int
 ) -> None:
     """Raise ValueError with a clear message for any argument build_phantom cannot honour."""
     if isinstance(resolution_mm, bool) or resolution_mm not in SUPPORTED_RESOLUTIONS_MM:
         raise ValueError(f"resolution_mm must be one of {SUPPORTED_RESOLUTIONS_MM}, got {resolution_mm!r}")
     if not isinstance(subjects_per_site, Mapping):
-        raise ValueError(f"subjects_per_site must map site name -> (n_train, n_test), got {subjects_per_site!r}")
+        raise ValueError(f"subjects_per_site must map site name -> (n_train, n_dev, n_test), got {subjects_per_site!r}")
     unknown = sorted(set(subjects_per_site) - set(PHANTOM_SITES))
     if unknown:
         raise ValueError(f"unknown phantom site(s) {unknown}; known sites are {list(PHANTOM_SITES)}")
     for site, counts in subjects_per_site.items():
         if (
             not isinstance(counts, tuple | list)
-            or len(counts) != 2
+            or len(counts) != len(SPLITS)
             or not all(isinstance(n, int | np.integer) and not isinstance(n, bool) and n >= 0 for n in counts)
         ):
-            raise ValueError(f"subjects_per_site[{site!r}] must be (n_train, n_test) non-negative ints, got {counts!r}")
+            raise ValueError(f"subjects_per_site[{site!r}] must be (n_train, n_dev, n_test) non-negative ints, "
+                             f"got {counts!r}")
     if sum(sum(counts) for counts in subjects_per_site.values()) == 0:
         raise ValueError("subjects_per_site asks for no subjects at all")
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
@@ -326,18 +346,26 @@ def subject_rng(seed: int, site: str, split: str, index: int) -> np.random.Gener
 
     crc32 of the site name (not Python's salted ``hash``) keeps it stable across processes.
     """
-    return np.random.default_rng([int(seed), zlib.crc32(site.encode()), SPLITS.index(split), int(index)])
+    return np.random.default_rng([int(seed), zlib.crc32(site.encode()), SPLIT_SEED_CODES[split], int(index)])
 
 
-def synthesize_subject(templates: PhantomTemplates, site: str, split: str, index: int, seed: int) -> PhantomSubject:
+def synthesize_subject(
+    templates: PhantomTemplates,
+    site: str,
+    split: str,
+    index: int,
+    seed: int,
+    other_physics: OtherPhysicsSettings | None = None,
+) -> PhantomSubject:
     """Synthesise one subject's PV map and images in memory.
 
     Args:
         templates: the prepared MNI152 templates (see :func:`load_templates`).
         site: one of :data:`PHANTOM_SITES`.
-        split: ``train`` or ``test``.
+        split: one of :data:`SPLITS`.
         index: subject index within (site, split).
         seed: the data set seed.
+        other_physics: siteN's acquisition (needed for siteN only).
 
     Returns:
         The subject; the same arguments always give byte-identical arrays.
@@ -379,7 +407,7 @@ def synthesize_subject(templates: PhantomTemplates, site: str, split: str, index
         insert_lesion(rng, pv_maps, lesion, voxel_size_mm)
     pv_maps = normalise_channels(pv_maps, axis=-1)
 
-    images = render_images(rng, spec, pv_maps, resample(t1, coords), voxel_size_mm)
+    images = render_images(rng, spec, pv_maps, resample(t1, coords), voxel_size_mm, other_physics)
     return PhantomSubject(subject=subject_name(site, split, index), site=site, split=split,
                           pv_maps=pv_maps, images=images)
 
@@ -476,8 +504,15 @@ def render_images(
     pv_maps: np.ndarray,
     warped_t1: np.ndarray,
     voxel_size_mm: float,
+    other_physics: OtherPhysicsSettings | None = None,
 ) -> dict[str, np.ndarray]:
-    """Render every modality of a subject and pass it through the site's scanner."""
+    """Render every modality of a subject and pass it through the site's scanner.
+
+    A site without a scanner profile (siteN) is acquired by :func:`render_other_physics` with
+    ``other_physics``, seeded from the subject's generator.
+    """
+    if spec.scanner is None and other_physics is None:
+        raise ValueError("this site is drawn by data/other_physics.py: pass other_physics (phantom.other_physics)")
     textures = tissue_textures(rng, PHANTOM_CHANNELS[1:], pv_maps.shape[:3], voxel_size_mm)
     images = {}
     for modality in spec.modalities:
@@ -487,7 +522,12 @@ def render_images(
         else:
             means = jittered_means(rng, contrast, relative_std=0.04)
             ideal = render_tissue_image(pv_maps, PHANTOM_CHANNELS, means, textures)
-        images[modality] = apply_scanner(rng, ideal, spec.scanner, voxel_size_mm)
+        if spec.scanner is None:
+            brain_mask = pv_maps[..., PHANTOM_CHANNELS.index("background")] < 0.5
+            images[modality] = render_other_physics(ideal, brain_mask, other_physics, int(rng.integers(2**31)),
+                                                    voxel_size_mm)
+        else:
+            images[modality] = apply_scanner(rng, ideal, spec.scanner, voxel_size_mm)
     return images
 
 
@@ -573,6 +613,7 @@ def make_phantom_folder(target: Path, settings: PhantomSettings, *, seed: int, f
             resolution_mm=settings.resolution_mm,
             subjects_per_site={site: tuple(counts) for site, counts in settings.subjects_per_site.items()},
             seed=seed,
+            other_physics=settings.other_physics,
         )
         (building / "config.yaml").write_text(json.dumps(asdict(settings), indent=2) + "\n")
         StageFolder(building, fingerprint).finish({"manifest": "manifest.csv", "overview": "overview.png"})
