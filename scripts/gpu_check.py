@@ -67,9 +67,10 @@ STAGES = {
 }
 GPU_BATCH = {"label_vae": 32, "label_ldm": 64, "modisc": 32, "image_generator": 8}
 DRY_BATCH = {"label_vae": 4, "label_ldm": 8, "modisc": 4, "image_generator": 2}
-# One train and one test subject per site: prepare-data refuses a site without both. The dry run uses the same
+# One train and one test subject per site ([train, dev, test]): prepare-data refuses a site without both. The dry run uses the same
 # counts (at tiny's size), so a manifest rule the GPU run would break fails there first.
-PHANTOM_SUBJECTS = ["phantom.subjects_per_site={siteA: [1, 1], siteB: [1, 1], siteC: [1, 1], siteT: [1, 1]}"]
+PHANTOM_SUBJECTS = ["phantom.subjects_per_site={siteA: [1, 0, 1], siteB: [1, 0, 1], siteC: [1, 0, 1], siteT: [1, 0, 1], "
+                    "siteN: [1, 0, 1]}"]
 GPU_PHANTOM = ["phantom.resolution_mm=1", "slices.size=[192,256]", *PHANTOM_SUBJECTS]
 GIB = 2**30
 
