@@ -1,7 +1,9 @@
 """The user data layout: a folder with manifest.csv, one row per image volume.
 
 Columns: subject, dataset, modality, split, image, labels (paths relative to the folder).
-Several rows may share one labels file (e.g. T1 and FLAIR of one subject). An optional
+Several rows may share one labels file (e.g. T1 and FLAIR of one subject). An empty `labels`
+marks an image used only as a style image (a target site's scan): such a row must be in the
+train split, since a dev or test image is scored against its labels. An optional
 `label_format` column gives a row's label format (empty: `data.label_format`).
 """
 
@@ -16,7 +18,7 @@ from brainspade.data.label_sources import LABEL_FORMATS
 from brainspade.errors import BrainspadeError
 
 MANIFEST_COLUMNS = ("subject", "dataset", "modality", "split", "image", "labels")
-SPLITS = ("train", "test")
+SPLITS = ("train", "dev", "test")  # dev: labelled subjects for choosing settings
 
 
 @dataclass(frozen=True)
@@ -28,7 +30,7 @@ class VolumeRow:
     modality: str
     split: str
     image: Path
-    labels: Path
+    labels: Path | None  # None: an unlabelled image (a style image only)
     line: int  # line number in manifest.csv, for error messages
     label_format: str | None = None  # the optional label_format column; None: data.label_format
 
@@ -57,11 +59,14 @@ def read_manifest(root: Path) -> list[VolumeRow]:
 
 def _parse_row(root: Path, manifest: Path, line: int, record: dict[str, str]) -> VolumeRow:
     values = {c: (record.get(c) or "").strip() for c in MANIFEST_COLUMNS}
-    empty = [c for c, v in values.items() if not v]
+    empty = [c for c, v in values.items() if not v and c != "labels"]
     if empty:
-        raise BrainspadeError(f"{manifest}:{line}: empty {', '.join(empty)}; every column needs a value")
+        raise BrainspadeError(f"{manifest}:{line}: empty {', '.join(empty)}; every column but labels needs a value")
     if values["split"] not in SPLITS:
         raise BrainspadeError(f"{manifest}:{line}: split {values['split']!r} must be one of {', '.join(SPLITS)}")
+    if not values["labels"] and values["split"] != "train":
+        raise BrainspadeError(f"{manifest}:{line}: {values['split']} image {values['image']} has no labels and cannot be "
+                              "scored; give its labels file, or make it split=train (a style image only)")
     label_format = (record.get("label_format") or "").strip() or None
     if label_format is not None and label_format not in LABEL_FORMATS:
         raise BrainspadeError(f"{manifest}:{line}: label_format {label_format!r} must be one of "
@@ -72,7 +77,7 @@ def _parse_row(root: Path, manifest: Path, line: int, record: dict[str, str]) ->
         modality=values["modality"],
         split=values["split"],
         image=_inside(root, manifest, line, values["image"]),
-        labels=_inside(root, manifest, line, values["labels"]),
+        labels=_inside(root, manifest, line, values["labels"]) if values["labels"] else None,
         line=line,
         label_format=label_format,
     )

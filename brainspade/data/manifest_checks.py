@@ -48,14 +48,17 @@ def check_duplicates(rows: Sequence[VolumeRow], manifest: Path) -> None:
 
 
 def check_subject_splits(rows: Sequence[VolumeRow], manifest: Path) -> None:
-    """A subject (of a data set) in both splits leaks test anatomy into training: refuse it.
+    """A subject (of a data set) in two splits leaks test anatomy into training: refuse it.
 
     Labels files are checked too: two subject names sharing one labels file are one subject.
     """
     split_of: dict[tuple[str, str], tuple[str, int]] = {}
     labels_split: dict[Path, tuple[str, int]] = {}
     for row in rows:
-        for key, table in (((row.dataset, row.subject), split_of), (row.labels, labels_split)):
+        keys: list[tuple[object, dict]] = [((row.dataset, row.subject), split_of)]
+        if row.labels is not None:  # an unlabelled row shares no labels file
+            keys.append((row.labels, labels_split))
+        for key, table in keys:
             split, line = table.setdefault(key, (row.split, row.line))
             if split != row.split:
                 what = f"subject {row.subject} of {row.dataset}" if table is split_of else f"labels {row.labels.name}"
@@ -64,10 +67,18 @@ def check_subject_splits(rows: Sequence[VolumeRow], manifest: Path) -> None:
 
 
 def check_roles(rows: Sequence[VolumeRow], manifest: Path, sources: Sequence[str], targets: Sequence[str]) -> None:
-    """Every data set with a role exists and has both splits: generators train on one, experiments test on the other."""
+    """Every data set with a role exists and has train and test rows: generators train on one, experiments test on
+    the other. A source row needs labels (the generators learn from them); a target may be wholly unlabelled (style
+    images only, in its train split; nothing of it can be scored)."""
     splits: dict[str, set[str]] = defaultdict(set)
+    labelled: dict[str, bool] = defaultdict(bool)
     for row in rows:
         splits[row.dataset].add(row.split)
+        labelled[row.dataset] |= row.labels is not None
+        if row.labels is None and row.dataset in sources:
+            raise BrainspadeError(f"{manifest}:{row.line}: {row.image.name} of source data set {row.dataset} has no "
+                                  "labels; the generators learn from source labels: give its labels file, or name "
+                                  f"{row.dataset} in data.target_datasets")
     named = [*sources, *targets]
     missing = [name for name in named if name not in splits]
     if missing:
@@ -81,6 +92,8 @@ def check_roles(rows: Sequence[VolumeRow], manifest: Path, sources: Sequence[str
     for name in named:
         for split, use in (("train", "the generators and reference segmenters train on it"),
                            ("test", "the experiments are scored on it")):
+            if split == "test" and name in targets and not labelled[name]:
+                continue  # an unlabelled target gives style images only
             if split not in splits[name]:
                 raise BrainspadeError(f"{manifest}: data set {name} has no {split} rows ({use}); "
                                       f"mark some of its subjects split={split}")
