@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from brainspade.data.brain_masks import image_brain_mask
 from brainspade.data.label_sources import LabelReading, load_labels, normalised
 from brainspade.data.manifest import VolumeRow
 from brainspade.data.registration import (
@@ -20,7 +21,7 @@ from brainspade.data.registration import (
     save_transform,
     tissue_similarity,
 )
-from brainspade.data.slice_cache import IMAGE_COLUMNS, LABEL_COLUMNS, write_table
+from brainspade.data.slice_cache import IMAGE_COLUMNS, LABEL_COLUMNS, UNLABELLED, write_table
 from brainspade.data.slicing import background_channel, brain_slice_indices, crop_or_pad, zscore_in_brain
 from brainspade.data.volumes import check_same_grid, load_image
 from brainspade.engine.logging import progress
@@ -40,6 +41,8 @@ def build_slice_cache(
     reading: LabelReading,
     label_format: str,
     registration: RegistrationTarget | None,
+    target_datasets: Sequence[str],
+    template_resolution_mm: int,
     size: Sequence[int],
     min_brain_fraction: float,
     every: int,
@@ -52,6 +55,11 @@ def build_slice_cache(
     labels file (T1 and FLAIR of one subject) are resampled with it too, and the transforms
     are saved in `out_folder/registration/`. Every row is validated before anything is
     written, so a bad row leaves nothing behind (the caller builds into a temporary folder).
+
+    The brain that selects slices and z-scores them is the label map's for a labelled row of a
+    source (or unassigned) data set; for every image of `target_datasets` and every unlabelled
+    image it is `image_brain_mask`'s (the template's at `template_resolution_mm` on its grid, else
+    the image's intensities), so a target's labels never decide how its images are read.
     Returns counts for the stage manifest.
     """
     unknown = [c for c in lesion_channels if c not in channels]
@@ -59,29 +67,35 @@ def build_slice_cache(
         raise BrainspadeError(f"data.lesion_channels {unknown} are not in data.channels {list(channels)}; fix the config")
     background = background_channel(channels)
     lesion_ids = [list(channels).index(c) for c in lesion_channels]
-    images, pv_maps, image_rows, label_rows = [], [], [], []
+    images, brain_masks, pv_maps, image_rows, label_rows = [], [], [], [], []
     label_index_of: dict[tuple[Path, int], int] = {}
     loaded_labels: dict[Path, tuple[np.ndarray, np.ndarray]] = {}
-    transforms: dict[Path, sitk.Transform] = {}
+    transforms: dict[Path | tuple[str, str], sitk.Transform] = {}
     registration_rows: list[dict] = []
 
     for row in progress(rows, desc="prepare-data", unit="volume"):
         image, image_affine = load_image(row.image)
-        if row.labels not in loaded_labels:
-            loaded_labels.clear()  # rows sharing a labels file are adjacent in practice; keep memory flat
-            loaded_labels[row.labels] = load_labels(row.labels, row.label_format or label_format, reading)
-        pv, labels_affine = loaded_labels[row.labels]
-        if registration is None:
-            check_same_grid(row.image, row.labels, image.shape, pv.shape[:3], image_affine, labels_affine)
-        else:
+        pv = None
+        if row.labels is not None:
+            if row.labels not in loaded_labels:
+                loaded_labels.clear()  # rows sharing a labels file are adjacent in practice; keep memory flat
+                loaded_labels[row.labels] = load_labels(row.labels, row.label_format or label_format, reading)
+            pv, labels_affine = loaded_labels[row.labels]
+            if registration is None:
+                check_same_grid(row.image, row.labels, image.shape, pv.shape[:3], image_affine, labels_affine)
+        if registration is not None:
             image, pv = _into_template_space(row, image, image_affine, loaded_labels, transforms, registration,
                                              out_folder / "registration", registration_rows)
-        brain = pv[..., background] < 0.5
+            image_affine = load_template(registration.resolution_mm).grid.affine
+        if pv is None or row.dataset in target_datasets:
+            brain = image_brain_mask(image, image_affine, load_template(template_resolution_mm))
+        else:
+            brain = pv[..., background] < 0.5
         depth = image.shape[2]
         for z in brain_slice_indices(brain, min_brain_fraction, every):
             key = (row.labels, int(z))
             position = float(z) / max(depth - 1, 1)
-            if key not in label_index_of:
+            if pv is not None and key not in label_index_of:
                 pv_slice = crop_or_pad(pv[:, :, z, :], size)
                 # Padding is background: set it so padded pixels still sum to 1.
                 pv_slice[(pv_slice.sum(axis=2) == 0), background] = 1.0
@@ -104,13 +118,13 @@ def build_slice_cache(
                         },
                     }
                 )
-            label_index = label_index_of[key]
             image_slice = crop_or_pad(image[:, :, z], size, fill=float(image.min()))
             brain_slice = crop_or_pad(brain[:, :, z], size, fill=False)
             images.append(zscore_in_brain(image_slice, brain_slice).astype(np.float16))
+            brain_masks.append(np.packbits(brain_slice, axis=-1))
             image_rows.append(
                 {
-                    "label_index": label_index,
+                    "label_index": UNLABELLED if pv is None else label_index_of[key],
                     "subject": row.subject,
                     "dataset": row.dataset,
                     "modality": row.modality,
@@ -126,7 +140,8 @@ def build_slice_cache(
             "check the label channels (is background first / named 'background'?)"
         )
     np.save(out_folder / "images.npy", np.stack(images))
-    np.save(out_folder / "pv_maps.npy", np.stack(pv_maps))
+    np.save(out_folder / "brain_masks.npy", np.stack(brain_masks))
+    np.save(out_folder / "pv_maps.npy", np.stack(pv_maps) if pv_maps else np.zeros((0, len(channels), *size), np.float16))
     write_table(out_folder / "images.csv", IMAGE_COLUMNS, image_rows)
     write_table(out_folder / "labels.csv", [*LABEL_COLUMNS, *[f"lesion_{c}" for c in lesion_channels]], label_rows)
     if registration_rows:
@@ -145,26 +160,31 @@ def _into_template_space(
     target: RegistrationTarget,
     transform_folder: Path,
     records: list[dict],
-) -> tuple[np.ndarray, np.ndarray]:
-    """The row's image and PV maps on the template grid; registers when its labels file is new."""
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The row's image and PV maps (None without labels) on the template grid; registers when its scan is new.
+
+    A scan is a labels file, or for an unlabelled row its data set and subject.
+    """
     template = load_template(target.resolution_mm)
-    if row.labels not in transforms:
+    scan = row.labels if row.labels is not None else (row.dataset, row.subject)
+    if scan not in transforms:
         transforms.clear()
         try:
             registration = register_to_template(image, image_affine, template, target.seed, target.min_similarity)
         except BrainspadeError as error:
             raise BrainspadeError(f"{row.image}: {error}") from None
         check_registration(registration, target.min_similarity, row.image)
-        pv, labels_affine = loaded_labels[row.labels]
-        moved = normalised(resample_to_template(pv, labels_affine, registration.transform, template))
-        loaded_labels[row.labels] = (moved, template.grid.affine)  # later rows of this labels file reuse it
-        transforms[row.labels] = registration.transform
+        if row.labels is not None:
+            pv, labels_affine = loaded_labels[row.labels]
+            moved = normalised(resample_to_template(pv, labels_affine, registration.transform, template))
+            loaded_labels[row.labels] = (moved, template.grid.affine)  # later rows of this labels file reuse it
+        transforms[scan] = registration.transform
         transform_folder.mkdir(parents=True, exist_ok=True)
         save_transform(registration.transform, transform_folder / f"{row.dataset}_{row.subject}.tfm")
         similarity = registration.similarity
     else:
         similarity = None
-    transform = transforms[row.labels]
+    transform = transforms[scan]
     moved_image = resample_to_template(image, image_affine, transform, template)
     if similarity is None:  # a second image of the subject, moved with the first one's transform
         similarity = tissue_similarity(moved_image, template)
@@ -174,4 +194,4 @@ def _into_template_space(
     records.append({"subject": row.subject, "dataset": row.dataset, "modality": row.modality,
                     "image_file": row.image.name, "transform": f"registration/{row.dataset}_{row.subject}.tfm",
                     "tissue_similarity": round(float(similarity), 4)})
-    return moved_image, loaded_labels[row.labels][0]
+    return moved_image, None if row.labels is None else loaded_labels[row.labels][0]

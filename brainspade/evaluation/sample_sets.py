@@ -105,7 +105,11 @@ def references(cache: SliceCache, samples: SampleSet, sources: list[str], max_re
 
     def matched_images(indices: np.ndarray, lesions: bool = True) -> np.ndarray:
         label_index = cache.image_table["label_index"][indices]
-        return indices[np.isin(label_index, matched_labels(label_index, lesions))]
+        labelled = label_index >= 0
+        keep = labelled & np.isin(label_index, matched_labels(label_index[labelled], lesions))
+        # An unlabelled slice (label_index -1, a style image) is matched in position only: its lesions are unknown.
+        position = cache.image_table["slice_position"][indices]
+        return indices[keep | (~labelled & (position >= low) & (position <= high))]
 
     def cut(indices: np.ndarray) -> np.ndarray:
         return np.sort(rng.choice(indices, max_real, replace=False)) if len(indices) > max_real else indices

@@ -119,6 +119,8 @@ def export_real_slices(
         raise BrainspadeError(f"{raw_dir}: one modality per nnU-Net data set, got {modalities}")
     if list(channels) != list(cache.channels):
         raise BrainspadeError(f"{raw_dir}: label channels {list(channels)} differ from the cache's {cache.channels}")
+    if len(cache.labelled(indices)) != len(indices):
+        raise BrainspadeError(f"{raw_dir}: some selected slices have no labels; a real arm trains on labelled slices")
     rows = []
     for index in indices:
         subject, slice_index = str(table["subject"][index]), int(table["slice_index"][index])

@@ -50,12 +50,15 @@ def run(cfg: DictConfig) -> Path:
             reading=label_reading(data),
             label_format=data.label_format,
             registration=registration_target(data, run_.seed),
+            target_datasets=data.target_datasets,
+            template_resolution_mm=data.template_resolution_mm,
             size=slices.size,
             min_brain_fraction=slices.min_brain_fraction,
             every=slices.every,
         )
         (building / "config.yaml").write_text(OmegaConf.to_yaml({"data": plain(cfg.data), "slices": plain(cfg.slices)}))
-        StageFolder(building, fingerprint).finish({"images": "images.npy", "pv_maps": "pv_maps.npy"}, counts=counts)
+        StageFolder(building, fingerprint).finish({"images": "images.npy", "brain_masks": "brain_masks.npy",
+                                                  "pv_maps": "pv_maps.npy"}, counts=counts)
     print(f"[prepare-data] {counts['image_slices']} image slices, {counts['label_slices']} PV slices from {counts['volumes']} volumes")
     return target
 
