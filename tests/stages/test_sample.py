@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +17,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import run_cli, settings_of
+from omegaconf import OmegaConf
 
+from brainspade.data.registration import load_template
+from brainspade.data.slice_cache import SliceCache
+from brainspade.data.slicing import crop_or_pad
 from brainspade.generation.sample_set import parse_shard
 
 pytestmark = pytest.mark.slow
@@ -256,3 +261,51 @@ def test_a_set_depends_on_the_site_look_keys_only_where_the_look_touches_it():
     assert _sampling_keys(settings_of("sampling", site_look={"enabled": True}), "siteA", sources)["site_look"]
     half = settings_of("sampling", site_look={"enabled": True, "method": "site_model", "generator_texture": 0.5})
     assert _sampling_keys(half, "siteB", sources) != _sampling_keys(site_model, "siteB", sources)
+
+
+def _without_target_labels(phantom: Path, data: Path, target: str) -> None:
+    """A copy of the phantom in `data` whose target `target` has no labels at all: its train rows lose their labels
+    files, its other rows are dropped, and only the files the remaining rows name are copied."""
+    rows = []
+    for row in csv.DictReader((phantom / "manifest.csv").open()):
+        if row["dataset"] == target:
+            if row["split"] != "train":
+                continue
+            row = {**row, "labels": ""}
+        rows.append(row)
+    for relative in {row[c] for row in rows for c in ("image", "labels") if row[c]}:
+        (data / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(phantom / relative, data / relative)
+    with (data / "manifest.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_sample_styles_with_a_target_site_that_has_no_labels(capsys, trained_workdir, tmp_path):
+    """A lab's target site without labels: prepare-data reads its images in the template's brain (they are on its
+    grid), as style images only, and `sample` styles with them; the generators only ever needed source labels."""
+    workdir, data = tmp_path / "w", tmp_path / "data"
+    for name in ("phantom", "label_vae", "label_ldm", "image_generator", "modisc"):
+        shutil.copytree(trained_workdir / name, workdir / name)
+    _without_target_labels(trained_workdir / "phantom", data, "siteB")
+    assert "siteB" not in {row["dataset"] for row in csv.DictReader((data / "manifest.csv").open()) if row["labels"]}
+    code, _, err = run_cli(capsys, "prepare-data", f"workdir={workdir}", "profile=tiny", f"data.root={data}")
+    assert code == 0, err
+    cache = SliceCache.open(workdir / "slices")
+    site_b = cache.image_indices(datasets=["siteB"])
+    assert len(site_b) and set(cache.image_table["label_index"][site_b]) == {-1}
+    assert set(cache.image_table["split"][site_b]) == {"train"}
+    resolution = OmegaConf.load(workdir / "slices" / "config.yaml").data.template_resolution_mm
+    template_brain = load_template(resolution).brain
+    for i in site_b[:: max(1, len(site_b) // 5)]:
+        z = int(cache.image_table["slice_index"][i])
+        np.testing.assert_array_equal(cache.brain(int(i)), crop_or_pad(template_brain[:, :, z], cache.size, fill=False))
+
+    code, _, err = run_cli(capsys, "sample", "--n", "4", f"workdir={workdir}", "profile=tiny", f"data.root={data}",
+                           "name=unlabelled_styles", "sampling.batch_size=2", "style.dataset=siteB")
+    assert code == 0, err
+    folder = workdir / "samples" / "unlabelled_styles"
+    rows = list(csv.DictReader((folder / "samples.csv").open()))
+    assert len(rows) == 4 and all(r["style"].startswith("siteB/") for r in rows)
+    assert len(list((folder / "labelsTr").glob("*.nii.gz"))) == 4
