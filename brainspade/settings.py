@@ -430,6 +430,7 @@ class ExperimentSettings(Checked):
 
     n_synthetic: int = bounded(ge=1)
     n_target_volumes: int = bounded(ge=1)
+    skip_arms: list[str]  # arms left out of every evaluation, with the relation rows that name them
     lesion_segmentation: dict[str, Any]  # the lesion arms' own nnU-Net keys
     randomised_segmentation: dict[str, Any]  # the D arms' keys, on top of their own
     arms: dict[str, Any]

@@ -7,7 +7,7 @@ classifier's shares and the tissue ratios of each, next to the generator's image
 dev images (settings are chosen on dev subjects; this script never reads a test image).
 
 Usage (a workdir after `brainspade evaluate-generators`, which trains W/evaluation/site_classifier):
-    .venv/bin/python scripts/site_model_texture.py --workdir W --model W/samples/S_n-ood/site_look.json \
+    .venv/bin/python scripts/site_model_texture.py --workdir W --model W/samples/SF_n-ood/site_look.json \
         --site siteB --modality T1 --shares 1 0.5 0.25 0
 """
 

@@ -132,11 +132,27 @@ def check_config(cfg: DictConfig) -> None:
         section(cfg, "", typed.SegmentSettings)
     if "bids_root" in cfg:
         section(cfg, "", typed.BidsSettings)
+    if "evaluation_split" in cfg and cfg.evaluation_split not in ("test", "dev"):
+        raise BrainspadeError(f"evaluation_split={cfg.evaluation_split!r}: choose test (the report) or dev "
+                              "(scores for choosing settings)")
     if "experiments" in cfg:
         _, arms = experiment_plan(section(cfg, "experiments"), None)
         if "segmentation" in cfg:
             for arm in arms.values():
                 arm_segmentation(cfg, arm)
+        if "data" in cfg:
+            check_site_model_arms(arms.values(), section(cfg, "data").source_datasets)
+
+
+def check_site_model_arms(arms, sources: Sequence[str]) -> None:
+    """A site-model arm must be styled by a target site: a source site keeps the generator's look (no model is
+    fitted to it), so its set would be the published one under another name."""
+    for arm in arms:
+        synthetic = arm.synthetic
+        if synthetic and synthetic.synthesis in ("site_model", "site_model_render") and synthetic.style_dataset in sources:
+            raise BrainspadeError(
+                f"experiments.arms.{arm.name}.synthetic.synthesis={synthetic.synthesis}: {synthetic.style_dataset} is a "
+                "source data set, whose styles keep the generator's look; use synthesis=published or a target's styles")
 
 
 def experiment_plan(settings: typed.ExperimentSettings, name: str | None) -> tuple[list, dict]:
@@ -150,13 +166,27 @@ def experiment_plan(settings: typed.ExperimentSettings, name: str | None) -> tup
     if name is not None and name not in settings.evaluations:
         raise BrainspadeError(f"experiment={name!r} is not defined; choose one of {sorted(settings.evaluations)}")
     names = [name] if name is not None else list(settings.evaluations)
-    evaluations = [Evaluation.from_dict(node) for key in names for node in settings.evaluations[key]]
+    unknown = sorted(set(settings.skip_arms) - set(settings.arms))
+    if unknown:
+        raise BrainspadeError(f"experiments.skip_arms: {', '.join(unknown)} is not an arm; experiments.arms has "
+                              f"{sorted(settings.arms)}")
+    evaluations = [Evaluation.from_dict(without_arms(node, settings.skip_arms))
+                   for key in names for node in settings.evaluations[key]]
     arms = {}
     for arm in dict.fromkeys(arm for evaluation in evaluations for arm in evaluation.arms):
         if arm not in settings.arms:
             raise BrainspadeError(f"arm {arm!r} is not defined; experiments.arms has {sorted(settings.arms)}")
         arms[arm] = ArmSpec.from_dict(arm, settings.arms[arm])
     return evaluations, arms
+
+
+def without_arms(evaluation: dict, skipped: Sequence[str]) -> dict:
+    """An evaluation of `experiments.evaluations` without the `skipped` arms and the relation rows naming them."""
+    if not skipped:
+        return evaluation
+    return {**evaluation, "arms": [arm for arm in evaluation["arms"] if arm not in skipped],
+            "relations": [relation for relation in evaluation.get("relations") or ()
+                          if relation["better"] not in skipped and relation["worse"] not in skipped]}
 
 
 def arm_segmentation(cfg: DictConfig, arm: ArmSpec) -> typed.SegmentationSettings:

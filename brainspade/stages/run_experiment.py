@@ -30,6 +30,7 @@ from brainspade.stages.config import (
     run_settings,
     section,
     stage_path,
+    without_arms,
     workdir,
 )
 
@@ -37,13 +38,13 @@ from brainspade.stages.config import (
 def run(cfg: DictConfig) -> Path:
     """Run the experiment named by `experiment`; return its folder."""
     name = str(cfg.experiment)
-    split = str(OmegaConf.select(cfg, "evaluation_split", default="test"))  # the demo's config reports on test
+    split = str(cfg.evaluation_split)
     if split not in EVALUATION_SPLITS:
         raise BrainspadeError(f"evaluation_split={split!r}: choose one of {', '.join(EVALUATION_SPLITS)}")
     experiments = section(cfg, "experiments")
     evaluations, specs = experiment_plan(experiments, name)
     evaluations = [dataclasses.replace(evaluation, split=split) for evaluation in evaluations]
-    evaluations_config = experiments.evaluations[name]
+    evaluations_config = [without_arms(node, experiments.skip_arms) for node in experiments.evaluations[name]]
     settings: SegmentationSettings = section(cfg, "segmentation")
     run_config = run_settings(cfg)
     device = select_device(run_config.device)

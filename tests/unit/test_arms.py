@@ -202,3 +202,31 @@ def test_a_dev_report_scores_the_dev_split_into_its_own_folder(tmp_path, monkeyp
         assert folder == tmp_path / "experiments" / ("iod" if split == "test" else "iod_dev")
     assert "dev split, for choosing settings" in (tmp_path / "experiments" / "iod_dev" / "report.md").read_text()
     assert "dev split" not in (tmp_path / "experiments" / "iod" / "report.md").read_text()
+
+
+def test_a_site_model_arm_styled_by_a_source_site_is_refused(tmp_path):
+    """A source site keeps the generator's look (no model is fitted to it): such an arm would be the published set."""
+    from brainspade.stages.config import check_config
+
+    cfg = compose("run-experiment", ["experiment=iod", "profile=tiny", f"workdir={tmp_path}",
+                                     "experiments.arms.S_iod.synthetic.synthesis=site_model"])
+    with pytest.raises(BrainspadeError, match=r"experiments.arms.S_iod.synthetic.synthesis=site_model: siteA is a source"):
+        check_config(cfg)
+
+
+def test_skipped_arms_leave_every_evaluation_with_their_relation_rows(tmp_path):
+    from brainspade.stages.config import experiment_plan, section
+
+    full = {e.name: e for e in experiment_plan(section(compose("run-experiment", ["profile=bench"]), "experiments"),
+                                               "ood")[0]}
+    cpu = {e.name: e for e in experiment_plan(section(compose("run-experiment", ["profile=cpu"]), "experiments"),
+                                              "ood")[0]}
+    assert {"SF_f-ood", "F_f-ood"} <= set(full["f-ood"].arms) and not {"SF_f-ood", "F_f-ood"} & set(cpu["f-ood"].arms)
+    assert all("SF_f-ood" not in (r.better, r.worse) for r in cpu["f-ood"].relations)
+    assert len(cpu["f-ood"].relations) < len(full["f-ood"].relations)
+    # The demo keeps the published method beside the extension on siteB and on the site drawn by other physics.
+    assert {"S_n-ood", "SF_n-ood", "F_n-ood"} <= set(cpu["n-ood"].arms)
+    assert {"S_x-ood", "SF_x-ood"} <= set(cpu["x-ood"].arms)
+    with pytest.raises(BrainspadeError, match="experiments.skip_arms: S_nothing is not an arm"):
+        experiment_plan(section(compose("run-experiment", ["profile=cpu", "experiments.skip_arms=[S_nothing]"]),
+                                "experiments"), "ood")
