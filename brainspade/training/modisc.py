@@ -112,14 +112,16 @@ def train_classifier(folder: Path, cache: SliceCache, train: np.ndarray, sources
 @torch.no_grad()
 def evaluate_classifier(network, cache: SliceCache, modalities: list[str], source: list[str], batch_size: int,
                         device: torch.device) -> dict:
-    """Accuracy of each head on the test split of the source data sets; modality accuracy on every other test set."""
+    """Accuracy of each head on the test split of the source data sets; modality accuracy on every other data set's
+    dev subjects (a target's test subjects are for the experiments' report only)."""
     background = background_channel(cache.channels)
     datasets_all = sorted(set(cache.image_table["dataset"].tolist()))
     metrics: dict = {"modalities": modalities, "datasets": source, "heldout": {}, "per_test_set": {}}
     correct_mod = correct_dat = total = 0
     for name in datasets_all:
         for modality in modalities:
-            indices = cache.image_indices(split="test", datasets=[name], modalities=[modality])
+            split = "test" if name in source else "dev"
+            indices = cache.image_indices(split=split, datasets=[name], modalities=[modality])
             if len(indices) == 0:
                 continue
             slices = ImageSlices(cache, indices, modalities, source)
@@ -129,7 +131,7 @@ def evaluate_classifier(network, cache: SliceCache, modalities: list[str], sourc
                 modality_logits, dataset_logits = network(batch["image"].to(device))
                 hits_mod += int((modality_logits.argmax(1).cpu() == batch["modality"]).sum())
                 hits_dat += int((dataset_logits.argmax(1).cpu() == batch["dataset"]).sum())
-            entry = {"n": int(len(indices)), "modality_accuracy": hits_mod / len(indices)}
+            entry = {"n": int(len(indices)), "split": split, "modality_accuracy": hits_mod / len(indices)}
             if name in source:
                 entry["dataset_accuracy"] = hits_dat / len(indices)
                 correct_mod, correct_dat, total = correct_mod + hits_mod, correct_dat + hits_dat, total + len(indices)

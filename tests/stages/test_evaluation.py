@@ -137,7 +137,7 @@ def test_evaluate_generators_writes_the_report_of_every_sample_set(capsys, train
     assert "| eval_set | siteA/T1 | 8 |" in (trained_workdir / "evaluation" / "summary.md").read_text()
     assert (folder / "manifest.json").is_file()
     style_match = json.loads((trained_workdir / "evaluation" / "style_match" / "metrics.json").read_text())
-    assert set(style_match["styles"]) == {"siteA/T1", "siteB/T1", "siteC/FLAIR", "siteT/T1", "siteT/FLAIR"}
+    assert set(style_match["styles"]) == {"siteA/T1", "siteB/T1", "siteC/FLAIR", "siteN/T1", "siteT/T1", "siteT/FLAIR"}
     for entry in style_match["styles"].values():  # every site is a class of the evaluation-only classifier
         assert set(entry["site_shares"]) == {"siteA", "siteB", "siteC", "siteT"}
         assert abs(sum(entry["site_shares"].values()) - 1) < 1e-6 and entry["real"]["gm_wm"] > 0
@@ -219,7 +219,7 @@ def test_style_match_scores_every_style_source_with_shares_over_every_site(cache
     network = ModalityDatasetClassifier(2, len(datasets), init_features=8, growth_rate=4, block_config=(1, 1))
     site = ModalityClassifier(network, ["FLAIR", "T1"], datasets, torch.device("cpu"))
     metrics = style_match(PaintT1(), site, cache, SOURCES, max_images=6, batch_size=4, seed=0)
-    assert set(metrics["styles"]) == {"siteA/T1", "siteB/T1", "siteC/FLAIR", "siteT/T1", "siteT/FLAIR"}
+    assert set(metrics["styles"]) == {"siteA/T1", "siteB/T1", "siteC/FLAIR", "siteN/T1", "siteT/T1", "siteT/FLAIR"}
     ratios = {round(entry["generated"]["gm_wm"], 6) for entry in metrics["styles"].values()}
     assert len(ratios) == 1 and 0.3 < ratios.pop() < 0.8  # the style is ignored: one contrast for all
     flair = metrics["styles"]["siteC/FLAIR"]["real"]

@@ -40,7 +40,7 @@ def test_modisc_then_image_generator_write_metrics_and_load_through_the_api(tiny
     modisc_manifest = json.loads((workdir / "modisc" / "manifest.json").read_text())
     assert manifest["classifier_fingerprint"] == modisc_manifest["fingerprint"]
     assert metrics["paired"]["n"] > 0 and -1 <= metrics["paired"]["ssim"] <= 1 and metrics["paired"]["mae_brain"] > 0
-    assert set(metrics["style_transfer"]) == {"siteA/T1", "siteB/T1", "siteC/FLAIR", "siteT/FLAIR", "siteT/T1"}
+    assert set(metrics["style_transfer"]) == {"siteA/T1", "siteB/T1", "siteC/FLAIR", "siteN/T1", "siteT/FLAIR", "siteT/T1"}
     for entry in metrics["style_transfer"].values():
         assert 0 <= entry["modality_match"] <= 1
     assert "dataset_match" not in metrics["style_transfer"]["siteC/FLAIR"]

@@ -171,7 +171,7 @@ def test_run_experiment_refuses_a_dev_split_the_cache_lacks_before_any_training(
     assert len(err.strip().splitlines()) == 1
     code, _, err = run_cli(capsys, "run-experiment", "iod", "evaluation_split=val", f"workdir={tmp_path}",
                            "profile=tiny")
-    assert code == 1 and "evaluation_split='val': choose one of test, dev" in err
+    assert code == 2 and "evaluation_split='val': choose test" in err  # refused with the config, before any work
 
 
 def test_a_dev_report_scores_the_dev_split_into_its_own_folder(tmp_path, monkeypatch):
