@@ -43,6 +43,17 @@ def settings_of(key: str, **values):
     return section(cfg, key)
 
 
+def disc_slice(noise: float = 0.02, seed: int = 0) -> torch.Tensor:
+    """A z-scored disc 'brain' with three tissue levels on a zero background, plus noise inside."""
+    generator = torch.Generator().manual_seed(seed)
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, 64), torch.linspace(-1, 1, 64), indexing="ij")
+    brain = (ys**2 + xs**2) < 0.7
+    image = brain * (1.0 + (ys > 0) + 0.5 * (xs > 0.3))
+    image = image + brain * noise * torch.randn(image.shape, generator=generator)
+    values = image[brain]
+    return ((image - values.mean()) / values.std())[None, None].float()
+
+
 def _sphere_pv(shape: tuple[int, int, int], radius: float) -> np.ndarray:
     """Concentric tissue shells (csf outside, gm, wm core) with soft edges: a valid 4-channel PV map."""
     grid = np.stack(np.meshgrid(*[np.arange(s) - (s - 1) / 2 for s in shape], indexing="ij"))

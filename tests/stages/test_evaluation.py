@@ -139,7 +139,7 @@ def test_evaluate_generators_writes_the_report_of_every_sample_set(capsys, train
     style_match = json.loads((trained_workdir / "evaluation" / "style_match" / "metrics.json").read_text())
     assert set(style_match["styles"]) == {"siteA/T1", "siteB/T1", "siteC/FLAIR", "siteN/T1", "siteT/T1", "siteT/FLAIR"}
     for entry in style_match["styles"].values():  # every site is a class of the evaluation-only classifier
-        assert set(entry["site_shares"]) == {"siteA", "siteB", "siteC", "siteT"}
+        assert set(entry["site_shares"]) == {"siteA", "siteB", "siteC", "siteN", "siteT"}
         assert abs(sum(entry["site_shares"].values()) - 1) < 1e-6 and entry["real"]["gm_wm"] > 0
     assert "Does the style reach the image" in (trained_workdir / "evaluation" / "style_match" / "report.md").read_text()
     code, out, _ = run_cli(capsys, *args)  # finished with the same inputs: skipped
@@ -226,14 +226,14 @@ def test_style_match_scores_every_style_source_with_shares_over_every_site(cache
     assert flair["gm_wm"] > 1 > metrics["styles"]["siteA/T1"]["real"]["gm_wm"]  # real FLAIR: GM brighter than WM
     for entry in metrics["styles"].values():
         assert abs(sum(entry["site_shares"].values()) - 1) < 1e-9 and entry["site_match"] is not None
-    assert style_match_table(metrics).count("\n| site") == 5
+    assert style_match_table(metrics).count("\n| site") == 6
     look = settings_of("sampling", site_look={"enabled": True, "reference_images": 8}).site_look
     moved = style_match(PaintT1(), site, cache, SOURCES, max_images=6, batch_size=4, seed=0, site_look=look)
     transferred = {k: v["with_appearance_transfer"] for k, v in moved["styles"].items()}
     # A source site gets no noise (its own images are the baseline); the painted images now take each site's levels.
     assert all("added noise sd 0.000" in transferred[k]["transfer"] for k in ("siteA/T1", "siteT/FLAIR"))
     assert len({round(v["generated"]["gm_wm"], 3) for v in transferred.values()}) > 1
-    assert style_match_table(moved).count("\n| site") == 10
+    assert style_match_table(moved).count("\n| site") == 12
     modelled = style_match(PaintT1(), site, cache, SOURCES, max_images=6, batch_size=4, seed=0,
                            site_look=dataclasses.replace(look, method="site_model"))
     # The site model re-renders only sites the generator never learnt; source sites keep its images as they are.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import settings_of
+from conftest import disc_slice, settings_of
 
 from brainspade.engine.checkpoint import (
     load_checkpoint,
@@ -298,24 +298,13 @@ def test_generator_fed_the_classifier_modality_depends_on_it_and_is_saved_with_i
 # ---------------------------------------------------------------- the style image's appearance as an input
 
 
-def _phantom_slice(noise: float = 0.02, seed: int = 0) -> torch.Tensor:
-    """A z-scored disc 'brain' with three tissue levels on a zero background, plus noise inside."""
-    generator = torch.Generator().manual_seed(seed)
-    ys, xs = torch.meshgrid(torch.linspace(-1, 1, 64), torch.linspace(-1, 1, 64), indexing="ij")
-    brain = (ys**2 + xs**2) < 0.7
-    image = brain * (1.0 + (ys > 0) + 0.5 * (xs > 0.3))
-    image = image + brain * noise * torch.randn(image.shape, generator=generator)
-    values = image[brain]
-    return ((image - values.mean()) / values.std())[None, None].float()
-
-
 def test_pair_augmentation_gives_both_slices_one_appearance():
     """The same random draw for target and style: identical inputs stay (up to noise) identical, and change."""
     from brainspade.generation.site_look.statistics import appearance_statistics
     from brainspade.training.appearance_augmentation import augment_pairs
 
     torch.manual_seed(0)
-    image = _phantom_slice().repeat(4, 1, 1, 1)
+    image = disc_slice().repeat(4, 1, 1, 1)
     brain = (image > image.amin()).float()
     targets, styles = augment_pairs(image, image.clone(), brain, brain,
                                     settings_of("image_generator", appearance_augmentation={"probability": 1.0, "noise_std": [0.0, 0.0]}).appearance_augmentation)
@@ -344,7 +333,7 @@ def test_generator_output_follows_the_style_appearance_and_noise_and_is_rebuilt_
     model = ImageGenerator(style_encoder, generator, ["a"] * CHANNELS, (64, 64), torch.device("cpu"),
                            sampled_code=False, appearance_input=True)
     pv = torch.nn.functional.interpolate(pv_maps(2), size=(64, 64))
-    clean, noisy = _phantom_slice().repeat(2, 1, 1, 1), _phantom_slice(noise=0.3).repeat(2, 1, 1, 1)
+    clean, noisy = disc_slice().repeat(2, 1, 1, 1), disc_slice(noise=0.3).repeat(2, 1, 1, 1)
     with torch.no_grad():  # the learnt code's share cut: what differs is the statistics
         generator.fc.weight[:, :8].zero_()
         for module in generator.modules():

@@ -6,6 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from conftest import disc_slice
 from scipy.ndimage import gaussian_filter
 
 from brainspade.data.intensity import apply_bias, mix_tissues, rician_magnitude
@@ -272,20 +273,9 @@ def test_texture_bias_and_noise_are_drawn_per_seed():
 # ---------------------------------------------------------------- the generator's appearance statistics
 
 
-def _phantom_slice(noise: float = 0.02, seed: int = 0) -> torch.Tensor:
-    """A z-scored disc 'brain' with three tissue levels on a zero background, plus noise inside."""
-    generator = torch.Generator().manual_seed(seed)
-    ys, xs = torch.meshgrid(torch.linspace(-1, 1, 64), torch.linspace(-1, 1, 64), indexing="ij")
-    brain = (ys**2 + xs**2) < 0.7
-    image = brain * (1.0 + (ys > 0) + 0.5 * (xs > 0.3))
-    image = image + brain * noise * torch.randn(image.shape, generator=generator)
-    values = image[brain]
-    return ((image - values.mean()) / values.std())[None, None].float()
-
-
 def test_appearance_statistics_are_scale_free_and_move_with_noise_and_blur():
-    image = _phantom_slice()
-    noisy = _phantom_slice(noise=0.3)
+    image = disc_slice()
+    noisy = disc_slice(noise=0.3)
     blurred = gaussian_blur(image, 2.0)
     stats = appearance_statistics(torch.cat([image, 2.5 * image + 4.0, noisy, blurred]))
     assert stats.shape == (4, len(STATISTICS)) and torch.isfinite(stats).all()
@@ -298,7 +288,7 @@ def test_appearance_statistics_are_scale_free_and_move_with_noise_and_blur():
 def test_appearance_statistics_follow_a_contrast_change():
     """A monotone remap of the tissue levels (the darker half further down) moves the quantiles: the statistics
     see contrast, not only brightness (which the re-standardisation removes)."""
-    image = _phantom_slice()
+    image = disc_slice()
     remapped = torch.where(image < 0, image - 1.0, image)
     stats = appearance_statistics(torch.cat([image, remapped]))
     assert (stats[1, :7] - stats[0, :7]).abs().max() > 0.1
