@@ -112,12 +112,15 @@ def _run_with_hydra(name: str, command: Command, args: list[str]) -> int:
     import hydra
     from omegaconf import DictConfig
 
+    from brainspade.engine.logging import heartbeat
+
     stage = importlib.import_module(command.module)
 
     @hydra.main(config_path=str(CONFIG_DIR), config_name=name, version_base="1.3")
     def task(cfg: DictConfig) -> None:
         try:
-            output = stage.run(cfg)
+            with heartbeat(name):
+                output = stage.run(cfg)
         except BrainspadeError as error:
             _fail(f"{name}: {error}", code=1)
         except OSError as error:

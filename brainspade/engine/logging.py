@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
@@ -34,17 +37,128 @@ LABEL_COLOURS = np.array(
 ) / 255.0
 
 
-def progress(iterable: Iterable[T] | None = None, *, total: int | None = None, desc: str = "", **kwargs) -> tqdm:
-    """A tqdm bar on stderr, quiet when stderr is not a terminal (CI logs stay readable) and on ranks other than 0."""
-    return tqdm(
-        iterable,
-        total=total,
-        desc=desc,
-        dynamic_ncols=True,
-        mininterval=1.0,
-        disable=None if sys.stderr.isatty() and is_main() else True,
-        **kwargs,
-    )
+LOG_EVERY_S = 30.0  # a redirected log gets a progress line at least this often while work advances
+
+
+def progress(iterable: Iterable[T] | None = None, *, total: int | None = None, desc: str = "", **kwargs):
+    """Progress on stderr: tqdm's bar in a terminal, plain lines in a redirected log (`LogProgress`), nothing on
+    ranks other than 0."""
+    if not is_main():
+        return tqdm(iterable, total=total, desc=desc, disable=True, **kwargs)
+    if not sys.stderr.isatty():
+        return LogProgress(iterable, total=total, desc=desc, unit=kwargs.get("unit", "it"),
+                           initial=kwargs.get("initial", 0))
+    return tqdm(iterable, total=total, desc=desc, dynamic_ncols=True, mininterval=1.0, **kwargs)
+
+
+class LogProgress:
+    """Progress for a log file, CI or a cluster job: one line with count, rate and time left at most every
+    LOG_EVERY_S seconds while work advances, and one at the end (tqdm's bar redraws one line with carriage returns,
+    which a log shows as one endless line, or, disabled, not at all)."""
+
+    def __init__(self, iterable: Iterable[T] | None = None, *, total: int | None = None, desc: str = "",
+                 unit: str = "it", initial: int = 0, every: float = LOG_EVERY_S, stream=None) -> None:
+        self.iterable = iterable
+        if total is None and iterable is not None and hasattr(iterable, "__len__"):
+            total = len(iterable)
+        self.total, self.desc, self.unit, self.every = total, desc, unit, every
+        self.n = self.first = initial
+        self.started = self.shown = time.monotonic()
+        self.stream = stream
+        self.closed = False
+
+    def __iter__(self):
+        for item in self.iterable:
+            yield item
+            self.update(1)
+        self.close()
+
+    def __enter__(self) -> LogProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if time.monotonic() - self.shown >= self.every:
+            self._show()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.n > self.first:
+                self._show()
+
+    def line(self) -> str:
+        """E.g. `[nnU-Net] 9/20 epoch (45%), 7.9 s/epoch, 1:11 elapsed, 1:27 left`."""
+        elapsed = time.monotonic() - self.started
+        done = self.n - self.first
+        count = f"{self.n}/{self.total} {self.unit}" if self.total else f"{self.n} {self.unit}"
+        if self.total:
+            count += f" ({100 * self.n / self.total:.0f}%)"
+        parts = [f"[{self.desc}] {count}"]
+        if done > 0 and elapsed > 0:
+            per = elapsed / done
+            parts.append(f"{per:.2f} s/{self.unit}" if per >= 1 else f"{1 / per:.2f} {self.unit}/s")
+        parts.append(f"{_clock(elapsed)} elapsed")
+        if done > 0 and self.total:
+            parts.append(f"{_clock(elapsed / done * max(self.total - self.n, 0))} left")
+        return ", ".join(parts)
+
+    def _show(self) -> None:
+        self.shown = time.monotonic()
+        print(self.line(), file=self.stream or sys.stderr, flush=True)
+        note_progress_line()
+
+
+def _clock(seconds: float) -> str:
+    minutes, second = divmod(int(round(seconds)), 60)
+    hours, minute = divmod(minutes, 60)
+    return f"{hours}:{minute:02d}:{second:02d}" if hours else f"{minute}:{second:02d}"
+
+
+_last_line = [time.monotonic()]
+
+
+def note_progress_line() -> None:
+    """Record that a progress line was just written (the heartbeat stays quiet while they come)."""
+    _last_line[0] = time.monotonic()
+
+
+_activities: list[tuple[str, float]] = []  # the heartbeat's labels, outermost first, with their start times
+
+
+@contextlib.contextmanager
+def heartbeat(label: str, every: float = 60.0):
+    """While the block runs with stderr redirected, write `[label] still working (N min)` whenever no progress line
+    came for `every` seconds: steps with no counter of their own (a site-model fit, an evaluation) still show life.
+    Nested blocks (a demo's stages) name the innermost activity; one thread serves them all."""
+    if sys.stderr.isatty() or not is_main():
+        yield
+        return
+    _activities.append((label, time.monotonic()))
+    note_progress_line()
+    stop, thread = threading.Event(), None
+
+    def beat() -> None:
+        while not stop.wait(min(every, 5.0)):
+            if _activities and time.monotonic() - _last_line[0] >= every:
+                name, since = _activities[-1]
+                print(f"[{name}] still working ({(time.monotonic() - since) / 60:.0f} min)", file=sys.stderr,
+                      flush=True)
+                note_progress_line()
+
+    if len(_activities) == 1:
+        thread = threading.Thread(target=beat, daemon=True)
+        thread.start()
+    try:
+        yield
+    finally:
+        _activities.pop()
+        if thread is not None:
+            stop.set()
+            thread.join()
 
 
 def tensorboard_writer(folder: str | Path, enabled: bool = True):

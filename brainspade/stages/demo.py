@@ -14,6 +14,7 @@ from pathlib import Path
 from omegaconf import DictConfig, open_dict
 
 from brainspade.commands import COMMANDS
+from brainspade.engine.logging import heartbeat
 from brainspade.stages.config import workdir
 
 PIPELINE = ("prepare-data", "train-label-vae", "train-label-ldm", "train-modisc", "train-image-generator")
@@ -26,7 +27,8 @@ def run(cfg: DictConfig) -> Path:
     def timed(label: str, module: str, stage_cfg: DictConfig) -> Path:
         begin = time.monotonic()
         print(f"[demo] {label} ...", flush=True)
-        output = importlib.import_module(module).run(stage_cfg)
+        with heartbeat(label):
+            output = importlib.import_module(module).run(stage_cfg)
         timings.append((label, time.monotonic() - begin))
         print(f"[demo] {label} done in {timings[-1][1]:.0f} s -> {output}", flush=True)
         return output

@@ -108,3 +108,39 @@ def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
     live.write_text("in progress")
     assert remove_stale_temporaries(tmp_path) == 1
     assert not dead.exists() and live.exists()
+
+
+def test_a_redirected_log_gets_progress_lines_with_rate_and_time_left():
+    import io
+
+    from brainspade.engine.logging import LogProgress
+
+    log = io.StringIO()
+    bar = LogProgress(total=4, desc="nnU-Net", unit="epoch", every=0.0, stream=log)
+    for _ in range(4):
+        bar.update(1)
+    bar.close()
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 5  # one per update, one at the end; no carriage returns
+    assert lines[1].startswith("[nnU-Net] 2/4 epoch (50%)") and " left" in lines[1] and "epoch" in lines[1]
+    assert "0:00 left" in lines[-1]
+
+    quiet = io.StringIO()
+    slow = LogProgress(range(3), desc="sample", unit="pair", every=3600.0, stream=quiet)
+    assert list(slow) == [0, 1, 2]
+    ends = quiet.getvalue().splitlines()
+    assert len(ends) == 1 and ends[0].startswith("[sample] 3/3 pair (100%)")  # within `every`, only the end
+
+
+def test_the_heartbeat_names_the_innermost_activity_when_no_progress_line_comes(capsys):
+    import time
+
+    from brainspade.engine.logging import heartbeat
+
+    with heartbeat("demo", every=0.2):
+        with heartbeat("run-experiment ood", every=0.2):
+            time.sleep(0.8)
+    beats = [line for line in capsys.readouterr().err.splitlines() if line]
+    assert beats and all(line.startswith("[run-experiment ood] still working") for line in beats)
+    time.sleep(0.4)
+    assert capsys.readouterr().err == ""  # the thread stops with the outermost block
