@@ -38,8 +38,10 @@ from brainspade.data.registration import (
 )
 from brainspade.data.slicing import brain_slice_indices, crop_or_pad, zscore_in_brain
 from brainspade.engine.atomic import atomic_path, write_text_atomic
+from brainspade.engine.checkpoint import load_nnunet_checkpoint
 from brainspade.engine.logging import progress
 from brainspade.errors import BrainspadeError
+from brainspade.segmentation.model_files import read_dataset_json, read_plans
 from brainspade.segmentation.nnunet import FOLD, SPACING_2D, Segmenter, results_folder
 
 MODEL_CARD = "model.json"
@@ -66,10 +68,29 @@ class ModelCard:
             raise BrainspadeError(f"{path}: missing; run `brainspade segment model=ARM workdir=W` once in the workdir "
                                   "that trained the arm (it writes the file), then copy the folder")
         try:
-            return cls(**json.loads(path.read_text()))
-        except (TypeError, json.JSONDecodeError) as error:
+            card = cls(**json.loads(path.read_text()))
+        except (TypeError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise BrainspadeError(f"{path}: not a brainspade model card ({error}); copy it again from the workdir") \
                 from None
+        card.check(path)
+        return card
+
+    def check(self, path: Path) -> None:
+        """Every field has its type (the card is data: an arm is a name, channels are names, sizes are counts)."""
+        valid = {
+            "arm": isinstance(self.arm, str) and bool(self.arm) and "/" not in self.arm and self.arm not in (".", ".."),
+            "channels": isinstance(self.channels, list) and len(self.channels) >= 2
+            and all(isinstance(c, str) for c in self.channels),
+            "template_resolution_mm": self.template_resolution_mm in (1, 2, 4),
+            "slice_size": isinstance(self.slice_size, list) and len(self.slice_size) == 2
+            and all(isinstance(s, int) and not isinstance(s, bool) and 4 <= s <= 4096 for s in self.slice_size),
+            "min_brain_fraction": isinstance(self.min_brain_fraction, (int, float))
+            and 0 <= self.min_brain_fraction <= 1,
+        }
+        for key, holds in valid.items():
+            if not holds:
+                raise BrainspadeError(f"{path}: {key}={getattr(self, key)!r} is not a valid value; copy model.json "
+                                      "again from the workdir that trained the arm")
 
 
 def export_model(folder: Path, card: ModelCard, destination: Path) -> Path:
@@ -80,9 +101,15 @@ def export_model(folder: Path, card: ModelCard, destination: Path) -> Path:
     """
     source = results_folder(folder / "nnunet", card.arm)
     target = results_folder(destination / "nnunet", card.arm)
-    for name in ("plans.json", "dataset.json", f"fold_{FOLD}/checkpoint_final.pth"):
+    names = ("plans.json", "dataset.json", f"fold_{FOLD}/checkpoint_final.pth")
+    for name in names:
         if not (source / name).is_file():
             raise BrainspadeError(f"{source / name}: missing; the arm {card.arm} is not a finished nnU-Net")
+    # What is shared is checked as it would be loaded: a folder that could not be used is not passed on.
+    read_plans(source / "plans.json")
+    read_dataset_json(source / "dataset.json")
+    load_nnunet_checkpoint(source / f"fold_{FOLD}" / "checkpoint_final.pth")
+    for name in names:
         with atomic_path(target / name) as tmp:
             shutil.copyfile(source / name, tmp)
     card.save(destination)

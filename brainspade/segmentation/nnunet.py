@@ -26,6 +26,7 @@ import torch
 
 from brainspade.engine.checkpoint import load_nnunet_checkpoint
 from brainspade.errors import BrainspadeError
+from brainspade.segmentation.model_files import read_dataset_json, read_plans
 from brainspade.segmentation.raw_dataset import case_ids, image_path, label_path, read_2d
 from brainspade.settings import SegmentationSettings
 
@@ -209,20 +210,18 @@ def train(
     `settings` gives the length (epochs x iterations), the batch size (None: nnU-Net's plan) and
     the data-augmentation workers (0: in this process).
     """
-    from batchgenerators.utilities.file_and_folder_operations import load_json
-
     from brainspade.segmentation.trainer import BrainspadeTrainer
 
     final = final_checkpoint(root, arm)
     if final.is_file():
         return final
     preprocessed = root / "preprocessed" / dataset_name(arm)
-    plans = load_json(str(preprocessed / f"{PLANS}.json"))
+    plans = read_plans(preprocessed / f"{PLANS}.json")  # checked as data before nnU-Net builds a network from it
     if settings.batch_size is not None:
         plans["configurations"][CONFIGURATION]["batch_size"] = int(settings.batch_size)
     latest = final.with_name("checkpoint_latest.pth")
     plans["continue_training"] = latest.is_file()  # nnU-Net's trainer pops this key (log appending)
-    dataset_json = load_json(str(preprocessed / "dataset.json"))
+    dataset_json = read_dataset_json(preprocessed / "dataset.json")
     with contextlib.redirect_stdout(log), environment(nnUNet_n_proc_DA=str(settings.augmentation_processes)):
         trainer = BrainspadeTrainer(plans, CONFIGURATION, FOLD, dataset_json, device)
         sampling = root / CASE_SAMPLING
@@ -240,7 +239,6 @@ class Segmenter:
     """A trained arm's nnU-Net, ready to segment 2D slices (test-time mirroring as `settings` say)."""
 
     def __init__(self, root: Path, arm: str, device: torch.device, settings: SegmentationSettings):
-        from batchgenerators.utilities.file_and_folder_operations import load_json
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
         from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
@@ -251,9 +249,10 @@ class Segmenter:
         checkpoint_file = final_checkpoint(root, arm)
         if not checkpoint_file.is_file():
             raise BrainspadeError(f"{checkpoint_file}: no trained nnU-Net; re-run the experiment to train it")
+        # Plans and dataset.json first: nnU-Net builds the network from names in them.
+        plans_manager = PlansManager(read_plans(folder / "plans.json"))
+        dataset_json = read_dataset_json(folder / "dataset.json")
         checkpoint = load_nnunet_checkpoint(checkpoint_file)
-        plans_manager = PlansManager(load_json(str(folder / "plans.json")))
-        dataset_json = load_json(str(folder / "dataset.json"))
         configuration = plans_manager.get_configuration(checkpoint["init_args"]["configuration"])
         network = BrainspadeTrainer.build_network_architecture(
             plans_manager,

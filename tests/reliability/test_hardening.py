@@ -1,0 +1,186 @@
+"""Reliability of what a user shares and names: model folders, names inside the workdir, numbers and headers.
+
+A shared model folder's nnU-Net files are data (no name in them reaches code nnU-Net does not ship); a name
+given for a folder of the workdir stays in its own folder kind; every float is finite and every count that
+sizes memory is bounded by what the data holds; a NIfTI header is checked before its voxels are allocated.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli, settings_of
+
+from brainspade.errors import BrainspadeError
+from brainspade.segmentation.model_files import read_dataset_json, read_plans
+from brainspade.segmentation.native import ModelCard
+from brainspade.segmentation.nnunet import PLANS, dataset_name, final_checkpoint, results_folder
+
+ARM = "S_iod"
+CHANNELS = ["background", "csf", "gm", "wm"]
+
+# ------------------------------------------------------------------ planted plans
+
+
+def _architecture() -> dict:
+    """The architecture node nnU-Net's 2D planner writes (a small PlainConvUNet)."""
+    return {
+        "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+        "arch_kwargs": {
+            "n_stages": 2, "features_per_stage": [4, 8], "conv_op": "torch.nn.modules.conv.Conv2d",
+            "kernel_sizes": [[3, 3], [3, 3]], "strides": [[1, 1], [2, 2]], "n_conv_per_stage": [1, 1],
+            "n_conv_per_stage_decoder": [1], "conv_bias": True,
+            "norm_op": "torch.nn.modules.instancenorm.InstanceNorm2d", "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+            "dropout_op": None, "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
+            "nonlin_kwargs": {"inplace": True},
+        },
+        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
+    }
+
+
+def _plans(architecture: dict) -> dict:
+    return {"dataset_name": dataset_name(ARM), "plans_name": PLANS, "image_reader_writer": "SimpleITKIO",
+            "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
+            "original_median_spacing_after_transp": [999.0, 1.0, 1.0],
+            "original_median_shape_after_transp": [1, 16, 16],
+            "configurations": {"2d": {
+                "data_identifier": "nnUNetPlans_2d", "preprocessor_name": "DefaultPreprocessor", "batch_size": 2,
+                "patch_size": [16, 16], "spacing": [1.0, 1.0], "normalization_schemes": ["ZScoreNormalization"],
+                "use_mask_for_norm": [False], "resampling_fn_data": "resample_data_or_seg_to_shape",
+                "architecture": architecture}}}
+
+
+def _hub_architecture(hub: Path, marker: Path) -> dict:
+    """What a planted plans file names instead of a U-Net: torch.hub.load of a local hubconf.py that writes `marker`."""
+    hub.mkdir(parents=True, exist_ok=True)
+    (hub / "hubconf.py").write_text(f"from pathlib import Path\nPath({str(marker)!r}).touch()\n\n\n"
+                                    "def entry(**kwargs):\n    return None\n")
+    return {"network_class_name": "torch.hub.load",
+            "arch_kwargs": {"repo_or_dir": str(hub), "model": "entry", "source": "local", "trust_repo": True},
+            "_kw_requires_import": []}
+
+
+DATASET_JSON = {"channel_names": {"0": "T1"}, "labels": {name: i for i, name in enumerate(CHANNELS)},
+                "file_ending": ".nii.gz", "numTraining": 1}
+
+
+def _model_folder(folder: Path, architecture: dict) -> Path:
+    """A model folder as `segment export=` writes it (model.json, plans, dataset.json, weights-only checkpoint)."""
+    results = results_folder(folder / "nnunet", ARM)
+    results.mkdir(parents=True)
+    (results / "plans.json").write_text(json.dumps(_plans(architecture)))
+    (results / "dataset.json").write_text(json.dumps(DATASET_JSON))
+    checkpoint = final_checkpoint(folder / "nnunet", ARM)
+    checkpoint.parent.mkdir(parents=True)
+    torch.save({"network_weights": {}, "init_args": {"configuration": "2d"}, "trainer_name": "BrainspadeTrainer",
+                "inference_allowed_mirroring_axes": (0, 1)}, checkpoint)
+    ModelCard(ARM, CHANNELS, 4, [16, 16], 0.1).save(folder)
+    return folder
+
+
+def test_a_planted_plans_file_runs_no_code_in_prediction(tmp_path):
+    from brainspade.segmentation.nnunet import Segmenter
+
+    marker = tmp_path / "pwned"
+    folder = _model_folder(tmp_path / "shared_model", _hub_architecture(tmp_path / "hub", marker))
+    with pytest.raises(BrainspadeError, match=r"plans\.json: configurations\.2d\.architecture\.network_class_name="
+                                              r"'torch\.hub\.load' is not an architecture nnU-Net plans"):
+        Segmenter(folder / "nnunet", ARM, torch.device("cpu"), settings_of("segmentation"))
+    assert not marker.exists()
+
+
+def test_a_planted_plans_file_is_refused_by_segment_and_export_before_any_copy(capsys, tmp_path):
+    marker = tmp_path / "pwned"
+    folder = _model_folder(tmp_path / "shared_model", _hub_architecture(tmp_path / "hub", marker))
+    scan = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 8), np.float32), np.eye(4)), str(scan))
+    code, _, err = run_cli(capsys, "segment", f"workdir={tmp_path / 'w'}", "profile=tiny", f"model={folder}",
+                           f"input={scan}", f"output={tmp_path / 'out'}", f"export={tmp_path / 'exported'}")
+    assert code == 1 and "plans.json" in err and "network_class_name='torch.hub.load'" in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not marker.exists()
+    assert not (tmp_path / "exported").exists()  # a folder that could not be used is not passed on
+
+
+def test_a_planted_plans_file_runs_no_code_when_training_resumes(tmp_path):
+    from brainspade.segmentation.nnunet import train
+
+    marker = tmp_path / "pwned"
+    root = tmp_path / "models" / ARM / "nnunet"
+    preprocessed = root / "preprocessed" / dataset_name(ARM)
+    preprocessed.mkdir(parents=True)
+    (preprocessed / f"{PLANS}.json").write_text(json.dumps(_plans(_hub_architecture(tmp_path / "hub", marker))))
+    (preprocessed / "dataset.json").write_text(json.dumps(DATASET_JSON))
+    with pytest.raises(BrainspadeError, match="network_class_name='torch.hub.load'"):
+        train(root, ARM, settings_of("segmentation"), torch.device("cpu"), io.StringIO(), tmp_path / "tb")
+    assert not marker.exists()
+
+
+def _imports(layer: str, value: str) -> dict:
+    architecture = _architecture()
+    architecture["arch_kwargs"][layer] = value
+    return architecture
+
+
+def _extra_argument(name: str, value) -> dict:
+    architecture = _architecture()
+    architecture["arch_kwargs"][name] = value
+    return architecture
+
+
+def _imports_another_key(key: str) -> dict:
+    architecture = _architecture()
+    architecture["arch_kwargs"][key] = "os.system"
+    architecture["_kw_requires_import"].append(key)
+    return architecture
+
+
+@pytest.mark.parametrize(("architecture", "words"), [
+    (_imports("nonlin", "os.system"), "arch_kwargs.nonlin='os.system' is not a layer nnU-Net plans"),
+    (_imports("conv_op", "torch.hub.load"), "arch_kwargs.conv_op='torch.hub.load' is not a layer"),
+    (_extra_argument("source", "local"), "arch_kwargs.source: PlainConvUNet takes no such argument"),
+    (_imports_another_key("features_per_stage"), "'features_per_stage' is not a layer nnU-Net imports by name"),
+])
+def test_a_plans_file_importing_anything_but_nnunet_layers_is_refused_by_key(tmp_path, architecture, words):
+    (tmp_path / "plans.json").write_text(json.dumps(_plans(architecture)))
+    with pytest.raises(BrainspadeError, match="plans.json: configurations.2d.") as refused:
+        read_plans(tmp_path / "plans.json")
+    assert words in str(refused.value)
+
+
+def test_a_plans_file_naming_code_outside_nnunet_by_any_other_key_is_refused(tmp_path):
+    plans = _plans(_architecture())
+    plans["configurations"]["2d"]["preprocessor_name"] = "os.system"
+    (tmp_path / "plans.json").write_text(json.dumps(plans))
+    with pytest.raises(BrainspadeError, match=r"configurations\.2d\.preprocessor_name='os\.system' is not the bare"):
+        read_plans(tmp_path / "plans.json")
+    header = {**DATASET_JSON, "overwrite_image_reader_writer": "subprocess.Popen"}
+    (tmp_path / "dataset.json").write_text(json.dumps(header))
+    with pytest.raises(BrainspadeError, match="dataset.json: overwrite_image_reader_writer='subprocess.Popen'"):
+        read_dataset_json(tmp_path / "dataset.json")
+
+
+def test_plans_as_nnunet_writes_them_are_accepted_and_build_the_network(tmp_path):
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from brainspade.segmentation.trainer import BrainspadeTrainer
+
+    (tmp_path / "plans.json").write_text(json.dumps(_plans(_architecture())))
+    manager = PlansManager(read_plans(tmp_path / "plans.json"))
+    network = BrainspadeTrainer.build_network_architecture(manager, manager.get_configuration("2d"), 1, 4,
+                                                           enable_deep_supervision=False)
+    assert network(torch.zeros(1, 1, 16, 16)).shape == (1, 4, 16, 16)
+
+
+def test_a_model_card_that_is_not_data_of_its_types_is_refused(tmp_path):
+    ModelCard(ARM, CHANNELS, 4, [16, 16], 0.1).save(tmp_path)
+    card = json.loads((tmp_path / "model.json").read_text())
+    (tmp_path / "model.json").write_text(json.dumps({**card, "min_brain_fraction": "nan"}))
+    with pytest.raises(BrainspadeError, match="model.json: min_brain_fraction='nan' is not a valid value"):
+        ModelCard.load(tmp_path)
