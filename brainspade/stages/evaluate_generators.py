@@ -34,6 +34,7 @@ from brainspade.generation.images import ImageGenerator, ModalityClassifier
 from brainspade.segmentation.nnunet import Segmenter
 from brainspade.settings import StyleMatchSettings
 from brainspade.stages.config import resolved_config, resolved_yaml, run_settings, section, stage_path
+from brainspade.stages.names import named_folder
 from brainspade.training.modisc import train_classifier
 
 COMMAND = "evaluate-generators"
@@ -145,7 +146,10 @@ def sample_set_names(samples_root: Path, wanted: str | None, required: bool = Tr
     Domain-randomised sets (`sample-randomised`, no `settings.yaml`) imitate no site: there is no style to score.
     """
     if wanted:
-        folder = require_complete(samples_root / str(wanted), f"sample set {wanted!r}", "sample")
+        if str(wanted) in STYLE_MATCH_FOLDERS:  # W/evaluation/<name> would be the style-match report's folder
+            raise BrainspadeError(f"samples={wanted}: that name is the style-match report's folder in W/evaluation; "
+                                  "rename the sample set (sample name=OTHER)")
+        folder = require_complete(named_folder(samples_root, "samples", wanted), f"sample set {wanted!r}", "sample")
         if not (folder / "settings.yaml").is_file():
             raise BrainspadeError(f"{folder}: a domain-randomised set (sample-randomised) imitates no site; "
                                   "evaluate-generators scores sets made by `brainspade sample`")
@@ -166,7 +170,7 @@ def segmenter_arm(cfg: DictConfig, wanted: str | None) -> tuple[str, Path | None
     A named arm must exist; the default (R_iod) is used when an experiment has trained it.
     """
     arm = wanted or DEFAULT_ARM
-    folder = stage_path(cfg, "segmentation") / "models" / arm
+    folder = named_folder(stage_path(cfg, "segmentation") / "models", "evaluation.segmenter_arm", arm)
     if StageFolder(folder, "").is_complete():
         return arm, folder
     if wanted:

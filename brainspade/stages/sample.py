@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from brainspade.generation.sample_set import StyleSource, make_sample_set, parse_shard
 from brainspade.stages.config import count, generator_folders, run_settings, section, stage_path
+from brainspade.stages.names import named_folder
 
 
 def run(cfg: DictConfig) -> Path:
@@ -20,7 +21,7 @@ def run(cfg: DictConfig) -> Path:
     conditions = str(cfg.conditions)
     name = cfg.name or style.default_name(conditions)
     return make_sample_set(
-        stage_path(cfg, "samples") / name, generator_folders(cfg, sampling.modality_filter), style, count(cfg),
+        named_folder(stage_path(cfg, "samples"), "name", name), generator_folders(cfg, sampling.modality_filter), style, count(cfg),
         sampling=sampling, labels=section(cfg, "label_sampling"), sources=section(cfg, "data").source_datasets,
         conditions=conditions, seed=run_.seed, shard=parse_shard(str(cfg.shard)), force=run_.force,
         device=run_.device,

@@ -11,12 +11,14 @@ from omegaconf import DictConfig
 
 from brainspade.generation.randomised_set import make_randomised_set
 from brainspade.stages.config import resolved_yaml, run_settings, section, stage_path
+from brainspade.stages.names import named_folder
 
 
 def run(cfg: DictConfig) -> Path:
     run_ = run_settings(cfg)
     labels_from = str(cfg.labels_from)
     samples = stage_path(cfg, "samples")
-    return make_randomised_set(samples / (cfg.name or f"D_{labels_from}"), samples / labels_from,
+    return make_randomised_set(named_folder(samples, "name", cfg.name or f"D_{labels_from}"),
+                               named_folder(samples, "labels_from", labels_from),
                                section(cfg, "randomisation"), seed=run_.seed, force=run_.force,
                                config_yaml=resolved_yaml(cfg))

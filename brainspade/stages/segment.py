@@ -20,6 +20,7 @@ from brainspade.segmentation.native import MODEL_CARD, ModelCard, export_model, 
 from brainspade.segmentation.nnunet import Segmenter
 from brainspade.settings import SegmentSettings
 from brainspade.stages.config import run_settings, section, stage_path
+from brainspade.stages.names import is_model_path, named_folder
 
 
 def run(cfg: DictConfig) -> Path:
@@ -41,10 +42,10 @@ def run(cfg: DictConfig) -> Path:
 
 def model_folder(cfg: DictConfig, model: str) -> Path:
     """A model folder: a path holding model.json, or an arm trained in this workdir (its card written if missing)."""
-    path = Path(model).expanduser()
-    if (path / MODEL_CARD).is_file():
-        return path.resolve()
-    arm_folder = stage_path(cfg, "segmentation") / "models" / model
+    if is_model_path(model):
+        return Path(model).expanduser().resolve()
+    # Otherwise an arm's name: a model card is written only into W/segmentation/models/<arm>, never elsewhere.
+    arm_folder = named_folder(stage_path(cfg, "segmentation") / "models", "model", model)
     if not arm_folder.is_dir():
         raise BrainspadeError(f"model={model}: neither a model folder (with {MODEL_CARD}) nor an arm trained in "
                               f"{arm_folder.parent}; train it with run-experiment or give the folder's path")

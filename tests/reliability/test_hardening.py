@@ -184,3 +184,46 @@ def test_a_model_card_that_is_not_data_of_its_types_is_refused(tmp_path):
     (tmp_path / "model.json").write_text(json.dumps({**card, "min_brain_fraction": "nan"}))
     with pytest.raises(BrainspadeError, match="model.json: min_brain_fraction='nan' is not a valid value"):
         ModelCard.load(tmp_path)
+
+
+# ------------------------------------------------------------------ names are names, not paths
+
+
+@pytest.mark.parametrize(("command", "overrides", "key"), [
+    ("evaluate-generators", ["samples=../samples/S_les"], "samples"),
+    ("evaluate-generators", ["samples=../phantom"], "samples"),
+    ("sample", ["--n=4", "name=../label_vae"], "name"),
+    ("sample-randomised", ["labels_from=../phantom"], "labels_from"),
+    ("sample-randomised", ["labels_from=S_iod", "name=../../elsewhere"], "name"),
+    ("segment", ["model=../../label_vae", "input=scan.nii.gz"], "model"),
+    ("evaluate-generators", ["evaluation.segmenter_arm=../../label_vae"], "evaluation.segmenter_arm"),
+    ("run-experiment", ["experiments.arms.S_iod.synthetic.samples=../../label_vae"],
+     "experiments.arms.S_iod.synthetic.samples"),
+])
+def test_a_name_that_is_a_path_is_refused_by_its_key_before_any_work(capsys, tmp_path, command, overrides, key):
+    workdir = tmp_path / "w"
+    code, _, err = run_cli(capsys, command, *overrides, f"workdir={workdir}", "profile=tiny")
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and f"{key}=" in err and "not a path" in err
+    assert not workdir.exists()  # nothing ran, not even Hydra's logs
+
+
+def test_segment_given_another_stage_folder_as_model_writes_nothing_into_it(capsys, trained_label_vae_like):
+    workdir, label_vae = trained_label_vae_like
+    for model in (str(label_vae), "../label_vae"):
+        code, _, err = run_cli(capsys, "segment", f"workdir={workdir}", "profile=tiny", f"model={model}",
+                               f"input={workdir / 'scan.nii.gz'}", f"output={workdir / 'out'}")
+        assert code == 2 and "model=" in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in label_vae.iterdir()) == ["checkpoint.pt", "manifest.json"]
+
+
+@pytest.fixture
+def trained_label_vae_like(tmp_path):
+    """A workdir whose W/label_vae looks finished (a manifest), as `segment model=` might be pointed at."""
+    workdir = tmp_path / "w"
+    label_vae = workdir / "label_vae"
+    label_vae.mkdir(parents=True)
+    (label_vae / "manifest.json").write_text("{}")
+    (label_vae / "checkpoint.pt").write_bytes(b"")
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 8), np.float32), np.eye(4)), str(workdir / "scan.nii.gz"))
+    return workdir, label_vae
