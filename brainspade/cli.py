@@ -89,12 +89,13 @@ def _check_overrides(name: str, overrides: list[str]) -> None:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         _fail(f"{name}: {missing[0]} is required; add {missing[0]}=VALUE (see `brainspade {name} --help`)", code=2)
+    from brainspade.stages.checks import check_memory_bounds, check_names
     from brainspade.stages.config import check_config
-    from brainspade.stages.names import check_names
 
     try:  # every section as its typed settings: a wrong type or an out-of-range value fails here
         check_config(cfg)
         check_names(cfg)
+        check_memory_bounds(cfg)
     except BrainspadeError as error:
         _fail(f"{name}: {error} (see `brainspade {name} --help`)", code=2)
 

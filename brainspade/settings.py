@@ -13,6 +13,7 @@ added when the network is built); the checkpoint stores the full set, so a saved
 rebuilds its networks with nothing else.
 """
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
@@ -28,9 +29,23 @@ def bounded(*, ge: float | None = None, gt: float | None = None, le: float | Non
     return field(metadata={"ge": ge, "gt": gt, "le": le, "choices": choices, "interval": interval})
 
 
+def _non_finite(value: Any) -> bool:
+    """Whether a value, or any number inside its lists and dicts (a model node's arguments too), is NaN or infinite."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_non_finite(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_non_finite(item) for item in value)
+    return False
+
+
 def _check_field(name: str, value: Any, rules: dict) -> None:
     if value is None:
         return
+    # NaN passes every comparison below (each is False), so it is refused first, for every field alike.
+    if _non_finite(value):
+        raise BrainspadeError(f"{name}={value!r}: must be a finite number (not nan or inf)")
     if rules.get("interval") and (len(value) != 2 or value[0] > value[1]):
         raise BrainspadeError(f"{name}={value!r}: give [low, high] with low <= high")
     values = value if isinstance(value, list) else [value]
@@ -345,6 +360,9 @@ class ImageGeneratorSettings(Checked):
 # ---------------------------------------------------------------- synthesis and segmentation
 
 
+MAX_REFERENCE_IMAGES = 8192  # 128 times the default fit; beyond it more images only cost memory
+
+
 @dataclass(frozen=True)
 class SiteLookSettings(Checked):
     """The style site's look put onto generated images after the SPADE (generation/site_look)."""
@@ -354,10 +372,16 @@ class SiteLookSettings(Checked):
     # (tissue levels, blur, bias, noise) applied with each image's label map
     method: str = bounded(choices=("quantile_map", "site_model"))
     levels: bool  # False: only the noise (quantile_map)
-    reference_images: int = bounded(ge=8)  # reference images the look is fitted on
+    # reference images the look is fitted on, all held in memory at once (stages/checks.py checks them against it)
+    reference_images: int = bounded(ge=8, le=MAX_REFERENCE_IMAGES)
     blurs: list[float] = bounded(ge=0)  # candidate in-plane blurs (pixels; quantile_map); [0.0]: none
     # site_model: share of the generator's own texture (its image beyond its tissue levels) kept under the site's look
     generator_texture: float = bounded(ge=0.0, le=1.0)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.blurs:
+            raise BrainspadeError("blurs=[]: give one or more candidate blurs in pixels; [0.0] keeps the images as made")
 
 
 @dataclass(frozen=True)

@@ -33,8 +33,8 @@ from brainspade.evaluation.style_match import style_match, style_match_table
 from brainspade.generation.images import ImageGenerator, ModalityClassifier
 from brainspade.segmentation.nnunet import Segmenter
 from brainspade.settings import StyleMatchSettings
+from brainspade.stages.checks import named_folder
 from brainspade.stages.config import resolved_config, resolved_yaml, run_settings, section, stage_path
-from brainspade.stages.names import named_folder
 from brainspade.training.modisc import train_classifier
 
 COMMAND = "evaluate-generators"

@@ -10,8 +10,8 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from brainspade.generation.sample_set import StyleSource, make_sample_set, parse_shard
+from brainspade.stages.checks import named_folder
 from brainspade.stages.config import count, generator_folders, run_settings, section, stage_path
-from brainspade.stages.names import named_folder
 
 
 def run(cfg: DictConfig) -> Path:

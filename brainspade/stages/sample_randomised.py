@@ -10,8 +10,8 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from brainspade.generation.randomised_set import make_randomised_set
+from brainspade.stages.checks import named_folder
 from brainspade.stages.config import resolved_yaml, run_settings, section, stage_path
-from brainspade.stages.names import named_folder
 
 
 def run(cfg: DictConfig) -> Path:

@@ -19,8 +19,8 @@ from brainspade.errors import BrainspadeError
 from brainspade.segmentation.native import MODEL_CARD, ModelCard, export_model, scan_files, segment_files
 from brainspade.segmentation.nnunet import Segmenter
 from brainspade.settings import SegmentSettings
+from brainspade.stages.checks import is_model_path, named_folder
 from brainspade.stages.config import run_settings, section, stage_path
-from brainspade.stages.names import is_model_path, named_folder
 
 
 def run(cfg: DictConfig) -> Path:

@@ -227,3 +227,55 @@ def trained_label_vae_like(tmp_path):
     (label_vae / "checkpoint.pt").write_bytes(b"")
     nib.save(nib.Nifti1Image(np.ones((8, 8, 8), np.float32), np.eye(4)), str(workdir / "scan.nii.gz"))
     return workdir, label_vae
+
+
+# ------------------------------------------------------------------ finite numbers, bounded counts
+
+
+@pytest.mark.parametrize(("command", "override", "words"), [
+    ("segment", "data.min_similarity=nan", "data.min_similarity=nan: must be a finite number"),
+    ("evaluate-generators", "evaluation.memorisation_flag_share=nan", "evaluation.memorisation_flag_share=nan"),
+    ("sample", "sampling.site_look.blurs=[nan]", "sampling.site_look.blurs=[nan]: must be a finite number"),
+    ("sample", "sampling.site_look.generator_texture=nan", "sampling.site_look.generator_texture=nan"),
+    ("train-label-vae", "label_vae.lr=inf", "label_vae.lr=inf: must be a finite number"),
+    ("run-experiment", "segmentation.class_weights={tumour: nan}", "segmentation.class_weights="),
+    ("train-label-vae", "+label_vae.model.dropout=nan", "label_vae.model="),
+    ("sample", "sampling.site_look.blurs=[]", "sampling.site_look.blurs=[]: give one or more candidate blurs"),
+    ("sample", "sampling.site_look.reference_images=100000000", "sampling.site_look.reference_images=100000000"),
+])
+def test_a_value_no_range_can_hold_is_refused_by_its_key_before_any_work(capsys, tmp_path, command, override, words):
+    extra = ["model=R_iod", "input=scan.nii.gz"] if command == "segment" else []
+    code, _, err = run_cli(capsys, command, override, *extra, f"workdir={tmp_path / 'w'}", "profile=tiny")
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and words in err and "Traceback" not in err, err
+    assert not (tmp_path / "w").exists()
+
+
+def test_every_float_setting_is_refused_when_not_finite():
+    # One check for every field of every settings class, nested ones included.
+    for key, values in [("data", {"pv_tolerance": float("nan")}), ("label_sampling", {"eta": float("inf")}),
+                        ("image_generator", {"weights": {"kl": float("nan")}}),
+                        ("randomisation", {"tissue_mean": [0.0, float("nan")]})]:
+        with pytest.raises(BrainspadeError, match="must be a finite number"):
+            settings_of(key, **values)
+
+
+def test_reference_images_beyond_the_memory_the_machine_has_are_refused_before_work(capsys, tmp_path, monkeypatch):
+    from brainspade.stages import checks as bounds
+
+    slices = tmp_path / "w" / "slices"
+    slices.mkdir(parents=True)
+    (slices / "schema.json").write_text(json.dumps({"channels": CHANNELS, "lesion_channels": [], "size": [64, 64]}))
+    monkeypatch.setattr(bounds, "available_memory_bytes", lambda: 2**30)  # 1 GiB: half of it for the fit
+    args = ["sample", "--n", "4", f"workdir={tmp_path / 'w'}", "profile=tiny"]
+    # 64 x 64 slices with 4 channels: 128 KiB per reference image, so 4096 fit in 512 MiB and 5000 do not.
+    code, _, err = run_cli(capsys, *args, "sampling.site_look.reference_images=5000")
+    assert code == 2 and "sampling.site_look.reference_images=5000" in err and "use at most 4096" in err, err
+    assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["slices"]
+    bounds.check_memory_bounds(compose_config("sample", tmp_path / "w", "sampling.site_look.reference_images=4096"))
+
+
+def compose_config(command: str, workdir: Path, *overrides: str):
+    from brainspade.stages.config import compose
+
+    return compose(command, [f"workdir={workdir}", "profile=tiny", *overrides])

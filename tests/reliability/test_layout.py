@@ -16,7 +16,7 @@ from brainspade import settings
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "brainspade"
 # Shared helpers of the stages, not stages: every stage may use them.
-STAGE_HELPERS = {"brainspade.stages.config"}
+STAGE_HELPERS = {"brainspade.stages.config", "brainspade.stages.checks"}  # config helpers, not stages
 
 
 def imported_modules(path: Path) -> set[str]:

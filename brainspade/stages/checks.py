@@ -1,12 +1,20 @@
-"""Names a user gives for folders of the workdir (sample sets, arms, models) are names, never paths.
+"""Checks of the composed config beyond each value's type and range: names of workdir folders, memory bounds.
 
+Names a user gives for folders of the workdir (sample sets, arms, models) are names, never paths:
 `samples=../phantom` would make `evaluate-generators` write its report into W/phantom, and
-`name=../label_vae` would make `sample` write into a trained stage: each name is checked to be one
-folder name inside its own folder kind (W/samples, W/segmentation/models) before any work.
+`name=../label_vae` would make `sample` write into a trained stage. Each name is checked to be one folder
+name inside its own folder kind (W/samples, W/segmentation/models) before any work.
+
+Counts that size memory are checked against what the workdir's data and this machine can hold: the site look
+is fitted on `sampling.site_look.reference_images` generated images held in memory at once, with as many
+style slices, PV maps and baseline slices (100 million of them filled a machine's memory in a minute). Once
+the workdir has its slice cache, the slice size and channel count give the need in bytes.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -62,3 +70,43 @@ def check_names(cfg: DictConfig) -> None:
                 value = OmegaConf.select(spec, f"{source}.{key}", default=None) if spec else None
                 if value is not None:
                     folder_name(f"experiments.arms.{arm_name}.{source}.{key}", value, samples)
+
+
+# Held per reference image: the PV map (one plane per channel), the style slice, the generated image, the
+# baseline slice and the fitted image, as float32.
+_PLANES_BESIDE_CHANNELS = 4
+_SHARE_OF_AVAILABLE = 0.5  # the networks and the slice cache need the rest
+
+
+def available_memory_bytes() -> int:
+    """Memory this machine can still give (MemAvailable on Linux; the free physical pages elsewhere)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def reference_images_bytes(count: int, size: list[int], channels: int) -> int:
+    return int(count) * int(size[0]) * int(size[1]) * (channels + _PLANES_BESIDE_CHANNELS) * 4
+
+
+def check_memory_bounds(cfg: DictConfig) -> None:
+    """`sampling.site_look.reference_images` must fit in half the memory available, for the workdir's slices."""
+    count = OmegaConf.select(cfg, "sampling.site_look.reference_images", default=None)
+    if count is None:
+        return
+    schema_file = Path(str(cfg.workdir)).expanduser() / "slices" / "schema.json"
+    if not schema_file.is_file():
+        return  # no data yet: the settings' own upper bound holds until the cache exists
+    schema = json.loads(schema_file.read_text())
+    need = reference_images_bytes(count, schema["size"], len(schema["channels"]))
+    budget = int(available_memory_bytes() * _SHARE_OF_AVAILABLE)
+    if need > budget:
+        most = budget // reference_images_bytes(1, schema["size"], len(schema["channels"]))
+        raise BrainspadeError(
+            f"sampling.site_look.reference_images={count}: {count} slices of {schema['size'][0]}x{schema['size'][1]} "
+            f"with {len(schema['channels'])} channels need about {need / 2**30:.1f} GiB, and this machine has "
+            f"{budget * 2 / 2**30:.1f} GiB available; use at most {most}")
