@@ -40,7 +40,7 @@ from brainspade.errors import BrainspadeError
 from brainspade.generation.images import ImageGenerator, ModalityClassifier
 from brainspade.generation.labels import LabelSampler, condition_drawer, label_conditions
 from brainspade.generation.pairs import PairBatch, PairSynthesiser, check_style_modality
-from brainspade.generation.site_look import SiteLook, fit_site_look, look_applies
+from brainspade.generation.site_look import LookStore, SiteLook, fit_site_look, look_applies
 from brainspade.generation.styles import StyleBank, style_bank_from_cache, style_bank_from_folder
 from brainspade.settings import LabelSamplingSettings, SamplingSettings
 
@@ -58,6 +58,7 @@ class GeneratorFolders:
     label_ldm: Path
     image_generator: Path
     modality_classifier: Path | None  # None: no modality filter
+    site_looks: Path  # fitted scanner models kept for reuse (`LookStore`)
 
     def fingerprints(self) -> list[str]:
         return [finished_fingerprint(p) for p in (self.label_vae, self.label_ldm, self.image_generator)]
@@ -144,7 +145,8 @@ def make_sample_set(
         print(f"[sample] warning: {warning}", flush=True)
     bank = style.bank(cache)
     _check_same_run(folder, settings, force)
-    site_look = _fit_site_look(image_generator, cache, bank, sources, seed, sampling)
+    store = LookStore(generators.site_looks, model_fingerprints[2])
+    site_look = _fit_site_look(image_generator, cache, bank, sources, seed, sampling, store)
     # Everything the label maps depend on; runs that differ only in style share their maps.
     label_key = config_fingerprint({k: settings[k] for k in ("seed", "conditions", "label_sampling")},
                                    model_fingerprints[:2], sampling.batch_size,
@@ -201,9 +203,10 @@ def _sampling_keys(sampling: SamplingSettings, style_dataset: str | None, source
 
 
 def _fit_site_look(image_generator: ImageGenerator, cache: SliceCache, bank: StyleBank, sources: Sequence[str],
-                   seed: int, sampling: SamplingSettings) -> SiteLook | None:
-    """The style site's look fitted on reference images (sampling.site_look), or None."""
-    look = fit_site_look(image_generator.generate, cache, sources, bank, sampling.site_look, seed, sampling.batch_size)
+                   seed: int, sampling: SamplingSettings, store: LookStore) -> SiteLook | None:
+    """The style site's look fitted on reference images (sampling.site_look) or reused from `store`, or None."""
+    look = fit_site_look(image_generator.generate, cache, sources, bank, sampling.site_look, seed, sampling.batch_size,
+                         store)
     if look is not None:
         print(f"[sample] appearance transfer fitted on {sampling.site_look.reference_images} style slices: "
               f"{look.describe()}", flush=True)

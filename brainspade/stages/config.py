@@ -268,6 +268,7 @@ def generator_folders(cfg: DictConfig, modality_filter: bool) -> GeneratorFolder
         image_generator=require_complete(stage_path(cfg, "image_generator"), "image generator",
                                          "train-image-generator"),
         modality_classifier=stage_path(cfg, "modisc") if modality_filter else None,
+        site_looks=stage_path(cfg, "site_looks"),
     )
     if folders.modality_classifier is not None:
         require_complete(folders.modality_classifier, "modality classifier", "train-modisc")

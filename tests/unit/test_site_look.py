@@ -45,6 +45,44 @@ def test_the_look_is_off_by_default_and_a_source_site_keeps_the_generators_look_
     assert fit_site_look(None, None, sources, bank, model, 0, 4) is None
 
 
+def test_a_fitted_scanner_model_is_reused_for_the_same_inputs_and_fitted_again_for_others(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from brainspade.engine.stage import StageFolder
+    from brainspade.generation.site_look import LookStore
+    from brainspade.generation.styles import StyleBank
+
+    StageFolder(tmp_path / "slices", "cache-1").finish({})
+    maps = label_maps(4, seed=1)
+    cache = SimpleNamespace(folder=tmp_path / "slices", channels=CHANNELS, pv_map=lambda i: maps[i])
+    bank = StyleBank("T1", "siteB", brain_slices(4, seed=2), ["b"] * 4)
+    monkeypatch.setattr("brainspade.generation.site_look.generator_label_indices", lambda cache, sources: np.arange(4))
+    fits = []
+
+    def fit(generate, pv_maps, site_slices, own_slices, settings, seed, batch_size, channels):
+        fits.append(seed)
+        return ScannerModel(CHANNELS, (0.0, 0.4 + 0.01 * len(fits), 1.0, 1.3), 0.5, 0.05, 0.05, 0.05, 0.01,
+                            settings.generator_texture)
+
+    monkeypatch.setattr("brainspade.generation.site_look.reference_look", fit)
+    store = LookStore(tmp_path / "site_looks", "generator-1")
+    extension = look_settings(method="site_model", generator_texture=0.25)
+    first = fit_site_look(None, cache, ["siteA"], bank, extension, 0, 4, store)
+    ablation = fit_site_look(None, cache, ["siteA"], bank, dataclasses.replace(extension, generator_texture=0.0), 0, 4,
+                             store)
+    assert len(fits) == 1  # the render-only ablation reuses the extension's fit
+    assert ablation.levels == first.levels and (first.generator_texture, ablation.generator_texture) == (0.25, 0.0)
+
+    fit_site_look(None, cache, ["siteA"], bank, extension, 1, 4, store)  # another seed
+    fit_site_look(None, cache, ["siteA"], bank, extension, 0, 4, LookStore(store.folder, "generator-2"))
+    assert len(fits) == 3
+    for record in store.folder.iterdir():
+        record.write_text('{"channels": ["background"], "levels": [NaN]}')
+    again = fit_site_look(None, cache, ["siteA"], bank, extension, 0, 4, store)  # a broken record is fitted again
+    assert len(fits) == 4 and again.levels != first.levels
+    assert fit_site_look(None, cache, ["siteA"], bank, extension, 0, 4, store).levels == again.levels
+
+
 def test_both_looks_apply_to_generated_pairs_as_one_protocol():
     maps = label_maps(3, seed=5)
     images = np.einsum("schw,c->shw", maps, np.array([-3.0, -2.0, 0.0, 1.5]))[:, None].astype(np.float32)

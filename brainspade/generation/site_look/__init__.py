@@ -19,7 +19,10 @@ PROTOCOL: only train splits and the (unlabelled) site slices are read.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -27,6 +30,8 @@ import torch
 
 from brainspade.data.datasets import generator_label_indices, style_image_indices
 from brainspade.data.slice_cache import SliceCache
+from brainspade.engine.atomic import write_json_atomic
+from brainspade.engine.stage import config_fingerprint, finished_fingerprint
 from brainspade.errors import BrainspadeError
 from brainspade.generation.site_look.quantile_map import QuantileMap, fit_quantile_map
 from brainspade.generation.site_look.scanner_model import ScannerModel, fit_scanner_model, mean_tissue_levels
@@ -102,10 +107,48 @@ def reference_look(generate: Generate, pv_maps: np.ndarray, site_slices: np.ndar
     return fit_quantile_map(generated, site_slices, baseline, settings.levels, seed, settings.blurs)
 
 
+@dataclass(frozen=True)
+class LookStore:
+    """Fitted scanner models kept for reuse (W/site_looks): a fit reads hundreds of renders, and the arms of one site
+    (the extension and its render-only ablation) and the style match need the same one.
+
+    `generator` is the fingerprint of the image generator that made the fit's reference images. A model is reused
+    only for the same generator, slice cache, sources, style site and modality, seed, batch size and fit keys
+    (`generator_texture` is applied after the fit, so it is not one of them); a record that does not read back as a
+    model for the cache's channels is fitted again and replaced.
+    """
+
+    folder: Path
+    generator: str
+
+    def key(self, cache: SliceCache, sources: Sequence[str], bank: StyleBank, settings: SiteLookSettings, seed: int,
+            batch_size: int) -> str:
+        fit_keys = {k: v for k, v in dataclasses.asdict(settings).items() if k != "generator_texture"}
+        return config_fingerprint({"generator": self.generator, "slices": finished_fingerprint(cache.folder),
+                                   "sources": list(sources), "site": [bank.dataset, bank.modality], "seed": seed,
+                                   "batch_size": batch_size, "fit": fit_keys})
+
+    def load(self, key: str, channels: Sequence[str]) -> ScannerModel | None:
+        path = self.folder / f"{key}.json"
+        if not path.is_file():
+            return None
+        try:
+            return ScannerModel.from_dict(json.loads(path.read_text()), channels)
+        except (ValueError, TypeError, KeyError, UnicodeDecodeError) as error:
+            print(f"[sample] {path}: {error}; fitting the site model again", flush=True)
+            return None
+
+    def save(self, key: str, model: ScannerModel) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.folder / f"{key}.json", model.as_dict())
+
+
 def fit_site_look(generate: Generate, cache: SliceCache, sources: Sequence[str], bank: StyleBank,
-                  settings: SiteLookSettings, seed: int, batch_size: int) -> SiteLook | None:
+                  settings: SiteLookSettings, seed: int, batch_size: int,
+                  store: LookStore | None = None) -> SiteLook | None:
     """The style bank's site look, fitted on the workdir's data; None when it is off or does not apply
-    (`look_applies`: a source site may keep the generator's look).
+    (`look_applies`: a source site may keep the generator's look). With a `store`, a scanner model fitted before
+    for a site of the workdir with the same inputs is reused (the same model: the fit is seeded).
 
     `settings.reference_images` style slices are drawn from the bank, each styling one train-split label map of the
     source data sets. The quantile map's noise baseline is the sources' train slices of the bank's modality (none if
@@ -114,6 +157,12 @@ def fit_site_look(generate: Generate, cache: SliceCache, sources: Sequence[str],
     """
     if not settings.enabled or not look_applies(settings, bank.dataset, sources):
         return None
+    key = None
+    if store is not None and settings.method == "site_model" and bank.dataset is not None:
+        key = store.key(cache, sources, bank, settings, seed, batch_size)
+        known = store.load(key, cache.channels)
+        if known is not None:
+            return dataclasses.replace(known, generator_texture=settings.generator_texture)
     draw = np.random.default_rng(seed)
     site_slices = np.stack([bank.image(bank.draw(draw)) for _ in range(settings.reference_images)])
     rng = np.random.default_rng(seed)
@@ -130,7 +179,10 @@ def fit_site_look(generate: Generate, cache: SliceCache, sources: Sequence[str],
         own = np.concatenate([style_image_indices(cache, source, bank.modality) for source in sources])
         own_slices = (np.stack([cache.image(int(i)) for i in rng.choice(own, n, replace=len(own) < n)])
                       if len(own) else None)
-    return reference_look(generate, pv_maps, site_slices, own_slices, settings, seed, batch_size, cache.channels)
+    look = reference_look(generate, pv_maps, site_slices, own_slices, settings, seed, batch_size, cache.channels)
+    if key is not None:
+        store.save(key, look)
+    return look
 
 
-__all__ = ["QuantileMap", "ScannerModel", "SiteLook", "fit_site_look", "look_applies", "reference_look"]
+__all__ = ["LookStore", "QuantileMap", "ScannerModel", "SiteLook", "fit_site_look", "look_applies", "reference_look"]

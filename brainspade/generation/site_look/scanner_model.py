@@ -37,6 +37,7 @@ from scipy.optimize import minimize
 
 from brainspade.data.intensity import apply_bias, mix_tissues, rician_magnitude
 from brainspade.data.slicing import background_channel
+from brainspade.engine.logging import progress
 from brainspade.generation.site_look.measure import MIN_PIXELS, summaries
 
 MIN_TISSUE_SHARE = 0.02  # a tissue with less of the reference brains than this gets no level of its own
@@ -79,6 +80,22 @@ class ScannerModel:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict, channels: Sequence[str]) -> ScannerModel:
+        """A recorded model (`as_dict`) for these PV channels; ValueError naming what is wrong with it."""
+        fields = {"channels", "levels", "blur", "texture", "bias", "noise", "misfit", "generator_texture"}
+        if not isinstance(values, dict) or set(values) != fields:
+            raise ValueError(f"not a scanner model: expected the keys {sorted(fields)}")
+        if list(values["channels"]) != list(channels):
+            raise ValueError(f"fitted for the channels {values['channels']}, not {list(channels)}")
+        numbers = [*values["levels"], *(values[k] for k in sorted(fields - {"channels", "levels"}))]
+        if len(values["levels"]) != len(channels) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in numbers):
+            raise ValueError("its levels and parameters must be one finite number per channel and per key")
+        return cls(tuple(channels), tuple(float(v) for v in values["levels"]), float(values["blur"]),
+                   float(values["texture"]), float(values["bias"]), float(values["noise"]), float(values["misfit"]),
+                   float(values["generator_texture"]))
 
     def render(self, pv_maps: np.ndarray, generated: np.ndarray | None, seeds: Sequence[int]) -> np.ndarray:
         """(B, C, H, W) tissue fractions (+ (B, H, W) generated texture on the levels' scale) -> (B, H, W) z-scored
@@ -211,7 +228,10 @@ def fit_scanner_model(site_slices: np.ndarray, pv_maps: np.ndarray, channels: Se
     # when their shares are alike, and the start (the generator's own levels for this style) has the modality.
     fitted = sorted([*free, reference], key=lambda c: start[c])
 
+    bar = progress(total=max_evaluations, desc="site-model fit", unit="render")
+
     def loss(x: np.ndarray) -> float:
+        bar.update(1)
         levels, blur, texture, bias, noise = unpack(x)
         rendered = render_slices(pv_maps, levels, blur, texture, bias, noise, fields, background)
         disorder = sum(max(levels[a] - levels[b], 0.0) for a, b in zip(fitted, fitted[1:], strict=False))
@@ -226,6 +246,7 @@ def fit_scanner_model(site_slices: np.ndarray, pv_maps: np.ndarray, channels: Se
                           options={"maxfev": max_evaluations // SIMPLEX_RESTARTS, "xatol": 1e-3, "fatol": 1e-6,
                                    "adaptive": True, "initial_simplex": simplex})
         x, steps = result.x, steps / 2
+    bar.close()
     levels, blur, texture, bias, noise = unpack(result.x)
     # A tissue too rare to fit (a lesion in healthy references) keeps where the generator puts it relative to the
     # fitted ones: the least-squares line from start to fitted levels, never below the background.
