@@ -27,6 +27,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from brainspade.data.nifti import load_header
 from brainspade.data.registration import (
     Grid,
     Template,
@@ -126,8 +127,8 @@ class NativeSegmentation:
 
 def load_scan(path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
     """A 3D scan as stored (no reorientation: the output must share its grid), plus its data as float32."""
+    image = load_header(path)  # a header asking for more than the file or the machine holds: refused unread
     try:
-        image = nib.load(str(path))
         data = np.asarray(image.dataobj, dtype=np.float32)
     except Exception as error:  # nibabel raises several types for unreadable files
         raise BrainspadeError(f"{path}: not a readable NIfTI file ({type(error).__name__}); re-export it") from None

@@ -14,11 +14,11 @@ the workdir has its slice cache, the slice size and channel count give the need 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from brainspade.data.nifti import available_memory_bytes
 from brainspade.errors import BrainspadeError
 
 MODEL_CARD = "model.json"  # what makes a folder a model folder (segmentation.native.MODEL_CARD)
@@ -76,17 +76,6 @@ def check_names(cfg: DictConfig) -> None:
 # baseline slice and the fitted image, as float32.
 _PLANES_BESIDE_CHANNELS = 4
 _SHARE_OF_AVAILABLE = 0.5  # the networks and the slice cache need the rest
-
-
-def available_memory_bytes() -> int:
-    """Memory this machine can still give (MemAvailable on Linux; the free physical pages elsewhere)."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def reference_images_bytes(count: int, size: list[int], channels: int) -> int:

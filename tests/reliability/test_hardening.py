@@ -279,3 +279,46 @@ def compose_config(command: str, workdir: Path, *overrides: str):
     from brainspade.stages.config import compose
 
     return compose(command, [f"workdir={workdir}", "profile=tiny", *overrides])
+
+
+# ------------------------------------------------------------------ headers before allocation
+
+
+def _lying_header(path: Path, shape=(2000, 2000, 2000)) -> Path:
+    """A 1 KB .nii whose header claims `shape` float32 voxels."""
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(np.float32)
+    header["vox_offset"] = 352
+    path.write_bytes(header.binaryblock + b"\0" * 4 + np.zeros(160, np.float32).tobytes())
+    return path
+
+
+def test_a_header_claiming_more_voxels_than_the_file_holds_is_refused_unread(tmp_path):
+    import tracemalloc
+
+    from brainspade.data.nifti import load_canonical
+    from brainspade.segmentation.native import load_scan
+
+    path = _lying_header(tmp_path / "sub0_T1.nii")
+    assert path.stat().st_size < 1024
+    tracemalloc.start()
+    for load in (load_canonical, load_scan):
+        with pytest.raises(BrainspadeError, match=r"sub0_T1\.nii: its header claims 2000x2000x2000 voxels"):
+            load(path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 64 * 2**20  # refused from the header: the 32 GB it asks for were never allocated
+
+
+def test_a_scan_larger_than_the_memory_available_is_refused_from_its_header(tmp_path, monkeypatch):
+    from brainspade.data import nifti
+    from brainspade.segmentation.native import load_scan
+
+    path = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((40, 40, 40), np.float32), np.eye(4)), str(path))
+    monkeypatch.setattr(nifti, "available_memory_bytes", lambda: 200_000)  # 256 KB needed, 100 KB allowed
+    with pytest.raises(BrainspadeError, match=r"scan\.nii\.gz: its 40x40x40 voxels need .* crop or resample"):
+        load_scan(path)
+    monkeypatch.undo()
+    assert load_scan(path)[1].shape == (40, 40, 40)
