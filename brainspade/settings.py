@@ -435,6 +435,13 @@ class SegmentSettings(Checked):
     output: str
     export: Optional[str]
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("model", "input", "output", "export"):
+            value = getattr(self, name)
+            if value is not None and not str(value).strip():  # '' would be the current directory
+                raise BrainspadeError(f"{name}={value!r}: give a path (an empty one would mean the current folder)")
+
 
 @dataclass(frozen=True)
 class BidsSettings(Checked):
@@ -455,6 +462,7 @@ class ExperimentSettings(Checked):
     n_synthetic: int = bounded(ge=1)
     n_target_volumes: int = bounded(ge=1)
     skip_arms: list[str]  # arms left out of every evaluation, with the relation rows that name them
+    parallel_arms: int = bounded(ge=1)  # arms trained at once on a CPU, each on its share of the threads
     lesion_segmentation: dict[str, Any]  # the lesion arms' own nnU-Net keys
     randomised_segmentation: dict[str, Any]  # the D arms' keys, on top of their own
     arms: dict[str, Any]

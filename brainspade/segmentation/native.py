@@ -20,6 +20,7 @@ import contextlib
 import csv
 import io
 import json
+import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -138,6 +139,9 @@ def load_scan(path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
         raise BrainspadeError(f"{path}: has shape {data.shape}; segment takes 3D scans")
     if not np.isfinite(data).all():
         raise BrainspadeError(f"{path}: contains NaN or infinite values; fix or mask them first")
+    if data.size == 0 or data.min() == data.max():
+        raise BrainspadeError(f"{path}: every voxel is {data.flat[0] if data.size else 'missing'} (an empty scan); "
+                              "re-export it from the scanner's or the converter's output")
     return image, data
 
 
@@ -218,30 +222,132 @@ def class_volumes_ml(labels: np.ndarray, affine: np.ndarray, channels: list[str]
     return {name: round(float(counts[i]) * voxel_ml, 3) for i, name in enumerate(channels) if i}
 
 
-def write_volumes_table(path: Path, rows: list[dict]) -> None:
+VOLUMES, FAILED, QC, QC_FOLDER = "volumes.csv", "failed.csv", "qc.png", "qc"
+# Read by nibabel, SimpleITK or the registration on one scan: its failure costs that scan alone.
+SCAN_ERRORS = (BrainspadeError, RuntimeError)
+
+
+@dataclass(frozen=True)
+class SegmentedFolder:
+    """What one `segment` run did: the volumes rows of the scans it segmented, and the scans that failed."""
+
+    rows: list[dict]
+    failed: list[dict]  # scan, file, reason
+
+
+def check_scan_names(files: list[Path]) -> dict[str, Path]:
+    """Each scan's output name, refused before any work when two scans would write one label file."""
+    names: dict[str, Path] = {}
+    for path in files:
+        name = scan_name(path)
+        if name in names:
+            raise BrainspadeError(f"{names[name]} and {path.name} would both write {name}_seg.nii.gz; rename one of "
+                                  "them or segment them into separate output folders")
+        names[name] = path
+    return names
+
+
+def check_output_folder(output: Path) -> None:
+    """The output folder exists (made if missing) and can be written, checked before any scan is read."""
+    if output.exists() and not output.is_dir():
+        raise BrainspadeError(f"output={output}: is a file; set output= to a folder")
+    existing = next(p for p in (output, *output.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise BrainspadeError(f"output={output}: {existing} is not writable; set output= to a folder you can write")
+    output.mkdir(parents=True, exist_ok=True)
+
+
+def write_table(path: Path, rows: list[dict]) -> None:
+    """A CSV of `rows` written atomically (columns: every key, in first-seen order); removed when there are none."""
+    if not rows:
+        path.unlink(missing_ok=True)
+        return
+    columns = list(dict.fromkeys(key for row in rows for key in row))
     with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(handle, fieldnames=columns, restval="")
         writer.writeheader()
         writer.writerows(rows)
 
 
+def read_table(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@contextlib.contextmanager
+def folder_lock(output: Path):
+    """An exclusive lock on `output` for the block: two runs into one folder merge their tables in turn."""
+    import fcntl
+
+    with (output / ".segment.lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def segment_files(files: list[Path], output: Path, segmenter: Segmenter, card: ModelCard, min_similarity: float,
-                  seed: int = 0) -> list[dict]:
-    """Segment every scan into `output` (<name>_seg.nii.gz, volumes.csv, qc.png); return the volumes rows."""
-    output.mkdir(parents=True, exist_ok=True)
-    rows, views = [], []
-    for path in progress(files, desc="segment", unit="scan"):
-        image, data = load_scan(path)
-        result = segment_scan(data, image.affine, segmenter, card, min_similarity, path, seed)
-        name = scan_name(path)
+                  seed: int = 0) -> SegmentedFolder:
+    """Segment each scan on its own into `output`: <name>_seg.nii.gz, qc/<name>.png, then volumes.csv, qc.png and
+    failed.csv for the whole folder.
+
+    A scan that cannot be read, registered or segmented is reported in one line and in failed.csv; the others go on.
+    volumes.csv and qc.png describe every scan whose labels are in the folder (rows of earlier runs kept, rows of
+    scans segmented again replaced, rows whose label file is gone dropped), merged under a lock and written
+    atomically, so two runs into one folder lose no row.
+    """
+    names = check_scan_names(files)
+    check_output_folder(output)
+    rows, failed = [], []
+    for name, path in progress(list(names.items()), desc="segment", unit="scan"):
+        try:
+            image, data = load_scan(path)
+            result = segment_scan(data, image.affine, segmenter, card, min_similarity, path, seed)
+        except SCAN_ERRORS as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            reason = reason if str(path) in reason else f"{path}: {reason}"
+            print(f"[segment] failed: {reason}", flush=True)
+            failed.append({"scan": name, "file": str(path), "reason": reason})
+            continue
         write_labels(output / f"{name}_seg.nii.gz", result.labels, image)
+        write_qc_figure(output / QC_FOLDER / f"{name}.png", [(name, qc_planes(data, result.labels, image.affine))],
+                        len(card.channels))
         rows.append({"scan": name, **{f"{k}_ml": v for k, v in class_volumes_ml(result.labels, image.affine,
                                                                                   card.channels).items()},
                      "tissue_similarity": round(result.similarity, 4)})
-        views.append((name, qc_planes(data, result.labels, image.affine)))  # three planes, not the volume
-    write_volumes_table(output / "volumes.csv", rows)
-    write_qc_figure(output / "qc.png", views, len(card.channels))
-    return rows
+    with folder_lock(output):
+        merge_folder_tables(output, rows, failed)
+    return SegmentedFolder(rows, failed)
+
+
+def merge_folder_tables(output: Path, rows: list[dict], failed: list[dict]) -> None:
+    """volumes.csv, failed.csv and qc.png of `output` with this run's scans merged into what the folder holds."""
+    done = {row["scan"] for row in rows}
+    tried = done | {row["scan"] for row in failed}
+    labelled = {p.name.removesuffix("_seg.nii.gz") for p in output.glob("*_seg.nii.gz")}
+    kept = [row for row in read_table(output / VOLUMES) if row["scan"] not in tried and row["scan"] in labelled]
+    volumes = sorted(kept + rows, key=lambda row: row["scan"])
+    write_table(output / VOLUMES, volumes)
+    earlier_failures = [row for row in read_table(output / FAILED) if row["scan"] not in tried | labelled]
+    write_table(output / FAILED, sorted(earlier_failures + failed, key=lambda row: row["scan"]))
+    write_qc_montage(output / QC, [output / QC_FOLDER / f"{row['scan']}.png" for row in volumes])
+
+
+def write_qc_montage(path: Path, pictures: list[Path]) -> None:
+    """One figure of the scans' QC rows (qc/<name>.png) stacked top to bottom; removed when there is none."""
+    from matplotlib.image import imread, imsave
+
+    images = [imread(p) for p in pictures if p.is_file()]
+    if not images:
+        path.unlink(missing_ok=True)
+        return
+    width = max(image.shape[1] for image in images)
+    padded = [np.pad(image, ((0, 0), (0, width - image.shape[1]), (0, 0)), constant_values=1.0) for image in images]
+    with atomic_path(path) as tmp:
+        imsave(tmp, np.concatenate(padded, axis=0))
 
 
 def qc_planes(data: np.ndarray, labels: np.ndarray, affine: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, float]]:

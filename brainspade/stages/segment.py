@@ -1,7 +1,9 @@
 """`brainspade segment model=ARM|FOLDER input=FILE|FOLDER`: a trained arm run on a lab's own scans.
 
-Writes `<name>_seg.nii.gz` per scan (its shape and affine), `volumes.csv` and `qc.png` into
-`output`. Given an arm name, the arm's folder in this workdir first gets its `model.json`
+Writes `<name>_seg.nii.gz` per scan (its shape and affine), `volumes.csv` and `qc.png` (from `qc/<name>.png`)
+into `output`, each scan on its own: one that fails is one line and one row of `failed.csv`, the others are
+segmented, and the command then exits non-zero. Colliding scan names and an output folder that cannot be
+written are refused before any work. Given an arm name, the arm's folder in this workdir first gets its `model.json`
 (schema, template resolution, slice geometry from the slice cache it was trained on);
 `export=PATH` copies the model alone there, to be used elsewhere as `model=PATH`.
 """
@@ -16,7 +18,17 @@ from omegaconf import DictConfig, OmegaConf
 from brainspade.engine.runtime import select_device
 from brainspade.engine.stage import require_complete
 from brainspade.errors import BrainspadeError
-from brainspade.segmentation.native import MODEL_CARD, ModelCard, export_model, scan_files, segment_files
+from brainspade.segmentation.native import (
+    FAILED,
+    MODEL_CARD,
+    VOLUMES,
+    ModelCard,
+    check_output_folder,
+    check_scan_names,
+    export_model,
+    scan_files,
+    segment_files,
+)
 from brainspade.segmentation.nnunet import Segmenter
 from brainspade.settings import SegmentSettings
 from brainspade.stages.checks import is_model_path, named_folder
@@ -28,15 +40,20 @@ def run(cfg: DictConfig) -> Path:
     settings: SegmentSettings = section(cfg, "", SegmentSettings)
     run_ = run_settings(cfg)
     files = scan_files(Path(settings.input).expanduser().resolve())
+    output = Path(settings.output).expanduser().resolve()
+    check_scan_names(files)  # before any work: colliding names and an output folder that cannot be written
+    check_output_folder(output)
     folder = model_folder(cfg, settings.model)
     card = ModelCard.load(folder)
     if settings.export is not None:
         exported = export_model(folder, card, Path(settings.export).expanduser().resolve())
         print(f"[segment] model exported to {exported} (use it as model={exported})")
     segmenter = Segmenter(folder / "nnunet", card.arm, select_device(run_.device), section(cfg, "segmentation"))
-    output = Path(settings.output).expanduser().resolve()
-    rows = segment_files(files, output, segmenter, card, section(cfg, "data").min_similarity, run_.seed)
-    print(f"[segment] {len(rows)} scan(s) segmented with {card.arm}; volumes in {output / 'volumes.csv'}")
+    done = segment_files(files, output, segmenter, card, section(cfg, "data").min_similarity, run_.seed)
+    print(f"[segment] {len(done.rows)} scan(s) segmented with {card.arm}; volumes in {output / VOLUMES}")
+    if done.failed:
+        raise BrainspadeError(f"{len(done.failed)} of {len(files)} scan(s) failed (one line each above, listed in "
+                              f"{output / FAILED}); the others are segmented in {output}")
     return output
 
 

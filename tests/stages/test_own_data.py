@@ -249,7 +249,7 @@ def test_segment_maps_template_labels_back_onto_each_scan_grid(tmp_path):
     path.parent.mkdir()
     nib.save(nib.Nifti1Image(scan.image, scan.affine), str(path))
     oracle = _OracleSegmenter(truth, card.slice_size, card.min_brain_fraction)
-    rows = segment_files([path], tmp_path / "out", oracle, card, min_similarity=0.3)
+    rows = segment_files([path], tmp_path / "out", oracle, card, min_similarity=0.3).rows
 
     written = nib.load(str(tmp_path / "out" / "flair_seg.nii.gz"))
     assert written.shape == scan.image.shape and np.allclose(written.affine, scan.affine)
