@@ -7,6 +7,7 @@ sizes memory is bounded by what the data holds; a NIfTI header is checked before
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 from pathlib import Path
@@ -322,3 +323,50 @@ def test_a_scan_larger_than_the_memory_available_is_refused_from_its_header(tmp_
         load_scan(path)
     monkeypatch.undo()
     assert load_scan(path)[1].shape == (40, 40, 40)
+
+
+# ------------------------------------------------------------------ make-manifest on BIDS folders
+
+
+def _tiny_bids(root, visits, labels_in):
+    """Small images for (subject, session) `visits` and a label file in each folder of `labels_in`."""
+    for subject, session in visits:
+        anat = root / subject / (session or "") / "anat"
+        anat.mkdir(parents=True, exist_ok=True)
+        name = "_".join(p for p in (subject, session) if p)
+        nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.float32), np.eye(4)), str(anat / f"{name}_T1w.nii.gz"))
+    for folder in labels_in:
+        (root / "derivatives" / "freesurfer" / folder).mkdir(parents=True, exist_ok=True)
+        (root / "derivatives" / "freesurfer" / folder / "aparc+aseg.mgz").write_bytes(b"")
+    return root
+
+
+def test_a_subject_label_in_any_script_is_kept(capsys, tmp_path):
+    root = _tiny_bids(tmp_path / "bids", [("sub-\u00fc04", None), ("sub-05", None)],
+                      ["sub-\u00fc04/mri", "sub-05/mri"])
+    code, _, err = run_cli(capsys, "make-manifest", f"bids_root={root}", "test_fraction=0.5",
+                           f"workdir={tmp_path / 'w'}")
+    assert code == 0, err
+    with (root / "manifest.csv").open(encoding="utf-8") as handle:
+        assert sorted(r["subject"] for r in csv.DictReader(handle)) == ["sub-05", "sub-\u00fc04"]
+
+
+def test_sessions_are_paired_with_their_own_labels(capsys, tmp_path):
+    root = _tiny_bids(tmp_path / "bids", [("sub-01", "ses-1"), ("sub-01", "ses-2"), ("sub-02", "ses-1")],
+                      ["sub-01/ses-1/mri", "sub-01/ses-2/mri", "sub-02/ses-1/mri"])
+    code, _, err = run_cli(capsys, "make-manifest", f"bids_root={root}", "test_fraction=0.5",
+                           f"workdir={tmp_path / 'w'}")
+    assert code == 0, err
+    with (root / "manifest.csv").open() as handle:
+        rows = {r["subject"]: r for r in csv.DictReader(handle)}
+    assert rows["sub-01_ses-2"]["labels"] == "derivatives/freesurfer/sub-01/ses-2/mri/aparc+aseg.mgz"
+    assert rows["sub-01_ses-1"]["labels"] == "derivatives/freesurfer/sub-01/ses-1/mri/aparc+aseg.mgz"
+    assert rows["sub-01_ses-1"]["split"] == rows["sub-01_ses-2"]["split"] == "train"  # one subject, one split
+
+
+def test_a_session_without_its_own_labels_is_named_not_paired_with_another(capsys, tmp_path):
+    root = _tiny_bids(tmp_path / "bids", [("sub-01", "ses-1"), ("sub-01", "ses-2")], ["sub-01/ses-1/mri"])
+    code, _, err = run_cli(capsys, "make-manifest", f"bids_root={root}", f"workdir={tmp_path / 'w'}")
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "sub-01 ses-2" in err and "each session needs its own label file" in err
+    assert not (root / "manifest.csv").exists()
