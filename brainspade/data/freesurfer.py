@@ -78,6 +78,27 @@ def channel_of_codes(codes: Sequence[int], channels: Sequence[str], extra: Mappi
     return mapping
 
 
+def emptied_channels(channels: Sequence[str], extra: Mapping[int, str]) -> str | None:
+    """A warning when data.extra_codes moves every table code of a schema channel elsewhere (the channel stays empty).
+
+    Remapping a code the table knows is allowed (the user's grouping wins), but a channel left with no code at all
+    is almost always a slip: its PV maps would be zero everywhere.
+    """
+    extra = {int(code): name for code, name in extra.items()}
+    filled_by_table = {next((t for t in tissues if t in channels), None) for code, tissues in
+                       FREESURFER_TISSUES.items() if code not in extra}
+    moved = {}
+    for code, name in sorted(extra.items()):
+        table = next((t for t in FREESURFER_TISSUES.get(code, ()) if t in channels), None)
+        if table is not None and table != name:
+            moved.setdefault(table, []).append(code)
+    emptied = [c for c in moved if c not in filled_by_table and c not in extra.values()]
+    if not emptied:
+        return None
+    return "; ".join(f"data.extra_codes moves every code of channel {c} (FreeSurfer codes {moved[c]}) to another "
+                     f"channel, so {c} will be empty in every label map" for c in emptied)
+
+
 def group_label_map(labels: np.ndarray, channels: Sequence[str], extra: Mapping[int, str] | None,
                     source: str) -> np.ndarray:
     """A FreeSurfer / SynthSeg label volume (X, Y, Z) as one-hot PV maps (X, Y, Z, C)."""

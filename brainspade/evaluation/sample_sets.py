@@ -20,7 +20,7 @@ import yaml
 from brainspade.data.datasets import evaluation_image_indices, generator_label_indices, heldout_label_indices
 from brainspade.data.slice_cache import SliceCache
 from brainspade.errors import BrainspadeError
-from brainspade.segmentation.raw_dataset import read_case
+from brainspade.segmentation.raw_dataset import image_path, label_path, read_case
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,17 @@ class SampleSet:
     @property
     def labels(self) -> np.ndarray:
         return self.pv_maps.argmax(axis=1)
+
+
+def missing_files(folder: Path) -> list[Path]:
+    """Files of the cases samples.csv lists (image, labels, PV map) that are not in the sample set's folder.
+
+    The manifest lists folders, so a deleted case leaves the set's fingerprint as it was: checked here instead.
+    """
+    with (folder / "samples.csv").open(newline="") as handle:
+        cases = [f"syn_{int(row['id']):06d}" for row in csv.DictReader(handle)]
+    return [path for case in cases for path in (image_path(folder, case), label_path(folder, case),
+                                                folder / "pv" / f"{case}.npy") if not path.is_file()]
 
 
 def load_sample_set(folder: Path, max_samples: int) -> SampleSet:

@@ -27,7 +27,7 @@ from brainspade.engine.stage import (
 from brainspade.errors import BrainspadeError
 from brainspade.evaluation import report
 from brainspade.evaluation.features import classifier_features, torchscript_features
-from brainspade.evaluation.sample_sets import load_sample_set
+from brainspade.evaluation.sample_sets import load_sample_set, missing_files
 from brainspade.evaluation.scoring import evaluate_sample_set
 from brainspade.evaluation.style_match import style_match, style_match_table
 from brainspade.generation.images import ImageGenerator, ModalityClassifier
@@ -50,9 +50,16 @@ def run(cfg: DictConfig) -> Path:
     slices = require_complete(stage_path(cfg, "slices"), "slice cache", "prepare-data")
     device = select_device(run_.device)
     cache = SliceCache.open(slices)
+    names = sample_set_names(stage_path(cfg, "samples"), cfg.get("samples"), required=False)
+    for name in names:  # a set with deleted cases is neither "up to date" nor read halfway through the scoring
+        missing = missing_files(stage_path(cfg, "samples") / name)
+        if missing:
+            raise BrainspadeError(f"{stage_path(cfg, 'samples') / name}: {len(missing)} file(s) of its cases are gone "
+                                  f"(e.g. {missing[0].relative_to(stage_path(cfg, 'samples') / name)}); re-run "
+                                  f"`brainspade sample name={name}` with its settings, which remakes them")
     matched = style_match_report(cfg, settings.style_match, cache, slices, data.source_datasets, device)
-    names = sample_set_names(stage_path(cfg, "samples"), cfg.get("samples"), required=matched is None)
     if not names:
+        sample_set_names(stage_path(cfg, "samples"), cfg.get("samples"), required=matched is None)
         return stage_path(cfg, "evaluation")
     if settings.feature_weights:
         features, feature_source = torchscript_features(settings.feature_weights, device), settings.feature_weights

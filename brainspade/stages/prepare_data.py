@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from brainspade.data.freesurfer import SYNTHSEG_POSTERIOR_CODES
+from brainspade.data.freesurfer import SYNTHSEG_POSTERIOR_CODES, emptied_channels
 from brainspade.data.label_sources import LabelReading
 from brainspade.data.manifest import read_manifest
 from brainspade.data.manifest_checks import check_manifest
@@ -30,6 +30,9 @@ def run(cfg: DictConfig) -> Path:
     if not root.is_dir():
         raise BrainspadeError(f"{root}: data folder not found; set data.root=PATH to a folder with manifest.csv")
     data, slices = section(cfg, "data"), section(cfg, "slices")
+    emptied = emptied_channels(data.channels, label_reading(data).extra_codes)
+    if emptied:
+        print(f"[prepare-data] warning: {emptied}", flush=True)
     rows = read_manifest(root)
     check_manifest(rows, root / "manifest.csv", data.source_datasets, data.target_datasets,
                    one_voxel_size=data.register == "none")

@@ -370,3 +370,61 @@ def test_a_session_without_its_own_labels_is_named_not_paired_with_another(capsy
     assert code == 1 and len(err.strip().splitlines()) == 1
     assert "sub-01 ses-2" in err and "each session needs its own label file" in err
     assert not (root / "manifest.csv").exists()
+
+
+# ------------------------------------------------------------------ smaller items
+
+
+def test_extra_codes_that_empty_a_channel_are_warned():
+    from brainspade.data.freesurfer import emptied_channels
+
+    channels = ["background", "csf", "gm", "wm"]
+    # Every cerebral-WM code (and the codes that fall back to wm) moved to csf: wm would be zero everywhere.
+    wm_codes = [2, 41, 85, 251, 252, 253, 254, 255, 77, 28, 60, 16, 7, 46]
+    warning = emptied_channels(channels, {code: "csf" for code in wm_codes})
+    assert warning is not None and "channel wm" in warning and "empty" in warning
+    assert emptied_channels(channels, {2: "csf"}) is None  # wm keeps its other codes
+    assert emptied_channels(channels, {9999: "gm"}) is None  # a new code maps, nothing moves
+
+
+def test_prepare_data_prints_the_emptied_channel_warning(capsys, folder_dataset, tmp_path):
+    from conftest import folder_overrides
+
+    wm_codes = "[2,41,85,251,252,253,254,255,77,28,60,16,7,46]"
+    code, out, err = run_cli(capsys, "prepare-data", *folder_overrides(folder_dataset, tmp_path / "w"),
+                             f"+data.extra_codes={{csf: {wm_codes}}}")
+    assert "warning: data.extra_codes moves every code of channel wm" in out, (out, err)
+
+
+def _finished_sample_set(folder: Path, cases: int) -> Path:
+    """A sample set as `brainspade sample` leaves it (manifest, settings, samples.csv, images, labels, PV maps)."""
+    from brainspade.segmentation.raw_dataset import image_path, label_path
+
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text("{}")
+    (folder / "settings.yaml").write_text("style_dataset: siteA\nstyle_modality: T1\n")
+    (folder / "samples.csv").write_text("id,slice_position\n" + "".join(f"{i},0.5\n" for i in range(cases)))
+    for index in range(cases):
+        case = f"syn_{index:06d}"
+        for path in (image_path(folder, case), label_path(folder, case), folder / "pv" / f"{case}.npy"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"x")
+    return folder
+
+
+def test_evaluate_generators_refuses_a_sample_set_with_deleted_cases_before_work(capsys, tmp_path, monkeypatch):
+    import brainspade.stages.evaluate_generators as evaluate_stage
+
+    workdir = tmp_path / "w"
+    (workdir / "slices").mkdir(parents=True)
+    (workdir / "slices" / "manifest.json").write_text("{}")
+    monkeypatch.setattr(evaluate_stage.SliceCache, "open", staticmethod(lambda folder: None))
+    started = []
+    monkeypatch.setattr(evaluate_stage, "style_match_report", lambda *args: started.append(args))
+    samples = _finished_sample_set(workdir / "samples" / "S_iod", cases=3)
+    (samples / "imagesTr" / "syn_000001_0000.nii.gz").unlink()
+    for force in ("false", "true"):
+        code, _, err = run_cli(capsys, "evaluate-generators", f"workdir={workdir}", "profile=tiny", f"force={force}")
+        assert code == 1 and "S_iod: 1 file(s) of its cases are gone" in err and "syn_000001_0000.nii.gz" in err
+        assert "brainspade sample name=S_iod" in err and "up to date" not in err
+    assert started == [] and not (workdir / "evaluation" / "S_iod").exists()
