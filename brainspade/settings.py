@@ -198,6 +198,11 @@ class LabelVAESettings(Checked):
     image_every: int = bounded(ge=1)
 
 
+# Counts of slices held in memory at once, whatever the data: stages/checks.py bounds them by the machine's
+# memory once the slice cache exists.
+MAX_HELD_SLICES = 100_000
+
+
 @dataclass(frozen=True)
 class LabelLDMSettings(Checked):
     model: dict[str, Any]  # ConditionedDiffusionUNet arguments (latent and lesion counts come from the data)
@@ -218,7 +223,7 @@ class LabelLDMSettings(Checked):
     checkpoint_every: int = bounded(ge=1)
     log_every: int = bounded(ge=1)
     image_every: int = bounded(ge=1)
-    eval_samples: int = bounded(ge=1)
+    eval_samples: int = bounded(ge=1, le=MAX_HELD_SLICES)  # held in memory at once (stages/checks.py)
     eval_batch_size: int = bounded(ge=1)
     lesion_min_pixels: int = bounded(ge=1)
     lesion_eval_min_proportion: float = bounded(ge=0, le=1)
@@ -493,7 +498,7 @@ class EvaluationSettings(Checked):
     feature_batch_size: int = bounded(ge=1)
     kid_subset_size: int = bounded(ge=2)
     kid_subsets: int = bounded(ge=1)
-    ms_ssim_pairs: int = bounded(ge=1)
+    ms_ssim_pairs: int = bounded(ge=1, le=MAX_HELD_SLICES)  # held in memory at once (stages/checks.py)
     ms_ssim_kernel: int = bounded(ge=3)
     segmenter_arm: Optional[str]
     consistency_slices: int = bounded(ge=2)

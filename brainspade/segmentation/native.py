@@ -140,7 +140,7 @@ def load_scan(path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
     if not np.isfinite(data).all():
         raise BrainspadeError(f"{path}: contains NaN or infinite values; fix or mask them first")
     if data.size == 0 or data.min() == data.max():
-        raise BrainspadeError(f"{path}: every voxel is {data.flat[0] if data.size else 'missing'} (an empty scan); "
+        raise BrainspadeError(f"{path}: every voxel is {data.flat[0] if data.size else 'missing'} (an empty or constant scan); "
                               "re-export it from the scanner's or the converter's output")
     return image, data
 

@@ -72,30 +72,40 @@ def check_names(cfg: DictConfig) -> None:
                     folder_name(f"experiments.arms.{arm_name}.{source}.{key}", value, samples)
 
 
-# Held per reference image: the PV map (one plane per channel), the style slice, the generated image, the
-# baseline slice and the fitted image, as float32.
-_PLANES_BESIDE_CHANNELS = 4
+# Counts held in memory at once, with the slice planes each unit holds as float32 (C: the schema's channel count):
+# a reference image of the site look holds its PV map, style slice, generated, baseline and fitted images; a
+# validation sample of the label LDM its PV map, condition and floor PV map; an MS-SSIM pair two slices and
+# the metric's five scales of each.
+HELD_IN_MEMORY = {
+    "sampling.site_look.reference_images": lambda channels: channels + 4,
+    "label_ldm.eval_samples": lambda channels: 2 * channels + 1,
+    "evaluation.ms_ssim_pairs": lambda channels: 12,
+}
 _SHARE_OF_AVAILABLE = 0.5  # the networks and the slice cache need the rest
 
 
-def reference_images_bytes(count: int, size: list[int], channels: int) -> int:
-    return int(count) * int(size[0]) * int(size[1]) * (channels + _PLANES_BESIDE_CHANNELS) * 4
+def held_bytes(key: str, count: int, size: list[int], channels: int) -> int:
+    return int(count) * int(size[0]) * int(size[1]) * HELD_IN_MEMORY[key](channels) * 4
 
 
 def check_memory_bounds(cfg: DictConfig) -> None:
-    """`sampling.site_look.reference_images` must fit in half the memory available, for the workdir's slices."""
-    count = OmegaConf.select(cfg, "sampling.site_look.reference_images", default=None)
-    if count is None:
-        return
+    """Each count of HELD_IN_MEMORY must fit in half the memory available, for the workdir's slices.
+
+    Without a slice cache yet, each count's upper bound in the settings holds until the data exists.
+    """
     schema_file = Path(str(cfg.workdir)).expanduser() / "slices" / "schema.json"
     if not schema_file.is_file():
-        return  # no data yet: the settings' own upper bound holds until the cache exists
+        return
     schema = json.loads(schema_file.read_text())
-    need = reference_images_bytes(count, schema["size"], len(schema["channels"]))
+    size, channels = schema["size"], len(schema["channels"])
     budget = int(available_memory_bytes() * _SHARE_OF_AVAILABLE)
-    if need > budget:
-        most = budget // reference_images_bytes(1, schema["size"], len(schema["channels"]))
-        raise BrainspadeError(
-            f"sampling.site_look.reference_images={count}: {count} slices of {schema['size'][0]}x{schema['size'][1]} "
-            f"with {len(schema['channels'])} channels need about {need / 2**30:.1f} GiB, and this machine has "
-            f"{budget * 2 / 2**30:.1f} GiB available; use at most {most}")
+    for key in HELD_IN_MEMORY:
+        count = OmegaConf.select(cfg, key, default=None)
+        if count is None:
+            continue
+        need = held_bytes(key, count, size, channels)
+        if need > budget:
+            raise BrainspadeError(
+                f"{key}={count}: {count} of them on {size[0]}x{size[1]} slices with {channels} channels need about "
+                f"{need / 2**30:.1f} GiB, and this machine has {budget * 2 / 2**30:.1f} GiB available; use at most "
+                f"{budget // held_bytes(key, 1, size, channels)}")

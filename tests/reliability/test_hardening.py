@@ -274,6 +274,10 @@ def test_reference_images_beyond_the_memory_the_machine_has_are_refused_before_w
     assert code == 2 and "sampling.site_look.reference_images=5000" in err and "use at most 4096" in err, err
     assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["slices"]
     bounds.check_memory_bounds(compose_config("sample", tmp_path / "w", "sampling.site_look.reference_images=4096"))
+    # The label LDM's validation samples are held alike (a PV map, its condition and a floor PV map each).
+    code, _, err = run_cli(capsys, "train-label-ldm", f"workdir={tmp_path / 'w'}", "profile=tiny",
+                           "label_ldm.eval_samples=5000")
+    assert code == 2 and "label_ldm.eval_samples=5000" in err and "use at most 3640" in err, err
 
 
 def compose_config(command: str, workdir: Path, *overrides: str):
@@ -317,7 +321,7 @@ def test_a_scan_larger_than_the_memory_available_is_refused_from_its_header(tmp_
     from brainspade.segmentation.native import load_scan
 
     path = tmp_path / "scan.nii.gz"
-    nib.save(nib.Nifti1Image(np.ones((40, 40, 40), np.float32), np.eye(4)), str(path))
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((40, 40, 40)).astype(np.float32), np.eye(4)), str(path))
     monkeypatch.setattr(nifti, "available_memory_bytes", lambda: 200_000)  # 256 KB needed, 100 KB allowed
     with pytest.raises(BrainspadeError, match=r"scan\.nii\.gz: its 40x40x40 voxels need .* crop or resample"):
         load_scan(path)
