@@ -249,10 +249,10 @@ class Segmenter:
         checkpoint_file = final_checkpoint(root, arm)
         if not checkpoint_file.is_file():
             raise BrainspadeError(f"{checkpoint_file}: no trained nnU-Net; re-run the experiment to train it")
-        # Plans and dataset.json first: nnU-Net builds the network from names in them.
+        checkpoint = load_nnunet_checkpoint(checkpoint_file)
+        # nnU-Net builds the network from names in the plans: checked as data before it sees them.
         plans_manager = PlansManager(read_plans(folder / "plans.json"))
         dataset_json = read_dataset_json(folder / "dataset.json")
-        checkpoint = load_nnunet_checkpoint(checkpoint_file)
         configuration = plans_manager.get_configuration(checkpoint["init_args"]["configuration"])
         network = BrainspadeTrainer.build_network_architecture(
             plans_manager,
