@@ -51,9 +51,12 @@ def run(cfg: DictConfig) -> Path:
     segmenter = Segmenter(folder / "nnunet", card.arm, select_device(run_.device), section(cfg, "segmentation"))
     done = segment_files(files, output, segmenter, card, section(cfg, "data").min_similarity, run_.seed)
     print(f"[segment] {len(done.rows)} scan(s) segmented with {card.arm}; volumes in {output / VOLUMES}")
+    if len(done.failed) == 1 and len(files) == 1:
+        raise BrainspadeError(f"{done.failed[0]['reason']} (listed in {output / FAILED})")
     if done.failed:
-        raise BrainspadeError(f"{len(done.failed)} of {len(files)} scan(s) failed (one line each above, listed in "
-                              f"{output / FAILED}); the others are segmented in {output}")
+        names = ", ".join(Path(row["file"]).name for row in done.failed[:3]) + (" ..." if len(done.failed) > 3 else "")
+        raise BrainspadeError(f"{len(done.failed)} of {len(files)} scan(s) failed ({names}: one line each above, "
+                              f"listed in {output / FAILED}); the others are segmented in {output}")
     return output
 
 

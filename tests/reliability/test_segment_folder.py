@@ -142,3 +142,11 @@ def test_an_empty_or_file_output_is_refused_in_one_line(capsys, tmp_path, stand_
     code, _, err = _segment(capsys, tmp_path, stand_in_model, _scan(tmp_path / "scan.nii.gz", 1), output)
     assert code in (1, 2) and words in err and len(_errors(err)) == 1 and "Traceback" not in err
     assert not list(Path.cwd().glob("scan_seg.nii*"))
+
+
+def test_one_broken_scan_given_alone_is_one_line_naming_it(capsys, tmp_path, stand_in_model):
+    path = tmp_path / "empty.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((12, 12, 12), np.float32), np.eye(4)), str(path))
+    code, _, err = _segment(capsys, tmp_path, stand_in_model, path, tmp_path / "out")
+    assert code == 1 and len(_errors(err)) == 1
+    assert "empty.nii.gz: every voxel is 0.0" in err and "Traceback" not in err

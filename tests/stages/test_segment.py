@@ -117,4 +117,6 @@ def test_segment_refuses_a_non_brain_scan_in_one_line(capsys, trained, tmp_path)
     code, _, err = run_cli(capsys, "segment", f"workdir={workdir}", "profile=tiny", "model=R_iod", f"input={path}",
                            f"output={tmp_path / 'out'}")
     assert code == 1
-    assert len(err.strip().splitlines()) == 1 and "noise.nii.gz" in err
+    errors = [line for line in err.strip().splitlines() if not line.startswith("[segment]")]  # not the progress
+    assert len(errors) == 1 and "noise.nii.gz" in errors[0]
+    assert not (tmp_path / "out" / "noise_seg.nii.gz").exists() and (tmp_path / "out" / "failed.csv").is_file()
