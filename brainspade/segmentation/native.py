@@ -103,6 +103,10 @@ def export_model(folder: Path, card: ModelCard, destination: Path) -> Path:
     """
     source = results_folder(folder / "nnunet", card.arm)
     target = results_folder(destination / "nnunet", card.arm)
+    if destination.is_file() or (destination.is_dir() and any(destination.iterdir())
+                                 and not (destination / MODEL_CARD).is_file()):
+        raise BrainspadeError(f"export={destination}: already holds other files; export into a new folder (or one "
+                              "an earlier export made)")
     names = ("plans.json", "dataset.json", f"fold_{FOLD}/checkpoint_final.pth")
     for name in names:
         if not (source / name).is_file():

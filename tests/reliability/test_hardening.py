@@ -432,3 +432,19 @@ def test_evaluate_generators_refuses_a_sample_set_with_deleted_cases_before_work
         assert code == 1 and "S_iod: 1 file(s) of its cases are gone" in err and "syn_000001_0000.nii.gz" in err
         assert "brainspade sample name=S_iod" in err and "up to date" not in err
     assert started == [] and not (workdir / "evaluation" / "S_iod").exists()
+
+
+def test_export_writes_a_model_folder_only_into_a_new_or_model_folder(tmp_path):
+    from brainspade.segmentation.native import export_model
+
+    folder = _model_folder(tmp_path / "arm", _architecture())
+    card = ModelCard.load(folder)
+    stage = tmp_path / "w" / "label_vae"
+    stage.mkdir(parents=True)
+    (stage / "manifest.json").write_text("{}")
+    with pytest.raises(BrainspadeError, match=r"export=.*label_vae: already holds other files"):
+        export_model(folder, card, stage)
+    assert sorted(p.name for p in stage.iterdir()) == ["manifest.json"]
+    exported = export_model(folder, card, tmp_path / "exported")
+    assert ModelCard.load(exported) == card
+    assert export_model(folder, card, exported) == exported  # an earlier export is refreshed
