@@ -58,4 +58,3 @@ def test_a_subject_without_labels_is_named_in_one_line(capsys, tmp_path):
     assert code == 1
     assert len(err.strip().splitlines()) == 1 and "sub-02" in err and "aparc+aseg.mgz" in err
     assert not (root / "manifest.csv").exists()
-
