@@ -26,20 +26,19 @@ NETWORK_CLASSES = {
     f"{_UNETS}.ResidualEncoderUNet": (_UNETS, "ResidualEncoderUNet"),
     "dynamic_network_architectures.architectures.residual_unet.ResidualEncoderUNet": (_UNETS, "ResidualEncoderUNet"),
 }
-# The layers nnU-Net's planners pass by name, by keyword; nothing else is ever imported from a plans file.
+# The layers nnU-Net's planners pass by name, by keyword (torch module -> classes); nothing else is ever imported
+# from a plans file. Each may be written as torch.nn.<Class> or torch.nn.modules.<module>.<Class>.
 _LAYERS = {
-    "conv_op": ("Conv1d", "Conv2d", "Conv3d"),
-    "norm_op": ("InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d"),
-    "dropout_op": ("Dropout", "Dropout1d", "Dropout2d", "Dropout3d"),
-    "nonlin": ("LeakyReLU", "ReLU", "PReLU", "ELU", "GELU"),
+    "conv_op": {"conv": ("Conv1d", "Conv2d", "Conv3d")},
+    "norm_op": {"instancenorm": ("InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d"),
+                "batchnorm": ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d")},
+    "dropout_op": {"dropout": ("Dropout", "Dropout1d", "Dropout2d", "Dropout3d")},
+    "nonlin": {"activation": ("LeakyReLU", "ReLU", "PReLU", "ELU", "GELU")},
 }
-_TORCH_MODULES = {"conv_op": "conv", "norm_op": ("instancenorm", "batchnorm"), "dropout_op": "dropout",
-                  "nonlin": "activation"}
 IMPORTED_VALUES = {
-    key: {f"torch.nn.{name}" for name in names} | {
-        f"torch.nn.modules.{module}.{name}" for name in names
-        for module in ((_TORCH_MODULES[key],) if isinstance(_TORCH_MODULES[key], str) else _TORCH_MODULES[key])}
-    for key, names in _LAYERS.items()
+    key: {name for module, classes in modules.items() for cls in classes
+          for name in (f"torch.nn.{cls}", f"torch.nn.modules.{module}.{cls}")}
+    for key, modules in _LAYERS.items()
 }
 IMPORTED_VALUES["block"] = {"dynamic_network_architectures.building_blocks.residual.BasicBlockD",
                             "dynamic_network_architectures.building_blocks.residual.BottleneckD"}
