@@ -332,10 +332,11 @@ def merge_folder_tables(output: Path, rows: list[dict], failed: list[dict]) -> N
     done = {row["scan"] for row in rows}
     tried = done | {row["scan"] for row in failed}
     labelled = {p.name.removesuffix("_seg.nii.gz") for p in output.glob("*_seg.nii.gz")}
-    kept = [row for row in read_table(output / VOLUMES) if row["scan"] not in tried and row["scan"] in labelled]
+    # A scan that fails now keeps the row of the labels an earlier run left (they are still in the folder).
+    kept = [row for row in read_table(output / VOLUMES) if row["scan"] not in done and row["scan"] in labelled]
     volumes = sorted(kept + rows, key=lambda row: row["scan"])
     write_table(output / VOLUMES, volumes)
-    earlier_failures = [row for row in read_table(output / FAILED) if row["scan"] not in tried | labelled]
+    earlier_failures = [row for row in read_table(output / FAILED) if row["scan"] not in tried]
     write_table(output / FAILED, sorted(earlier_failures + failed, key=lambda row: row["scan"]))
     write_qc_montage(output / QC, [output / QC_FOLDER / f"{row['scan']}.png" for row in volumes])
 

@@ -150,3 +150,18 @@ def test_one_broken_scan_given_alone_is_one_line_naming_it(capsys, tmp_path, sta
     code, _, err = _segment(capsys, tmp_path, stand_in_model, path, tmp_path / "out")
     assert code == 1 and len(_errors(err)) == 1
     assert "empty.nii.gz: every voxel is 0.0" in err and "Traceback" not in err
+
+
+def test_a_scan_that_fails_on_a_rerun_keeps_the_row_of_its_earlier_labels(capsys, tmp_path, stand_in_model):
+    scans, output = tmp_path / "scans", tmp_path / "out"
+    _scan(scans / "a.nii.gz", 1)
+    _scan(scans / "b.nii.gz", 2)
+    assert _segment(capsys, tmp_path, stand_in_model, scans, output)[0] == 0
+    (scans / "b.nii.gz").write_bytes(b"overwritten by a failed copy")
+    code, _, err = _segment(capsys, tmp_path, stand_in_model, scans, output)
+    assert code == 1 and "b.nii.gz" in err
+    assert [row["scan"] for row in _table(output / "volumes.csv")] == ["a", "b"]  # b's labels are still there
+    assert [row["scan"] for row in _table(output / "failed.csv")] == ["b"]
+    _scan(scans / "b.nii.gz", 3)
+    assert _segment(capsys, tmp_path, stand_in_model, scans, output)[0] == 0
+    assert not (output / "failed.csv").exists()
