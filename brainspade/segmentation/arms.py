@@ -16,11 +16,13 @@ style bank).
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
+import multiprocessing
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -186,13 +188,7 @@ def ensure_arm(
     samples = None
     if arm.generated is not None:
         samples = require_complete(synthetic_samples(arm.generated), "synthetic sample set", "sample")
-    inputs = {
-        "arm": arm.as_dict(),
-        "slices": finished_fingerprint(cache.folder),
-        "samples": None if samples is None else finished_fingerprint(samples),
-        "training": {key: getattr(settings, key) for key in TRAINING_KEYS},
-    }
-    fingerprint = config_fingerprint(inputs)
+    fingerprint = _arm_fingerprint(arm, cache, settings, samples)
     stage = StageFolder(folder, fingerprint)
     if stage.reusable(force):
         return TrainedArm(arm.name, folder, fingerprint, stage.read_manifest()["training"])
@@ -233,6 +229,66 @@ def ensure_arm(
     stage.finish({"checkpoint": str(final.relative_to(folder))}, training=training,
                  minutes=round((time.time() - start) / 60, 2))
     return TrainedArm(arm.name, folder, fingerprint, training)
+
+
+def _arm_fingerprint(arm: ArmSpec, cache: SliceCache, settings: SegmentationSettings, samples: Path | None) -> str:
+    """What a trained arm depends on: its data (spec, slice cache, sample set) and its training keys."""
+    return config_fingerprint({
+        "arm": arm.as_dict(),
+        "slices": finished_fingerprint(cache.folder),
+        "samples": None if samples is None else finished_fingerprint(samples),
+        "training": {key: getattr(settings, key) for key in TRAINING_KEYS},
+    })
+
+
+def ensure_arms(
+    arms: Sequence[ArmSpec],
+    models: Path,
+    cache: SliceCache,
+    settings: Mapping[str, SegmentationSettings],
+    synthetic_samples: Callable[[SyntheticSource | RandomisedSource], Path],
+    *,
+    seed: int,
+    force: bool,
+    device: torch.device,
+    config_yaml: str | None = None,
+    at_once: int = 1,
+) -> dict[str, TrainedArm]:
+    """Every arm's model (`ensure_arm`, in `models/<arm>`), in the order given.
+
+    The sample sets come first, one after another (each uses every thread). On a CPU with `at_once` > 1, the arms
+    still to train then train `at_once` at a time, each in its own process with its share of the threads: small 2D
+    nnU-Nets keep one thread busier than two. Each arm is seeded as it would be alone; its weights may differ from a
+    run on more threads in the last bits (floating-point sums in another order).
+    """
+    made = {arm.name: (require_complete(synthetic_samples(arm.generated), "synthetic sample set", "sample")
+                       if arm.generated is not None else None) for arm in arms}
+    to_train = [arm for arm in arms
+                if not StageFolder(models / arm.name,
+                                   _arm_fingerprint(arm, cache, settings[arm.name], made[arm.name])).reusable(force)]
+    if at_once > 1 and device.type == "cpu" and len(to_train) > 1:
+        threads = max(1, torch.get_num_threads() // at_once)
+        print(f"[run-experiment] training {len(to_train)} arms {at_once} at a time, {threads} thread(s) each: "
+              f"{', '.join(arm.name for arm in to_train)}", flush=True)
+        context = multiprocessing.get_context("spawn")  # a forked OpenMP runtime can hang
+        with concurrent.futures.ProcessPoolExecutor(at_once, mp_context=context) as pool:
+            jobs = [pool.submit(_train_alone, arm, models / arm.name, cache.folder, settings[arm.name], made[arm.name],
+                                seed, force, config_yaml, threads) for arm in to_train]
+            for job in concurrent.futures.as_completed(jobs):
+                job.result()  # the first failure stops the run (the pool waits for the arm in training)
+        force = False  # trained just now: read back below
+    return {arm.name: ensure_arm(arm, models / arm.name, cache, settings[arm.name],
+                                 lambda source, path=made[arm.name]: path, seed=seed, force=force, device=device,
+                                 config_yaml=config_yaml)
+            for arm in arms}
+
+
+def _train_alone(arm: ArmSpec, folder: Path, cache_folder: Path, settings: SegmentationSettings,
+                 samples: Path | None, seed: int, force: bool, config_yaml: str | None, threads: int) -> None:
+    """One arm trained in a worker process of `ensure_arms`, on `threads` threads."""
+    torch.set_num_threads(threads)
+    ensure_arm(arm, folder, SliceCache.open(cache_folder), settings, lambda source: samples, seed=seed, force=force,
+               device=torch.device("cpu"), config_yaml=config_yaml)
 
 
 def _describe(arm: ArmSpec, cache: SliceCache, samples: Path | None) -> dict[str, Any]:

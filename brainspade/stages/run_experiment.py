@@ -19,7 +19,7 @@ from brainspade.engine.atomic import atomic_folder
 from brainspade.engine.runtime import select_device
 from brainspade.engine.stage import StageFolder, config_fingerprint, require_complete
 from brainspade.errors import BrainspadeError
-from brainspade.segmentation.arms import ArmSpec, RandomisedSource, SyntheticSource, ensure_arm
+from brainspade.segmentation.arms import ArmSpec, RandomisedSource, SyntheticSource, ensure_arms
 from brainspade.segmentation.evaluation import EVALUATION_SPLITS, split_slice_indices
 from brainspade.segmentation.experiment import evaluate
 from brainspade.settings import ExperimentSettings, SamplingSettings, SegmentationSettings
@@ -63,11 +63,9 @@ def run(cfg: DictConfig) -> Path:
     def samples(source: SyntheticSource | RandomisedSource) -> Path:
         return synthetic_samples(cfg, source, config_yaml)
 
-    arms = {spec.name: ensure_arm(spec, stage_path(cfg, "segmentation") / "models" / spec.name, cache,
-                                  arm_settings[spec.name],
-                                  samples, seed=run_config.seed, force=run_config.force, device=device,
-                                  config_yaml=config_yaml)
-            for spec in specs.values()}
+    arms = ensure_arms(list(specs.values()), stage_path(cfg, "segmentation") / "models", cache, arm_settings, samples,
+                       seed=run_config.seed, force=run_config.force, device=device, config_yaml=config_yaml,
+                       at_once=experiments.parallel_arms)
 
     figure_slices = experiments.figure_slices
     fingerprint = config_fingerprint({"evaluations": evaluations_config, "figure_slices": figure_slices,

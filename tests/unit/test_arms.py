@@ -164,7 +164,7 @@ def test_run_experiment_refuses_a_dev_split_the_cache_lacks_before_any_training(
     cache = _cache(tmp_path, {"siteB_train_000": "train", "siteB_test_000": "test"})
     monkeypatch.setattr(run_experiment.SliceCache, "open", classmethod(lambda cls, folder: cache))
     monkeypatch.setattr(run_experiment, "require_complete", lambda folder, *names: folder)
-    monkeypatch.setattr(run_experiment, "ensure_arm", lambda *args, **kwargs: pytest.fail("an arm was trained"))
+    monkeypatch.setattr(run_experiment, "ensure_arms", lambda *args, **kwargs: pytest.fail("an arm was trained"))
     code, _, err = run_cli(capsys, "run-experiment", "iod", "evaluation_split=dev", f"workdir={tmp_path}",
                            "profile=tiny")
     assert code == 1 and "no dev slices of data set 'siteA' with modality 'T1'" in err, err
@@ -182,8 +182,9 @@ def test_a_dev_report_scores_the_dev_split_into_its_own_folder(tmp_path, monkeyp
     cache = _cache(tmp_path, {"siteA_train_000": "train", "siteA_dev_000": "dev", "siteA_test_000": "test"}, "siteA")
     monkeypatch.setattr(run_experiment.SliceCache, "open", classmethod(lambda cls, folder: cache))
     monkeypatch.setattr(run_experiment, "require_complete", lambda folder, *names: folder)
-    monkeypatch.setattr(run_experiment, "ensure_arm", lambda spec, folder, *args, **kwargs:
-                        TrainedArm(spec.name, folder, f"fingerprint of {spec.name}", {}))
+    monkeypatch.setattr(run_experiment, "ensure_arms", lambda specs, models, *args, **kwargs:
+                        {spec.name: TrainedArm(spec.name, models / spec.name, f"fingerprint of {spec.name}", {})
+                         for spec in specs})
     scored = {}
 
     def evaluate(evaluations, cache, arms, settings, device, figure_slices, folder, header, base):

@@ -14,7 +14,8 @@ from conftest import run_cli, settings_of
 from brainspade.data.datasets import real_training_indices
 from brainspade.data.slice_cache import SliceCache
 from brainspade.errors import BrainspadeError
-from brainspade.segmentation import raw_dataset
+from brainspade.engine.stage import StageFolder
+from brainspade.segmentation import nnunet, raw_dataset
 from brainspade.segmentation.arms import ArmSpec, RealSource, SyntheticSource, ensure_arm
 from brainspade.segmentation.evaluation import Evaluation, stack_volumes
 from brainspade.segmentation.nnunet import link_raw_dataset
@@ -309,6 +310,32 @@ def test_ensure_arm_reuses_a_finished_arm_and_force_retrains_it_from_scratch(cac
     assert (tmp_path / "R" / "config.yaml").read_text() == "seed: 0\n"
     assert ensure(force=False).fingerprint == first.fingerprint and trained == [3]  # reused
     assert ensure(force=True).fingerprint == first.fingerprint and trained == [3, 3]  # retrained
+
+
+def test_arms_trained_two_at_a_time_finish_as_when_trained_alone_and_are_then_reused(cache, tmp_path, monkeypatch):
+    """`experiments.parallel_arms=2`: two real arms train in worker processes, one thread each; a re-run reuses both."""
+    import torch
+
+    from brainspade.segmentation import arms as arms_module
+
+    settings = settings_of("segmentation", epochs=1, iterations_per_epoch=2, val_iterations_per_epoch=1, batch_size=2,
+                           base_features=4, max_features=8)
+    specs = [ArmSpec("R1", real=RealSource("siteB", "T1", volumes=1)), ArmSpec("R2", real=RealSource("siteA", "T1"))]
+
+    def ensure(at_once: int):
+        return arms_module.ensure_arms(specs, tmp_path / "models", cache, {"R1": settings, "R2": settings},
+                                       lambda source: None, seed=0, force=False, device=torch.device("cpu"),
+                                       at_once=at_once)
+
+    trained = ensure(at_once=2)
+    assert list(trained) == ["R1", "R2"]
+    for arm in trained.values():
+        assert StageFolder(arm.folder, arm.fingerprint).is_complete()
+        assert nnunet.final_checkpoint(arm.nnunet_root, arm.name).is_file()
+    assert trained["R1"].training["real"]["volumes"] == ["siteB_train_000"]
+    monkeypatch.setattr(arms_module.nnunet, "train", lambda *args, **kwargs: pytest.fail("a finished arm was retrained"))
+    assert {name: arm.fingerprint for name, arm in ensure(at_once=2).items()} == \
+        {name: arm.fingerprint for name, arm in trained.items()}
 
 
 def test_case_sampling_gives_lesion_cases_the_asked_share_of_draws(tmp_path):
