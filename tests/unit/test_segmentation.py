@@ -13,8 +13,8 @@ from conftest import run_cli, settings_of
 
 from brainspade.data.datasets import real_training_indices
 from brainspade.data.slice_cache import SliceCache
-from brainspade.errors import BrainspadeError
 from brainspade.engine.stage import StageFolder
+from brainspade.errors import BrainspadeError
 from brainspade.segmentation import nnunet, raw_dataset
 from brainspade.segmentation.arms import ArmSpec, RealSource, SyntheticSource, ensure_arm
 from brainspade.segmentation.evaluation import Evaluation, stack_volumes
