@@ -226,6 +226,25 @@ def test_demo_prints_each_evaluations_tables_without_models_or_figures(tmp_path)
     assert "real |" not in printed and "![" not in printed
 
 
+def test_the_demo_plan_gives_each_stage_ahead_its_recorded_minutes_for_this_machine_kind(tmp_path, monkeypatch):
+    from brainspade.stages import demo
+    from brainspade.stages.config import compose
+
+    cfg = compose("demo", [f"workdir={tmp_path}", "profile=tiny", "+demo_minutes={train-label-vae: 20, ood: 30}"])
+    (tmp_path / "slices").mkdir()
+    (tmp_path / "slices" / "manifest.json").write_text("{}")  # a finished slice cache
+    monkeypatch.setattr(demo, "machine_kind", lambda: ("2 CPU cores with AVX-512", demo.FAST_KIND))
+    lines = demo.plan(cfg)
+    assert lines[0] == "[demo] plan (profile tiny, 2 CPU cores with AVX-512):"
+    rows = {line.split()[1] if "run-experiment" not in line else " ".join(line.split()[1:3]): line for line in lines[1:]}
+    assert rows["prepare-data"].endswith("reused (finished)")
+    assert rows["train-label-vae"].endswith("~10 min") and rows["run-experiment ood"].endswith("~15 min")
+    assert rows["train-label-ldm"].endswith("no recorded time")
+    assert lines[-1].split()[:4] == ["[demo]", "expected", "in", "all"] and "~25 min" in lines[-1]
+    monkeypatch.setattr(demo, "machine_kind", lambda: ("GPU: the recorded CPU times do not apply", None))
+    assert all("~" not in line for line in demo.plan(cfg))
+
+
 def test_segmentation_imports_neither_stages_nor_config_objects_and_trainer_not_nnunet():
     """arms.py once imported `brainspade.stages` (upward) and nnunet.py / trainer.py imported each other."""
     code = (
