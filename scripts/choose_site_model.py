@@ -12,7 +12,9 @@ The rules, fixed before any number was read:
 - reference images: the N whose model alone (share 0) has tissue ratios nearest the dev images' (sum of the two
   absolute differences), the smallest N among equals (a fit's time grows with N);
 - texture share: the largest share at which the site classifier still names the site for at least half the images
-  (the generator's own texture is kept as far as the site's look holds).
+  (the generator's own texture is kept as far as the site's look holds);
+- one setting for every target site (the profile has one): the count with the smallest sum of gaps over the sites
+  scored, and the smallest of their chosen shares.
 
 Usage (a workdir after `brainspade demo` or `evaluate-generators`, which trains W/evaluation/site_classifier):
     .venv/bin/python scripts/choose_site_model.py --workdir W --site siteB --modality T1 \
@@ -42,6 +44,8 @@ def main() -> None:
     fits.add_argument("--model", type=Path, help="a fitted model instead (a sample set's site_look.json)")
     parser.add_argument("--shares", nargs="+", type=float, default=[1.0, 0.5, 0.25, 0.0])
     parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--save", type=Path, help="write each fitted model here as <N>.json (to compare again with "
+                                                  "--model later, e.g. once the site classifier exists)")
     args = parser.parse_args()
 
     from brainspade.data.datasets import heldout_label_indices, style_image_indices
@@ -57,7 +61,12 @@ def main() -> None:
     cpu = torch.device("cpu")
     cache = SliceCache.open(args.workdir / "slices")
     generator = ImageGenerator.from_folder(args.workdir / "image_generator", cpu, cache.channels)
-    site_classifier = ModalityClassifier.from_folder(args.workdir / "evaluation" / "site_classifier", cpu, cache.channels)
+    classifier_folder = args.workdir / "evaluation" / "site_classifier"
+    site_classifier = (ModalityClassifier.from_folder(classifier_folder, cpu, cache.channels)
+                       if (classifier_folder / "manifest.json").is_file() else None)
+    if site_classifier is None:
+        print(f"{classifier_folder} is not trained yet (`brainspade evaluate-generators`): no site shares, no texture "
+              "choice")
     dev = cache.image_indices(split="dev", datasets=[args.site], modalities=[args.modality])
     if len(dev) == 0:
         raise SystemExit(f"{args.site}/{args.modality} has no dev subjects in {args.workdir / 'slices'}")
@@ -74,6 +83,9 @@ def main() -> None:
             models[f"{n} reference images"] = fit_site_look(generator.generate, cache, args.sources, bank, settings,
                                                             0, 16)
             print(f"fitted on {n} reference images in {time.monotonic() - started:.0f} s", flush=True)
+            if args.save is not None:
+                args.save.mkdir(parents=True, exist_ok=True)
+                (args.save / f"{n}.json").write_text(json.dumps(models[f"{n} reference images"].as_dict()))
 
     rng = np.random.default_rng(0)
     maps = np.sort(rng.choice(heldout_label_indices(cache, args.sources), args.images, replace=False))
@@ -86,7 +98,8 @@ def main() -> None:
     real = np.sort(rng.choice(dev, min(args.images, len(dev)), replace=False))
 
     def measure(images: np.ndarray, label_maps: np.ndarray) -> tuple[dict, dict]:
-        shares = site_shares(site_classifier, torch.from_numpy(np.asarray(images, np.float32)), 16)
+        shares = ({} if site_classifier is None
+                  else site_shares(site_classifier, torch.from_numpy(np.asarray(images, np.float32)), 16))
         return shares, tissue_levels(np.asarray(images, np.float32), label_maps, list(cache.channels))
 
     def row(name: str, shares: dict, levels: dict, error: float | None = None) -> None:
@@ -114,7 +127,7 @@ def main() -> None:
             if share == 0 and (best is None or error(levels) < best - 1e-9):
                 chosen_model, best = name, error(levels)
     model = models[chosen_model] if chosen_model is not None else next(iter(models.values()))
-    for share in sorted(args.shares, reverse=True):
+    for share in sorted(args.shares, reverse=True) if site_classifier is not None else []:
         shares, _ = measure(dataclasses.replace(model, generator_texture=share).apply(generated, seeds, pv), pv)
         if shares.get(args.site, 0.0) >= 0.5:
             chosen_share = share
