@@ -101,6 +101,33 @@ def test_runs_into_one_folder_merge_their_rows_by_scan_and_drop_stale_ones(capsy
     assert not (output / "failed.csv").exists()
 
 
+def test_two_runs_merging_into_one_folder_at_once_lose_no_row(tmp_path, stand_in_model, monkeypatch):
+    """Two `segment` runs finishing together: each reads the folder's tables, adds its scan and writes them back;
+    the folder lock makes the second read what the first wrote."""
+    import threading
+    import time
+
+    output = tmp_path / "out"
+    output.mkdir()
+    read = native.read_table
+
+    def slow_read(path):  # widens the window between a run's read and its write
+        rows = read(path)
+        time.sleep(0.3)
+        return rows
+
+    monkeypatch.setattr(native, "read_table", slow_read)
+    runs = [threading.Thread(target=native.segment_files,
+                             args=([_scan(tmp_path / name / f"{name}.nii.gz", seed)], output, None,
+                                   ModelCard.load(stand_in_model), 0.1))
+            for seed, name in enumerate(("first", "second"))]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join()
+    assert [row["scan"] for row in _table(output / "volumes.csv")] == ["first", "second"]
+
+
 def test_two_scans_that_would_write_one_label_file_are_refused_before_work(capsys, tmp_path, stand_in_model):
     scans = tmp_path / "scans"
     _scan(scans / "scan.nii", 1)
