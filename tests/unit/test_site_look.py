@@ -254,6 +254,21 @@ def test_the_fit_recovers_a_sites_tissue_contrast_texture_blur_and_noise_from_un
     assert fitted.misfit < 0.05
 
 
+def test_a_site_z_scored_in_a_wider_brain_than_its_own_is_fitted_with_the_same_contrast():
+    # An unlabelled scan is z-scored in the template's brain, which takes in dark pixels around the brain: on the
+    # cache's scale its brain values are narrower than a render's, and the fit once shrank WM towards GM for it.
+    truth = ScannerModel(CHANNELS, (0.0, 0.45, 1.0, 1.25), blur=1.0, texture=0.08, bias=0.05, noise=0.06, misfit=0.0)
+    site_slices = truth.render(label_maps(32, seed=1), None, range(32))
+    y, x = np.mgrid[:48, :48]
+    template = np.hypot(y - 24, x - 24) < 23  # the brain's discs have radii 17-21
+    wider = np.stack([(s - s[template].mean()) / s[template].std() for s in site_slices])
+    start = np.array([-3.0, -2.0, 0.0, 1.5])
+    fitted = [fit_scanner_model(slices, label_maps(32, seed=2), CHANNELS, start, seed=0)
+              for slices in (site_slices, wider)]
+    gm, wm = CHANNELS.index("gm"), CHANNELS.index("wm")
+    assert [f.levels[gm] / f.levels[wm] for f in fitted] == pytest.approx([1.0 / 1.25] * 2, abs=0.05)
+
+
 def test_applied_to_generated_pairs_the_site_levels_replace_the_generators_and_its_texture_stays():
     maps = label_maps(6, seed=3)
     rng = np.random.default_rng(0)

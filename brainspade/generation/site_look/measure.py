@@ -25,10 +25,12 @@ def brain_mask(image: np.ndarray) -> np.ndarray:
     return binary_fill_holes(smooth > low + 0.1 * (high - low))
 
 
-def brain_interior(image: np.ndarray) -> np.ndarray:
-    """`brain_mask` without its outline (EDGE_PX pixels): the partial-volume ring with the background moves with
-    the mask's threshold (noise, blur) and would dominate the low quantiles and the edges."""
-    return binary_erosion(brain_mask(image), np.ones((3, 3), dtype=bool), iterations=EDGE_PX)
+def brain_interior(image: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """`brain_mask` (or `mask`, the image's brain_mask already found) without its outline (EDGE_PX pixels): the
+    partial-volume ring with the background moves with the mask's threshold (noise, blur) and would dominate the
+    low quantiles and the edges."""
+    mask = brain_mask(image) if mask is None else mask
+    return binary_erosion(mask, np.ones((3, 3), dtype=bool), iterations=EDGE_PX)
 
 
 def fine_residual(image: np.ndarray) -> np.ndarray:
@@ -67,12 +69,20 @@ def edge_strength(slices: np.ndarray) -> float:
 
 def summaries(slices: np.ndarray) -> np.ndarray:
     """What the scanner model's fit matches, pooled over slices: brain quantiles (SUMMARY_QUANTILES), log noise
-    (robust sd of the fine residual) and log edge strength, the two logs weighted by SHAPE_WEIGHT."""
+    (robust sd of the fine residual) and log edge strength, the two logs weighted by SHAPE_WEIGHT.
+
+    Each slice is first z-scored again in its `brain_mask`, found from intensities on either side, so the summaries
+    do not depend on the region the slice was z-scored in before: a labelled slice's brain, an unlabelled one's
+    template brain (which takes in dark pixels around the brain and so narrows the brain's values) or a render's
+    tissue fractions. Compared on the cache's scale instead, a template-masked site was fitted with too little
+    tissue contrast (phantom siteB: WM 1.03 of GM for 1.24)."""
     brain_values, residuals, edges = [], [], []
     for image in np.asarray(slices, np.float64):
-        inside = brain_interior(image)
+        mask = brain_mask(image)
+        inside = brain_interior(image, mask)
         if inside.sum() < MIN_PIXELS:
             continue
+        image = (image - image[mask].mean()) / max(float(image[mask].std()), 1e-6)
         brain_values.append(image[inside])
         residuals.append(fine_residual(image)[inside])
         edges.append(edge_magnitude(image)[inside])

@@ -18,10 +18,10 @@ read as another site to the evaluation's site classifier, with a quarter as site
 
 The texture is what makes the levels identifiable: without it, a site whose tissues vary within themselves (every
 real one) is fitted best by wrong levels that spread the pooled quantiles instead (benchmarks/image_generator.md).
-Measured limits: a tissue with a small share whose compartments are a few blur widths across (thin CSF) is fitted
-up to ~0.15 of the reference level too dark, and its level varies with the slice draw (phantom siteB CSF 0.17-0.54
-of GM from 64 slices, 0.36-0.42 from 192; truth 0.42); the model is 2D (no through-plane blur): a thick-slice site's
-thin CSF comes out darker than the site's (phantom siteB CSF/GM 0.11-0.13 for 0.14). A 2D stand-in for that blur,
+Measured limits: a tissue with a small share whose compartments are a few blur widths across (thin CSF) is the
+least certain level and varies with the slice draw (phantom siteB, its unlabelled train slices z-scored in the
+template brain: CSF 0.25 of GM from 64 slices, 0.49 from 192, truth 0.42; WM 1.24 and 1.26, truth 1.24); the model
+is 2D (no through-plane blur). A 2D stand-in for that blur,
 fitted from single slices or stated from the voxel size, made the fit darken CSF instead
 (benchmarks/image_generator.md).
 """
