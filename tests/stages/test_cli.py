@@ -107,8 +107,8 @@ def test_every_profile_passes_every_commands_checks_and_bench_is_the_cpu_profile
     look = section(cpu, "sampling").site_look
     cpu_arms = {arm: ArmSpec.from_dict(arm, spec).synthetic for arm, spec in cpu.experiments.arms.items()}
     extension = cpu_arms["SF_n-ood"].site_look(look)
-    assert extension.enabled and extension.method == "site_model" and extension.generator_texture == 0.25
-    assert extension.reference_images == look.reference_images == 192
+    assert extension.enabled and extension.method == "site_model" and extension.generator_texture == 1.0
+    assert extension.reference_images == look.reference_images == 64
     ablation = cpu_arms["F_n-ood"].site_look(look)
     assert ablation.enabled and ablation.method == "site_model" and ablation.generator_texture == 0
     # The cpu demo shows the published arm beside the extension and its ablation on siteB.
