@@ -48,6 +48,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--experiments", nargs="+", default=["iod", "ood", "lesion"])
+    parser.add_argument("--wide", action="store_true", help="one row per target site, one column per kind of arm "
+                                                             "(R_iod, S_iod, S, SF, F, D, R): the ood experiment only")
     args = parser.parse_args()
 
     from brainspade.segmentation.statistics import paired_difference, paired_tests
@@ -61,6 +63,17 @@ def main() -> None:
             return f"{difference.mean:{sign}.3f}"
         return f"{difference.mean:{sign}.3f} [{difference.low:{sign}.3f}, {difference.high:{sign}.3f}]"
 
+    if args.wide:
+        kinds = ["R_iod", "S_iod", "S", "SF", "F", "D", "R"]
+        print("| test set | R_iod (real siteA) | S_iod (published, source styles) | S_<site> (published) "
+              "| SF_<site> (extension) | F_<site> (ablation) | D (randomised) | R_<site> (real target) |")
+        print("|---|" + "---|" * len(kinds))
+        for evaluation, arms in volume_dice(args.workdir / "experiments" / "ood" / "results.csv").items():
+            by_kind = {arm if arm in kinds else arm.split("_")[0]: values for arm, values in arms.items()}
+            cells = [interval(by_kind[k], [0.0] * len(by_kind[k]), sign="") if k in by_kind else "not trained"
+                     for k in kinds]
+            print(f"| {evaluation} | " + " | ".join(cells) + " |")
+        return
     print("| test set | arm | training images | Dice [95% CI] | − the published S arm [95% CI] | p (t / Wilcoxon) |")
     print("|---|---|---|---|---|---|")
     for experiment in args.experiments:
