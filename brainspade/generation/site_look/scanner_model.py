@@ -14,7 +14,7 @@ A generated pair keeps a share of what the generator made beyond its tissue leve
 site's contrast; `generator_texture`); its levels become the site's, then the site's texture, blur, bias and noise
 follow. Label maps are known for generated pairs, which is what makes per-tissue levels possible at all. The
 generator's soft borders and blotches are not a target site's: with all of them kept, phantom siteB-styled images
-read as another site to the evaluation's site classifier, with a quarter as siteB (benchmarks/image_generator.md).
+read as another site to the evaluation's site classifier at some lengths of training (benchmarks/image_generator.md).
 
 The texture is what makes the levels identifiable: without it, a site whose tissues vary within themselves (every
 real one) is fitted best by wrong levels that spread the pooled quantiles instead (benchmarks/image_generator.md).
