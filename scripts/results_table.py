@@ -52,16 +52,8 @@ def main() -> None:
                                                              "(R_iod, S_iod, S, SF, F, D, R): the ood experiment only")
     args = parser.parse_args()
 
-    from brainspade.segmentation.statistics import paired_difference, paired_tests
-
-    def interval(values: list[float], baseline: list[float], sign: str = "+") -> str:
-        """Mean of values − baseline with its CI ('+' signs for a difference; sign='' for a mean against zeros)."""
-        difference = paired_difference(values, baseline)
-        if math.isnan(difference.mean):
-            return "n/a"
-        if math.isnan(difference.low):
-            return f"{difference.mean:{sign}.3f}"
-        return f"{difference.mean:{sign}.3f} [{difference.low:{sign}.3f}, {difference.high:{sign}.3f}]"
+    from brainspade.segmentation.report import format_difference as interval
+    from brainspade.segmentation.statistics import paired_tests
 
     if args.wide:
         kinds = ["R_iod", "S_iod", "S", "SF", "F", "D", "R"]

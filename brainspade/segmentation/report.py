@@ -53,14 +53,15 @@ def format_p(p: float) -> str:
     return "n/a" if math.isnan(p) else f"{p:.3g}"
 
 
-def format_difference(first: Sequence[float], second: Sequence[float]) -> str:
-    """'+0.031 [+0.012, +0.049]': the paired mean difference (first − second) and its bootstrap 95% CI."""
+def format_difference(first: Sequence[float], second: Sequence[float], sign: str = "+") -> str:
+    """'+0.031 [+0.012, +0.049]': the paired mean difference (first − second) and its bootstrap 95% CI
+    (sign='': no '+', e.g. a mean against zeros)."""
     difference = paired_difference(first, second)
     if math.isnan(difference.mean):
         return "n/a"
     if math.isnan(difference.low):
-        return f"{difference.mean:+.3f}"
-    return f"{difference.mean:+.3f} [{difference.low:+.3f}, {difference.high:+.3f}]"
+        return f"{difference.mean:{sign}.3f}"
+    return f"{difference.mean:{sign}.3f} [{difference.low:{sign}.3f}, {difference.high:{sign}.3f}]"
 
 
 def volume_means(rows: Sequence[dict[str, Any]], evaluation: Evaluation, arm: str, metric: str) -> list[float]:
