@@ -3,7 +3,9 @@
 A scan (any orientation, voxel size, field of view) is registered affinely to the MNI template the
 arm's training data lives on, resampled onto that grid, sliced axially and z-scored per slice
 inside the template's brain mask (as prepare-data z-scores inside the labelled brain), and each
-slice is segmented by the arm's 2D nnU-Net. The stacked label volume goes back to the scan's grid
+slice is segmented by the arm's 2D nnU-Net. That mask is the brain: skull, scalp and neck are
+set to air before prediction (the training slices hold nothing else around the brain) and are
+background in the labels, so a scan needs no brain extraction first. The stacked label volume goes back to the scan's grid
 through the inverse transform: the network's per-class probabilities are resampled linearly and
 the largest wins, which keeps borders smooth where nearest-neighbour would stair-step, and keeps
 thin CSF that resampling hard labels would erode.
@@ -186,18 +188,22 @@ def template_probabilities(image: np.ndarray, template: Template, segmenter: Seg
                            card: ModelCard) -> np.ndarray:
     """Class probabilities (X, Y, Z, C) of a template-grid image: each brain slice segmented as prepare-data cuts it.
 
-    Slices without enough template brain are background with certainty.
+    The registered template's brain mask is the brain: outside it the image is set to its darkest value, as the
+    training slices hold nothing but air around the brain, and the probabilities to background, so skull, scalp
+    and neck are never labelled. Slices without enough template brain are background with certainty.
     """
     probabilities = np.zeros((*image.shape, len(card.channels)), dtype=np.float32)
     probabilities[..., 0] = 1.0
     fill = float(image.min())
+    brain_only = np.where(template.brain, image, fill)
     for z in brain_slice_indices(template.brain, card.min_brain_fraction, every=1):
-        plane = crop_or_pad(image[:, :, z], card.slice_size, fill=fill)
+        plane = crop_or_pad(brain_only[:, :, z], card.slice_size, fill=fill)
         brain = crop_or_pad(template.brain[:, :, z], card.slice_size, fill=False)
         # The cache stores float16 slices: the network sees the same rounding here.
         normalised = zscore_in_brain(plane, brain).astype(np.float16).astype(np.float32)
         # crop_or_pad back to the plane's own size undoes the centred crop / pad exactly.
         probabilities[:, :, z] = crop_or_pad(slice_probabilities(segmenter, normalised), image.shape[:2])
+    probabilities[~template.brain] = np.eye(len(card.channels), dtype=np.float32)[0]
     return probabilities
 
 
