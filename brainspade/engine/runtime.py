@@ -1,5 +1,7 @@
 """How a training stage runs: device, torchrun rank, bf16 autocast, channels_last and torch.compile.
 
+`runtime.precision` also decides whether `sample` runs its networks under bf16 autocast (`uses_bf16`).
+
 The `runtime` config section switches each one; "auto" means on for CUDA and off for the CPU
 (bf16 autocast only where the GPU supports bf16). Networks are built as usual, then passed
 through `Runtime.prepare` (memory format -> DDP -> compile); forward passes and losses run in
@@ -39,17 +41,12 @@ class Runtime:
         device_ = distributed.device_for(select_device(device))
         distributed.setup(device_.type)
         cuda = device_.type == "cuda"
-        bf16 = settings.precision == "bf16" or (settings.precision == "auto" and auto_bf16 and cuda
-                                                and torch.cuda.is_bf16_supported())
-        if bf16 and not cuda and not cpu_has_native_bf16():
-            print("[runtime] warning: runtime.precision=bf16 on a CPU without native bf16 (AVX-512 BF16 / AMX): "
-                  "autocast is emulated and 12-16x slower than fp32 here (benchmarks/RESULTS.md); "
-                  "use runtime.precision=auto", file=sys.stderr, flush=True)
+        bf16 = uses_bf16(settings.precision, device_, auto_bf16=auto_bf16)
         return cls(device_, bf16, _switch(settings.channels_last, cuda), _switch(settings.compile, cuda))
 
     def autocast(self) -> torch.autocast:
         """bf16 autocast on this device (a no-op context when precision is fp32)."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+        return bf16_autocast(self.device, self.bf16)
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """A trained network moved to the device, in channels_last, DDP-wrapped under torchrun, compiled if asked.
@@ -108,6 +105,26 @@ class StepTimer:
 
     def rate(self) -> float | None:
         return self.count / (self._last - self._first) if self.count else None
+
+
+def uses_bf16(precision: str, device: torch.device, *, auto_bf16: bool = True) -> bool:
+    """Whether `runtime.precision` (auto | fp32 | bf16) means bf16 autocast on `device`: training and `sample` alike.
+
+    "auto" is bf16 only on a CUDA GPU that supports it (and where `auto_bf16`); on a CPU it is fp32, since most
+    CPUs emulate bf16. An explicit "bf16" on such a CPU is honoured, with a warning.
+    """
+    cuda = device.type == "cuda"
+    bf16 = precision == "bf16" or (precision == "auto" and auto_bf16 and cuda and torch.cuda.is_bf16_supported())
+    if bf16 and not cuda and not cpu_has_native_bf16():
+        print("[runtime] warning: runtime.precision=bf16 on a CPU without native bf16 (AVX-512 BF16 / AMX): "
+              "autocast is emulated and 12-16x slower than fp32 here (benchmarks/RESULTS.md); "
+              "use runtime.precision=auto", file=sys.stderr, flush=True)
+    return bf16
+
+
+def bf16_autocast(device: torch.device, enabled: bool) -> torch.autocast:
+    """bf16 autocast on `device` when `enabled`, else a context that changes nothing."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def cpu_has_native_bf16() -> bool:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from brainspade.engine.checkpoint import build_model, load_checkpoint
+from brainspade.engine.runtime import bf16_autocast
 from brainspade.engine.stage import load_stage_checkpoint
 from brainspade.errors import BrainspadeError
 from brainspade.generation.site_look.statistics import STATISTICS, appearance_statistics
@@ -50,12 +51,15 @@ def with_style_modality(codes: torch.Tensor, style_images: torch.Tensor, classif
 
 
 class ImageGenerator:
-    """The EMA SPADE generator and style encoder of a finished `train-image-generator` folder."""
+    """The EMA SPADE generator and style encoder of a finished `train-image-generator` folder.
+
+    `bf16`: the networks run under bf16 autocast; style codes are drawn and images returned in fp32.
+    """
 
     def __init__(self, style_encoder: StyleEncoder, generator: SpadeGenerator, channels: list[str],
                  size: tuple[int, int], device: torch.device, sampled_code: bool = True,
                  style_classifier: nn.Module | None = None, modality_input: Sequence[str] = (),
-                 appearance_input: bool = False):
+                 appearance_input: bool = False, bf16: bool = False):
         self.sampled_code = sampled_code  # False: the code is the encoder mean, as it was in training
         self.style_encoder = style_encoder.to(device).eval().requires_grad_(False)
         self.generator = generator.to(device).eval().requires_grad_(False)
@@ -69,12 +73,14 @@ class ImageGenerator:
         self.channels = list(channels)
         self.size = tuple(size)
         self.device = device
+        self.bf16 = bf16
 
     @classmethod
-    def from_folder(cls, folder: Path, device: torch.device, channels: Sequence[str] | None = None) -> ImageGenerator:
+    def from_folder(cls, folder: Path, device: torch.device, channels: Sequence[str] | None = None,
+                    bf16: bool = False) -> ImageGenerator:
         """The generator of a finished stage folder; with `channels`, one made for other channels is refused."""
         state = load_stage_checkpoint(folder, "image generator", "train-image-generator", channels=channels)
-        return cls._from_state(state, device)
+        return cls._from_state(state, device, bf16)
 
     @classmethod
     def from_checkpoint(cls, path: Path, device: torch.device) -> ImageGenerator:
@@ -82,7 +88,7 @@ class ImageGenerator:
         return cls._from_state(load_checkpoint(path), device)
 
     @classmethod
-    def _from_state(cls, state: dict, device: torch.device) -> ImageGenerator:
+    def _from_state(cls, state: dict, device: torch.device, bf16: bool = False) -> ImageGenerator:
         extra = state["extra"]
         style_classifier = None
         appearance = extra.get("style_appearance_input", [])
@@ -96,7 +102,7 @@ class ImageGenerator:
         return cls(build_model(state, "style_encoder", StyleEncoder, ema=True),
                    build_model(state, "generator", SpadeGenerator, ema=True), state["signature"]["channels"],
                    tuple(state["signature"]["size"]), device, bool(extra.get("sampled_code", True)), style_classifier,
-                   extra.get("modalities", ()), bool(appearance))
+                   extra.get("modalities", ()), bool(appearance), bf16)
 
     @torch.no_grad()
     def generate(self, pv_maps: torch.Tensor, style_images: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
@@ -108,36 +114,39 @@ class ImageGenerator:
             raise ValueError(f"{len(pv_maps)} PV maps, {len(style_images)} style images and {len(seeds)} seeds")
         pv_maps = pv_maps.to(self.device, torch.float32)
         style_images = style_images.to(self.device, torch.float32)
-        mu, logvar = self.style_encoder(style_images)
-        codes = sample_style_codes(mu, logvar, seeds) if self.sampled_code else mu
-        codes = with_style_modality(codes, style_images, self.style_classifier, bool(self.appearance_input))
-        noise = None
-        if getattr(self.generator, "noise_scale", None) is not None:
-            noise = seeded_noise(seeds, (1, *pv_maps.shape[-2:])).to(self.device)
-        return self.generator(pv_maps, codes, noise)
+        with bf16_autocast(self.device, self.bf16):
+            mu, logvar = (part.float() for part in self.style_encoder(style_images))
+            codes = sample_style_codes(mu, logvar, seeds) if self.sampled_code else mu
+            codes = with_style_modality(codes, style_images, self.style_classifier, bool(self.appearance_input))
+            noise = None
+            if getattr(self.generator, "noise_scale", None) is not None:
+                noise = seeded_noise(seeds, (1, *pv_maps.shape[-2:])).to(self.device)
+            return self.generator(pv_maps, codes, noise).float()
 
 
 class ModalityClassifier:
-    """The frozen modality / data-set classifier of a finished `train-modisc` folder."""
+    """The frozen modality / data-set classifier of a finished `train-modisc` folder (`bf16`: under bf16 autocast)."""
 
     def __init__(self, network: ModalityDatasetClassifier, modalities: list[str], datasets: list[str],
-                 device: torch.device, model_args: dict | None = None):
+                 device: torch.device, model_args: dict | None = None, bf16: bool = False):
         self.network = network.to(device).eval().requires_grad_(False)
         self.model_args = model_args  # to rebuild the network (the image generator saves a copy when it uses it)
         self.modalities = list(modalities)
         self.datasets = list(datasets)
         self.device = device
+        self.bf16 = bf16
 
     @classmethod
-    def from_folder(cls, folder: Path, device: torch.device, channels: Sequence[str] | None = None
-                    ) -> ModalityClassifier:
+    def from_folder(cls, folder: Path, device: torch.device, channels: Sequence[str] | None = None,
+                    bf16: bool = False) -> ModalityClassifier:
         """The classifier of a finished `train-modisc` folder; with `channels`, one of another schema is refused."""
         state = load_stage_checkpoint(folder, "modality classifier", "train-modisc", channels=channels)
         return cls(build_model(state, "classifier", ModalityDatasetClassifier), state["extra"]["modalities"],
-                   state["extra"]["datasets"], device, state["signature"]["model_args"]["classifier"])
+                   state["extra"]["datasets"], device, state["signature"]["model_args"]["classifier"], bf16)
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (B, 1, H, W) -> (B, n_modalities) and (B, n_datasets) class probabilities."""
-        modality_logits, dataset_logits = self.network(images.to(self.device, torch.float32))
-        return modality_logits.softmax(dim=1), dataset_logits.softmax(dim=1)
+        with bf16_autocast(self.device, self.bf16):
+            modality_logits, dataset_logits = self.network(images.to(self.device, torch.float32))
+        return modality_logits.float().softmax(dim=1), dataset_logits.float().softmax(dim=1)

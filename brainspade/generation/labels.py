@@ -20,6 +20,7 @@ from brainspade.data.slice_cache import SliceCache
 from brainspade.diffusion.objectives import make_scheduler, objective_of, schedule_table
 from brainspade.diffusion.samplers import DEFAULT_SAMPLER, SAMPLERS, sampling_timesteps
 from brainspade.engine.checkpoint import build_model
+from brainspade.engine.runtime import bf16_autocast
 from brainspade.engine.seeding import derived_seed
 from brainspade.engine.stage import finished_fingerprint, load_stage_checkpoint
 from brainspade.errors import BrainspadeError
@@ -52,7 +53,11 @@ def load_label_vae(folder: Path, channels: Sequence[str] | None = None) -> Label
 
 
 class LabelSampler:
-    """Label VAE decoder + EMA denoiser: conditions and seeds in, post-processed PV maps out."""
+    """Label VAE decoder + EMA denoiser: conditions and seeds in, post-processed PV maps out.
+
+    `bf16`: the denoiser and the decoder run under bf16 autocast; the sampler's update, the noise and the
+    post-processing stay in fp32, so maps are fp32 and sum to 1 either way.
+    """
 
     def __init__(
         self,
@@ -64,6 +69,7 @@ class LabelSampler:
         lesion_channels: Sequence[str],
         size: Sequence[int],
         device: torch.device,
+        bf16: bool = False,
     ):
         self.vae = vae.to(device).eval()
         self.unet = unet.to(device).eval()
@@ -75,12 +81,13 @@ class LabelSampler:
         self.lesion_channels = list(lesion_channels)
         self.size = (int(size[0]), int(size[1]))
         self.device = device
+        self.bf16 = bf16
         self.background_index = self.channels.index("background") if "background" in self.channels else 0
         self.latent_shape = (vae.latent_channels, self.size[0] // vae.downsampling, self.size[1] // vae.downsampling)
 
     @classmethod
     def from_folders(cls, vae_folder: Path, ldm_folder: Path, device: torch.device,
-                     channels: Sequence[str] | None = None) -> LabelSampler:
+                     channels: Sequence[str] | None = None, bf16: bool = False) -> LabelSampler:
         """Rebuild both networks from their finished stage folders (the LDM's EMA weights).
 
         With `channels` (the data's schema), a generator made for other channels is refused in one line.
@@ -96,7 +103,7 @@ class LabelSampler:
         return cls(
             vae, build_model(ldm_state, "unet", ConditionedDiffusionUNet, ema=True),
             make_scheduler(extra["scheduler"]), extra["scale_factor"], signature["channels"],
-            signature["lesion_channels"], signature["size"], device,
+            signature["lesion_channels"], signature["size"], device, bf16,
         )
 
     @torch.no_grad()
@@ -135,11 +142,13 @@ class LabelSampler:
         timesteps = sampling_timesteps(self.num_train_timesteps, steps, sampler)
         for index, timestep in enumerate(timesteps):
             prev_timestep = timesteps[index + 1] if index + 1 < len(timesteps) else -1
-            prediction = self._guided_noise(latents, timestep, conditions, guidance_scale)
+            with bf16_autocast(self.device, self.bf16):
+                prediction = self._guided_noise(latents, timestep, conditions, guidance_scale).float()
             stochastic = sampler == "ddpm" or (sampler == "ddim" and eta > 0)
             noise = self._noise(generators) if prev_timestep >= 0 and stochastic else None
             latents = step_function(latents, prediction, timestep, prev_timestep, self.schedule, noise, eta)
-        pv_maps = self.vae.decode(latents / self.scale_factor)
+        with bf16_autocast(self.device, self.bf16):
+            pv_maps = self.vae.decode(latents / self.scale_factor).float()
         return postprocess_pv_maps(pv_maps, self.background_index, settings.background_threshold).cpu()
 
     def _noise(self, generators: list[torch.Generator]) -> torch.Tensor:

@@ -34,7 +34,7 @@ from brainspade.engine.atomic import (
     write_text_atomic,
 )
 from brainspade.engine.logging import progress
-from brainspade.engine.runtime import select_device
+from brainspade.engine.runtime import select_device, uses_bf16
 from brainspade.engine.stage import StageFolder, config_fingerprint, finished_fingerprint
 from brainspade.errors import BrainspadeError
 from brainspade.generation.images import ImageGenerator, ModalityClassifier
@@ -99,6 +99,7 @@ def make_sample_set(
     shard: tuple[int, int] = (0, 1),
     force: bool = False,
     device: str = "auto",
+    precision: str = "auto",
 ) -> Path:
     """Make (or finish) the sample set in `folder`; return it once every block exists (or this shard's blocks do).
 
@@ -115,10 +116,14 @@ def make_sample_set(
         shard: (i, k): make every k-th block starting at i.
         force: redo a set made with other settings instead of refusing it.
         device: auto | cpu | cuda.
+        precision: `runtime.precision` (auto | fp32 | bf16): bf16 runs the networks under bf16 autocast; "auto" is
+            bf16 on a CUDA GPU that supports it and fp32 on a CPU. A bf16 set is another set (its own fingerprint).
     """
     if n <= 0:
         raise BrainspadeError(f"n={n}: ask for at least one sample, e.g. --n 100")
     shard_index, shard_count = shard
+    torch_device = select_device(device)
+    bf16 = uses_bf16(precision, torch_device)
     model_fingerprints = generators.fingerprints()
     settings = {
         "n": n, "seed": seed, "style_dataset": style.dataset, "style_modality": style.modality,
@@ -127,6 +132,8 @@ def make_sample_set(
         "label_sampling": dataclasses.asdict(labels),
         "models": model_fingerprints,
     }
+    if bf16:  # other numbers than fp32's; fp32 sets keep the settings (and fingerprint) they always had
+        settings["precision"] = "bf16"
     stage = StageFolder(folder, config_fingerprint(settings))
     if stage.is_up_to_date() and not force:
         _reopen_blocks_with_missing_cases(stage, n, sampling.batch_size)
@@ -134,10 +141,9 @@ def make_sample_set(
         print(f"[sample] {folder} is up to date")
         return folder
     # Models first: a style the filter can never accept is refused before anything is written.
-    torch_device = select_device(device)
     cache = SliceCache.open(generators.slices)
-    image_generator = ImageGenerator.from_folder(generators.image_generator, torch_device, cache.channels)
-    classifier = (ModalityClassifier.from_folder(generators.modality_classifier, torch_device, cache.channels)
+    image_generator = ImageGenerator.from_folder(generators.image_generator, torch_device, cache.channels, bf16)
+    classifier = (ModalityClassifier.from_folder(generators.modality_classifier, torch_device, cache.channels, bf16)
                   if sampling.modality_filter else None)
     warning = check_style_modality(style.modality, classifier.modalities if classifier else None,
                                    image_generator.modality_input, image_generator.appearance_input)
@@ -148,7 +154,8 @@ def make_sample_set(
     store = LookStore(generators.site_looks, model_fingerprints[2])
     site_look = _fit_site_look(image_generator, cache, bank, sources, seed, sampling, store)
     # Everything the label maps depend on; runs that differ only in style share their maps.
-    label_key = config_fingerprint({k: settings[k] for k in ("seed", "conditions", "label_sampling")},
+    label_key = config_fingerprint({k: settings[k] for k in ("seed", "conditions", "label_sampling", "precision")
+                                    if k in settings},
                                    model_fingerprints[:2], sampling.batch_size,
                                    finished_fingerprint(generators.slices), list(sources))
     write_text_atomic(folder / LABEL_KEY, label_key + "\n")
@@ -159,7 +166,8 @@ def make_sample_set(
         write_json_atomic(folder / SITE_LOOK_RECORD, site_look.as_dict())
 
     shared = SharedLabelMaps(folder, label_key) if sampling.share_label_maps else None
-    label_sampler = LabelSampler.from_folders(generators.label_vae, generators.label_ldm, torch_device, cache.channels)
+    label_sampler = LabelSampler.from_folders(generators.label_vae, generators.label_ldm, torch_device, cache.channels,
+                                              bf16)
     synthesiser = PairSynthesiser(
         label_sampler=label_sampler,
         image_generator=image_generator,

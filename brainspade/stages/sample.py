@@ -24,5 +24,5 @@ def run(cfg: DictConfig) -> Path:
         named_folder(stage_path(cfg, "samples"), "name", name), generator_folders(cfg, sampling.modality_filter), style, count(cfg),
         sampling=sampling, labels=section(cfg, "label_sampling"), sources=section(cfg, "data").source_datasets,
         conditions=conditions, seed=run_.seed, shard=parse_shard(str(cfg.shard)), force=run_.force,
-        device=run_.device,
+        device=run_.device, precision=section(cfg, "runtime").precision,
     )

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from brainspade.data.slice_cache import SliceCache
 from brainspade.engine.atomic import atomic_path, write_json_atomic
 from brainspade.engine.logging import colourise_labels, log_image_columns, progress, tensorboard_writer
-from brainspade.engine.runtime import select_device
+from brainspade.engine.runtime import select_device, uses_bf16
 from brainspade.engine.stage import StageFolder, config_fingerprint, finished_fingerprint, require_complete
 from brainspade.evaluation.metrics import lesion_present, tissue_volumes
 from brainspade.generation.labels import LabelSampler, sample_label_maps
@@ -34,14 +34,17 @@ def run(cfg: DictConfig) -> Path:
     slices = require_complete(stage_path(cfg, "slices"), "slice cache", "prepare-data")
     vae_folder = require_complete(stage_path(cfg, "label_vae"), "label VAE", "train-label-vae")
     ldm_folder = require_complete(stage_path(cfg, "label_ldm"), "label LDM", "train-label-ldm")
+    device = select_device(run_.device)
+    bf16 = uses_bf16(section(cfg, "runtime").precision, device)  # as in `sample`: its maps are `sample`'s maps
     fingerprint = config_fingerprint(label_settings, sampling.batch_size, conditions_mode, n, run_.seed,
-                                     finished_fingerprint(vae_folder), finished_fingerprint(ldm_folder))
+                                     finished_fingerprint(vae_folder), finished_fingerprint(ldm_folder),
+                                     *(["bf16"] if bf16 else []))
     folder = StageFolder(stage_path(cfg, "label_samples"), fingerprint)
     if folder.is_up_to_date() and not run_.force and len(list((folder.path / "pv").glob("*.npy"))) == n:
         print(f"[sample-labels] {folder.path} is up to date")
         return folder.path
     cache = SliceCache.open(slices)
-    sampler = LabelSampler.from_folders(vae_folder, ldm_folder, select_device(run_.device), cache.channels)
+    sampler = LabelSampler.from_folders(vae_folder, ldm_folder, device, cache.channels, bf16)
     draw = label_condition_drawer(conditions_mode, cache, sampler, label_settings, section(cfg, "data").source_datasets)
     # Samples are an output nothing trains on: another n, seed or setting simply replaces them.
     folder.prepare(resolved_yaml(cfg), force=True)

@@ -155,6 +155,24 @@ def test_appearance_transfer_gives_the_style_sites_noise_on_the_same_label_maps(
     assert measure_appearance(images(folder)).noise > measure_appearance(images(plain)).noise
 
 
+def test_bf16_sampling_makes_its_own_set_of_valid_pairs_stored_as_fp32_sets_are(capsys, full_run, trained_workdir):
+    """runtime.precision=bf16: the networks under autocast; maps still sum to 1, files keep their dtypes, and the set
+    neither reuses the fp32 set's label maps nor changes what an fp32 run is (that set stays up to date)."""
+    code, _, err = run_cli(capsys, "sample", "--n", "2", f"workdir={trained_workdir}", "profile=tiny", "name=bf16",
+                           "sampling.batch_size=2", "runtime.precision=bf16")
+    assert code == 0, err
+    folder = trained_workdir / "samples" / "bf16"
+    pv = np.load(folder / "pv" / "syn_000001.npy")
+    assert pv.dtype == np.float16
+    np.testing.assert_allclose(pv.astype(np.float32).sum(axis=0), 1, atol=2e-3)
+    assert nib.load(next((folder / "imagesTr").glob("*.nii.gz"))).get_data_dtype() == np.float32
+    assert "precision: bf16" in (folder / "settings.yaml").read_text()
+    fp32 = np.load(full_run / "pv" / "syn_000001.npy").astype(np.float32)
+    assert 0 < np.abs(pv.astype(np.float32) - fp32).mean() < 0.05  # sampled again in bf16, close to fp32's map
+    code, out, err = run_cli(capsys, *_sample_args(trained_workdir, "full"))
+    assert code == 0 and "is up to date" in out, err
+
+
 def test_shard_syntax_and_torchrun_ranks(monkeypatch):
     assert parse_shard("1/4") == (1, 4)
     monkeypatch.setenv("RANK", "2")

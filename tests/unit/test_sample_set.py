@@ -1,0 +1,80 @@
+"""`sample`'s runtime: bf16 autocast of its networks (runtime.precision)."""
+
+from __future__ import annotations
+
+import torch
+from conftest import settings_of
+from test_image_generator import SIZE as IMAGE_SIZE
+from test_image_generator import fake_batch, networks
+from test_label_generator import CHANNELS, SCHEDULER, SIZE, tiny_unet, tiny_vae
+
+from brainspade.engine.runtime import uses_bf16
+from brainspade.generation.images import ImageGenerator, ModalityClassifier
+from brainspade.generation.labels import LabelSampler, make_scheduler
+from brainspade.models.modality_classifier import ModalityDatasetClassifier
+
+CPU = torch.device("cpu")
+
+
+def output_dtypes(*modules: torch.nn.Module) -> list[torch.dtype]:
+    """The dtypes of every tensor the modules return from now on (forward hooks)."""
+    seen: list[torch.dtype] = []
+
+    def hook(module, inputs, output):
+        for item in output if isinstance(output, (tuple, list)) else (output,):
+            if isinstance(item, torch.Tensor):
+                seen.append(item.dtype)
+
+    for module in modules:
+        module.register_forward_hook(hook)
+    return seen
+
+
+def test_precision_auto_is_fp32_on_a_cpu_and_bf16_only_when_asked():
+    assert not uses_bf16("auto", CPU)
+    assert not uses_bf16("fp32", CPU)
+    assert uses_bf16("bf16", CPU)
+    assert not uses_bf16("fp32", torch.device("cuda"))
+
+
+def label_samplers() -> tuple[LabelSampler, LabelSampler]:
+    torch.manual_seed(0)
+    vae, unet = tiny_vae(), tiny_unet()
+    return tuple(LabelSampler(vae, unet, make_scheduler(SCHEDULER), 1.0, CHANNELS, ["tumour"], SIZE, CPU, bf16=bf16)
+                 for bf16 in (False, True))
+
+
+def test_bf16_label_sampling_runs_the_networks_in_bf16_and_returns_fp32_maps_that_sum_to_one():
+    fp32, bf16 = label_samplers()
+    conditions = torch.tensor([[0.0, 0.4], [0.05, 0.6]])
+    settings = settings_of("label_sampling", sampler="ddim", steps=2)
+    reference = fp32.sample(conditions, [3, 4], settings)
+    unet_dtypes, vae_dtypes = output_dtypes(bf16.unet), output_dtypes(*bf16.vae.modules())  # only decode runs
+    maps = bf16.sample(conditions, [3, 4], settings)
+    assert torch.bfloat16 in unet_dtypes and torch.bfloat16 in vae_dtypes  # both ran under autocast
+    assert maps.dtype == torch.float32 and maps.shape == reference.shape
+    torch.testing.assert_close(maps.sum(dim=1), torch.ones(2, *SIZE), atol=1e-5, rtol=0)
+    difference = (maps - reference).abs()
+    assert 0 < difference.mean() < 0.02  # rounded, not another map
+
+
+def test_bf16_image_generator_and_classifier_return_fp32_close_to_fp32():
+    nets = networks()
+    batch = fake_batch()
+    fp32, bf16 = (ImageGenerator(nets.style_encoder, nets.generator, [f"c{i}" for i in range(6)], IMAGE_SIZE, CPU,
+                                 bf16=flag) for flag in (False, True))
+    reference = fp32.generate(batch["pv_map"], batch["style"], [1, 2, 3, 4])
+    seen = output_dtypes(bf16.generator, bf16.style_encoder)
+    images = bf16.generate(batch["pv_map"], batch["style"], [1, 2, 3, 4])
+    assert torch.bfloat16 in seen
+    assert images.dtype == torch.float32
+    relative = (images - reference).abs().mean() / reference.abs().mean()
+    assert 0 < relative < 0.05
+
+    network = ModalityDatasetClassifier(2, 3, init_features=8, growth_rate=4, block_config=(2, 2)).eval()
+    plain, rounded = (ModalityClassifier(network, ["FLAIR", "T1"], ["a", "b", "c"], CPU, bf16=flag)
+                      for flag in (False, True))
+    modality, dataset = rounded.predict(images)
+    assert modality.dtype == dataset.dtype == torch.float32
+    torch.testing.assert_close(modality.sum(dim=1), torch.ones(len(images)))
+    torch.testing.assert_close(modality, plain.predict(images)[0], atol=0.03, rtol=0)
