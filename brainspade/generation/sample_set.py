@@ -6,7 +6,8 @@ Streaming, deterministic, resumable and sharded:
 - a block's record file (blocks/block_NNNNNN.csv) is written after all its case files, so an
   interrupted run (even kill -9) redoes only blocks without a record, writing only missing files;
 - `shard=(i, k)` takes every k-th block starting at i; under torchrun each rank takes its own;
-- nothing accumulates in memory across blocks.
+- a block's files are written by a writer thread while the next block is computed (`BlockWriter`);
+  at most one finished block waits for it, so nothing accumulates in memory across blocks.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import ctypes
 import dataclasses
 import io
 import os
-from collections.abc import Sequence
+import queue
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,11 +189,12 @@ def make_sample_set(
     blocks = [b for b in range(total_blocks) if b % shard_count == shard_index]
     missing = [b for b in blocks if not _block_record(folder, b).is_file()]
     bar = progress(total=len(missing) * batch_size, desc=f"sample {folder.name}", unit="pair")
-    for block in missing:
-        ids = list(range(block * batch_size, min((block + 1) * batch_size, n)))
-        _write_block(folder, block, synthesiser.make(ids))
-        release_freed_memory()
-        bar.update(len(ids))
+    with BlockWriter(lambda block, batch: _write_block(folder, block, batch)) as writer:
+        for block in missing:
+            ids = list(range(block * batch_size, min((block + 1) * batch_size, n)))
+            writer.put(block, synthesiser.make(ids))
+            release_freed_memory()
+            bar.update(len(ids))
     bar.close()
 
     done = sum(_block_record(folder, b).is_file() for b in range(total_blocks))
@@ -199,6 +203,48 @@ def make_sample_set(
         return folder
     _finish(stage, n, total_blocks, cache.channels, style.modality)
     return folder
+
+
+class BlockWriter:
+    """Writes finished blocks on a thread of its own, in order, while the caller computes the next one.
+
+    `put` waits while `depth` blocks already wait to be written, so memory stays bounded; a block's
+    files and then its record are written exactly as a serial run writes them, so resume and shards
+    see the same folder. An error of the writer is raised in the caller, at its next `put` or at the
+    end of the `with` block; leaving that block waits for the queued blocks to be written.
+    """
+
+    def __init__(self, write: Callable[[int, PairBatch], None], depth: int = 1):
+        self._write = write
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="sample-writer", daemon=True)
+
+    def __enter__(self) -> BlockWriter:
+        self._thread.start()
+        return self
+
+    def put(self, block: int, batch: PairBatch) -> None:
+        self._raise_error()
+        self._queue.put((block, batch))
+
+    def __exit__(self, kind, error, traceback) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if error is None:
+            self._raise_error()
+
+    def _run(self) -> None:
+        for item in iter(self._queue.get, None):
+            if self._error is None:  # after an error, blocks leave the queue unwritten: the caller never waits
+                try:
+                    self._write(*item)
+                except BaseException as error:  # raised again in the caller's thread
+                    self._error = error
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
 
 
 def _sampling_keys(sampling: SamplingSettings, style_dataset: str | None, sources: Sequence[str]) -> dict:

@@ -1,7 +1,11 @@
-"""`sample`'s runtime: bf16 autocast of its networks (runtime.precision)."""
+"""`sample`'s runtime: bf16 autocast of its networks (runtime.precision) and the writer thread beside the compute."""
 
 from __future__ import annotations
 
+import threading
+import time
+
+import pytest
 import torch
 from conftest import settings_of
 from test_image_generator import SIZE as IMAGE_SIZE
@@ -11,6 +15,7 @@ from test_label_generator import CHANNELS, SCHEDULER, SIZE, tiny_unet, tiny_vae
 from brainspade.engine.runtime import uses_bf16
 from brainspade.generation.images import ImageGenerator, ModalityClassifier
 from brainspade.generation.labels import LabelSampler, make_scheduler
+from brainspade.generation.sample_set import BlockWriter
 from brainspade.models.modality_classifier import ModalityDatasetClassifier
 
 CPU = torch.device("cpu")
@@ -78,3 +83,47 @@ def test_bf16_image_generator_and_classifier_return_fp32_close_to_fp32():
     assert modality.dtype == dataset.dtype == torch.float32
     torch.testing.assert_close(modality.sum(dim=1), torch.ones(len(images)))
     torch.testing.assert_close(modality, plain.predict(images)[0], atol=0.03, rtol=0)
+
+
+def test_the_writer_writes_a_block_while_the_next_is_computed_in_order():
+    computing_next = threading.Event()
+    written: list[int] = []
+
+    def write(block, batch):
+        if block == 0:  # a serial loop would never get to compute block 1 while block 0 is being written
+            assert computing_next.wait(timeout=10), "block 1 was not computed while block 0 was written"
+        written.append(block)
+
+    with BlockWriter(write) as writer:
+        writer.put(0, "batch 0")
+        computing_next.set()  # "computing" block 1
+        writer.put(1, "batch 1")
+        writer.put(2, "batch 2")
+    assert written == [0, 1, 2]  # all written (in order) once the with block is left
+
+
+def test_the_writer_holds_at_most_one_waiting_block():
+    release = threading.Event()
+    with BlockWriter(lambda block, batch: release.wait(timeout=10)) as writer:
+        writer.put(0, None)  # being written (blocked)
+        time.sleep(0.1)
+        writer.put(1, None)  # waiting in the queue
+        third = threading.Thread(target=writer.put, args=(2, None), daemon=True)
+        third.start()
+        third.join(timeout=0.5)
+        assert third.is_alive(), "a third block was accepted while one was written and one waited"
+        release.set()
+        third.join(timeout=10)
+        assert not third.is_alive()
+
+
+def test_a_failed_write_stops_the_run_with_its_error():
+    def write(block, batch):
+        if block == 1:
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        with BlockWriter(write) as writer:
+            for block in range(5):
+                writer.put(block, None)
+                time.sleep(0.05)
