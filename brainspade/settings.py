@@ -14,7 +14,7 @@ rebuilds its networks with nothing else.
 """
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Optional
 
 from brainspade.errors import BrainspadeError
@@ -175,12 +175,28 @@ class DataSettings(Checked):
 # ---------------------------------------------------------------- label generator
 
 
+def check_accumulate(accumulate: int, batch_size: int) -> None:
+    """Each of the `accumulate` micro-batches of a step needs one slice at least."""
+    if accumulate > batch_size:
+        raise BrainspadeError(f"accumulate={accumulate}: must be <= batch_size={batch_size} (each step's batch is "
+                              f"split into `accumulate` micro-batches); lower it or raise batch_size")
+
+
+def trained_settings(settings: Any) -> dict[str, Any]:
+    """A label stage's settings as its fingerprint takes them: all but `accumulate`, which splits each step's batch
+    into micro-batches without changing the step, so a run may resume with another (e.g. on a smaller GPU)."""
+    values = asdict(settings)
+    values.pop("accumulate")
+    return values
+
+
 @dataclass(frozen=True)
 class LabelVAESettings(Checked):
     model: dict[str, Any]  # LabelVAE arguments (num_channels comes from the data)
     discriminator: dict[str, Any]  # MONAI PatchDiscriminator arguments
     steps: int = bounded(ge=1)
     batch_size: int = bounded(ge=1)
+    accumulate: int = bounded(ge=1)  # micro-batches per optimiser step (gradient accumulation)
     lr: float = bounded(gt=0)
     discriminator_lr: float = bounded(gt=0)
     grad_clip: float = bounded(gt=0)
@@ -196,6 +212,10 @@ class LabelVAESettings(Checked):
     checkpoint_every: int = bounded(ge=1)
     log_every: int = bounded(ge=1)
     image_every: int = bounded(ge=1)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_accumulate(self.accumulate, self.batch_size)
 
 
 # Counts of slices held in memory at once, whatever the data: stages/checks.py bounds them by the machine's
@@ -215,6 +235,7 @@ class LabelLDMSettings(Checked):
     condition_dropout: float = bounded(ge=0, le=1)
     steps: int = bounded(ge=1)
     batch_size: int = bounded(ge=1)
+    accumulate: int = bounded(ge=1)  # micro-batches per optimiser step (gradient accumulation)
     lesion_batch_fraction: float = bounded(ge=0, le=1)
     lr: float = bounded(gt=0)
     grad_clip: float = bounded(gt=0)
@@ -227,6 +248,10 @@ class LabelLDMSettings(Checked):
     eval_batch_size: int = bounded(ge=1)
     lesion_min_pixels: int = bounded(ge=1)
     lesion_eval_min_proportion: float = bounded(ge=0, le=1)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_accumulate(self.accumulate, self.batch_size)
 
     @property
     def scheduler(self) -> dict[str, Any]:

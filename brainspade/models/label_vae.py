@@ -69,5 +69,7 @@ class LabelVAE(nn.Module):
         `softmax(logits, dim=1)` is the reconstructed PV map.
         """
         mu, sigma = self.encode(pv_maps)
-        latents = mu + sigma * torch.randn_like(sigma)
+        # Drawn in row-major order (randn_like would follow sigma's strides, channels-last from a batch of 2 on): a
+        # sample's noise is then the same whether its batch is split into micro-batches or not.
+        latents = mu + sigma * torch.randn(sigma.shape, dtype=sigma.dtype, device=sigma.device)
         return self.decode_logits(latents), mu, sigma

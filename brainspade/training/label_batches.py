@@ -82,3 +82,20 @@ def reconstruct(vae: LabelVAE, pv_maps: torch.Tensor, batch_size: int, device: t
     chunks = [vae.decode(vae.encode(as_pv(pv_maps[i : i + batch_size]).to(device))[0]).cpu()
               for i in range(0, len(pv_maps), batch_size)]
     return torch.cat(chunks)
+
+
+def micro_batches(size: int, parts: int) -> list[tuple[slice, float]]:
+    """`parts` contiguous slices of a batch of `size` (sizes differ by at most one), each with its share of the batch.
+
+    A loss that is a mean over its micro-batch, weighted by that share and summed, is the mean over the
+    whole batch: gradients accumulated this way are the batch's gradient (`label_vae.accumulate`,
+    `label_ldm.accumulate`). More parts than samples give one sample per part.
+    """
+    parts = max(1, min(parts, size))
+    length, remainder = divmod(size, parts)
+    slices, start = [], 0
+    for part in range(parts):
+        stop = start + length + (1 if part < remainder else 0)
+        slices.append((slice(start, stop), (stop - start) / size))
+        start = stop
+    return slices

@@ -29,6 +29,7 @@ from brainspade.training.label_batches import (
     encode_means,
     lesion_positions,
     load_pv_maps,
+    micro_batches,
 )
 from brainspade.training.loop import Checkpointer, Schedule, run_steps
 from brainspade.training.models import build
@@ -72,7 +73,7 @@ def train_label_ldm(folder: Path, cache: SliceCache, train: np.ndarray, vae: Lab
         index = batch_indices(len(latents), batch_size, lesion_slices, settings.lesion_batch_fraction)
         loss = ldm_training_step(
             trained_unet, optimizer, scheduler, runtime.inputs(latents[index]), conditions[index].to(device),
-            settings.condition_dropout, settings.loss, settings.grad_clip, runtime.autocast,
+            settings.condition_dropout, settings.loss, settings.grad_clip, runtime.autocast, settings.accumulate,
         )
         update_ema(ema, unet, settings.ema_decay)
         return {"noise" if settings.objective == "ddpm" else "velocity": loss}
@@ -95,22 +96,29 @@ def ldm_training_step(
     loss_name: str,
     grad_clip: float,
     autocast: Callable[[], AbstractContextManager] = nullcontext,
+    accumulate: int = 1,
 ) -> float:
     """One denoising step on scaled latents; conditions are dropped with p = `condition_dropout` (CFG).
 
     The target follows the scheduler: the added noise ε for DDPM, the velocity for rectified flow.
+    `accumulate`: forward and backward in this many micro-batches (noise, timesteps and dropped
+    conditions drawn for the whole batch first), each loss weighted by its share, then one optimiser
+    step: the batch's update with a micro-batch's activation memory.
     """
     noisy, timesteps, target = noisy_latents_and_target(scheduler, latents, torch.randn_like(latents))
     dropped = torch.rand(len(latents), device=latents.device) < condition_dropout
-    with autocast():
-        prediction = unet(noisy, timesteps, conditions, dropped)
-    prediction = prediction.float()
-    loss = F.l1_loss(prediction, target) if loss_name == "l1" else F.mse_loss(prediction, target)
+    distance = F.l1_loss if loss_name == "l1" else F.mse_loss
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    total = latents.new_zeros((), dtype=torch.float32)
+    for part, share in micro_batches(len(latents), accumulate):
+        with autocast():
+            prediction = unet(noisy[part], timesteps[part], conditions[part], dropped[part])
+        loss = distance(prediction.float(), target[part])
+        (share * loss).backward()
+        total = total + share * loss.detach()
     clip_finite_gradients(unet.parameters(), grad_clip, "label LDM", "label_ldm.lr")
     optimizer.step()
-    return float(loss.detach())
+    return float(total)
 
 
 def validation_metrics(sampler: LabelSampler, cache: SliceCache, sources: list[str], settings: LabelLDMSettings,

@@ -27,6 +27,7 @@ from brainspade.training.label_batches import (
     inverse_frequency_weights,
     lesion_positions,
     load_pv_maps,
+    micro_batches,
     random_batch,
     reconstruct,
 )
@@ -84,6 +85,7 @@ def train_label_vae(folder: Path, cache: SliceCache, train: np.ndarray, settings
             trained_vae, trained_discriminator, perceptual, optimizers["vae"], optimizers["discriminator"], batch,
             weights, adversarial=weights["adversarial"] > 0 and step >= settings.adversarial_start,
             grad_clip=settings.grad_clip, channel_weights=channel_weights, autocast=runtime.autocast,
+            accumulate=settings.accumulate,
         )
 
     @torch.no_grad()
@@ -111,6 +113,7 @@ def vae_training_step(
     grad_clip: float,
     channel_weights: torch.Tensor | None = None,
     autocast: Callable[[], AbstractContextManager] = nullcontext,
+    accumulate: int = 1,
 ) -> dict[str, float]:
     """One step of L1 + KL + perceptual (+ least-squares PatchGAN) for the VAE, then one for the discriminator.
 
@@ -119,8 +122,47 @@ def vae_training_step(
     distribution: not in the paper, but its gradient does not vanish on thin or rare structures
     (CSF, lesions) the way an L1 on softmax outputs does, so short trainings learn them.
     `autocast` opens the mixed-precision context of the forward passes (losses are taken in fp32).
+    `accumulate`: the batch goes through forward and backward in this many micro-batches, each loss
+    weighted by its share, before each network's one optimiser step: the batch's update with a
+    micro-batch's activation memory (the discriminator's batch norm sees micro-batch statistics).
     `vae` and `discriminator` may be DDP-wrapped: every parameter gets a gradient in each backward.
     """
+    parts = micro_batches(len(pv_maps), accumulate)
+    totals: dict[str, torch.Tensor] = {}
+    reconstructions = []
+    vae_optimizer.zero_grad(set_to_none=True)
+    for part, share in parts:
+        terms, reconstruction = _vae_terms(vae, discriminator, perceptual, pv_maps[part], weights, adversarial,
+                                           channel_weights, autocast)
+        (share * terms["total"]).backward()
+        reconstructions.append(reconstruction.detach())
+        for name, value in terms.items():
+            totals[name] = totals.get(name, 0.0) + share * value.detach()
+    clip_finite_gradients(vae.parameters(), grad_clip, "label VAE", "label_vae.lr")
+    vae_optimizer.step()
+    if adversarial:
+        discriminator_optimizer.zero_grad(set_to_none=True)  # also drops what the VAE's adversarial term left there
+        totals["discriminator"] = pv_maps.new_zeros(())
+        for (part, share), reconstruction in zip(parts, reconstructions, strict=True):
+            with autocast():
+                fake_scores = discriminator(reconstruction)[-1]
+                real_scores = discriminator(pv_maps[part])[-1]
+            fake = ADVERSARIAL(fake_scores.float(), target_is_real=False, for_discriminator=True)
+            real = ADVERSARIAL(real_scores.float(), target_is_real=True, for_discriminator=True)
+            loss = 0.5 * (fake + real)
+            (share * loss).backward()
+            totals["discriminator"] = totals["discriminator"] + share * loss.detach()
+        clip_finite_gradients(discriminator.parameters(), grad_clip, "label VAE discriminator",
+                              "label_vae.discriminator_lr")
+        discriminator_optimizer.step()
+    return {name: float(value) for name, value in totals.items()}
+
+
+def _vae_terms(vae: LabelVAE, discriminator: nn.Module, perceptual: nn.Module, pv_maps: torch.Tensor,
+               weights: Mapping[str, float], adversarial: bool, channel_weights: torch.Tensor | None,
+               autocast: Callable[[], AbstractContextManager]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The VAE's loss terms on one (micro-)batch, each a mean over it, with their weighted sum as "total"; and the
+    reconstructed PV maps."""
     with autocast():
         logits, mu, sigma = vae(pv_maps)
     logits, mu, sigma = logits.float(), mu.float(), sigma.float()
@@ -144,24 +186,8 @@ def vae_training_step(
     loss = loss + weights["adversarial"] * terms["generator"]
     if cross_entropy_weight > 0:
         loss = loss + cross_entropy_weight * terms["cross_entropy"]
-    vae_optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    clip_finite_gradients(vae.parameters(), grad_clip, "label VAE", "label_vae.lr")
-    vae_optimizer.step()
-    terms["total"] = loss.detach()
-    if adversarial:
-        with autocast():
-            fake_scores = discriminator(reconstruction.detach())[-1]
-            real_scores = discriminator(pv_maps)[-1]
-        fake = ADVERSARIAL(fake_scores.float(), target_is_real=False, for_discriminator=True)
-        real = ADVERSARIAL(real_scores.float(), target_is_real=True, for_discriminator=True)
-        terms["discriminator"] = 0.5 * (fake + real)
-        discriminator_optimizer.zero_grad(set_to_none=True)
-        terms["discriminator"].backward()
-        clip_finite_gradients(discriminator.parameters(), grad_clip, "label VAE discriminator",
-                              "label_vae.discriminator_lr")
-        discriminator_optimizer.step()
-    return {name: float(value.detach()) for name, value in terms.items()}
+    terms["total"] = loss
+    return terms, reconstruction
 
 
 def evaluate_label_vae(vae: LabelVAE, cache: SliceCache, sources: list[str], batch_size: int,
