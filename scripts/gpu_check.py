@@ -20,12 +20,17 @@ limit; a part that fails or times out is recorded as such and the check goes on.
    memory: torch.cuda.max_memory_allocated/_reserved read inside the stage's process (this
    script starts the CLI through a small wrapper that prints them on exit or SIGTERM), and
    nvidia-smi's memory.used sampled every 200 ms (the whole device, CUDA context included).
-3. `sample` with DDIM (20 steps) and, with an LDM trained with label_ldm.objective=rflow,
-   rectified flow (10 steps): pairs/s from the block records' times, the projected time of
-   20,000 pairs, and the achieved share of the bf16 peak from the FLOPs per pair
-   (scripts/bench_train.py --flops, rescaled to the sampler steps used, and a count of the real
-   sample command under torch.utils.flop_counter).
-4. DIR/results.json, DIR/results.md (summary tables) and DIR/logs.txt (the tail of every run's
+3. `sample` with DDIM (20 steps) in fp32 and in bf16 (runtime.precision) and, with an LDM trained
+   with label_ldm.objective=rflow, rectified flow (10 steps): pairs/s from the block records'
+   times, the projected time of 20,000 pairs, and the achieved share of the bf16 peak from the
+   FLOPs per pair (scripts/bench_train.py --flops, rescaled to the sampler steps used, and a count
+   of the real sample command under torch.utils.flop_counter).
+4. scripts/bench_sample_precision.py on the trained generators: bf16 against fp32 fidelity (PV sums,
+   tissue-volume, lesion-rate and intensity distances against the fp32 seed-to-seed spread), then
+   torch.compile of the LDM UNet step, the label decoder, the SPADE and the classifier with its cost.
+5. The paper's batch through gradient accumulation: train-label-vae and train-label-ldm at the
+   profile's batch_size and accumulate (256 = 8 x 32 and 4 x 64), a few steps, with peak memory.
+6. DIR/results.json, DIR/results.md (summary tables) and DIR/logs.txt (the tail of every run's
    output); the summary is printed at the end. Results are rewritten after every part, so a
    run cut short still leaves what it measured.
 """
@@ -67,6 +72,8 @@ STAGES = {
 }
 GPU_BATCH = {"label_vae": 32, "label_ldm": 64, "modisc": 32, "image_generator": 8}
 DRY_BATCH = {"label_vae": 4, "label_ldm": 8, "modisc": 4, "image_generator": 2}
+ACCUMULATED = ("label_vae", "label_ldm")  # sections with `accumulate`: 1 in the timed runs, the profile's in "paper batch"
+DRY_PAPER_BATCH = {"label_vae": (8, 2), "label_ldm": (8, 2)}  # (batch_size, accumulate) of the dry run's paper-batch runs
 # One train and one test subject per site ([train, dev, test]): prepare-data refuses a site without both. The dry run uses the same
 # counts (at tiny's size), so a manifest rule the GPU run would break fails there first.
 PHANTOM_SUBJECTS = ["phantom.subjects_per_site={siteA: [1, 0, 1], siteB: [1, 0, 1], siteC: [1, 0, 1], siteT: [1, 0, 1], "
@@ -151,7 +158,7 @@ class Check:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.start)),
             "budget_seconds": args.budget, "command": "scripts/gpu_check.sh " + " ".join(sys.argv[1:]),
             "machine": {}, "settings": {}, "parts": [], "stages": {}, "sampling": [], "flops": {},
-            "dropped_overrides": [], "notes": [],
+            "sample_precision": None, "sample_compile": None, "paper_batch": {}, "dropped_overrides": [], "notes": [],
         }
 
     # -- config keys (only the optional evaluation cuts are filtered; every other key must exist)
@@ -330,6 +337,8 @@ class Check:
         batch = self.batch.get(section)
         if batch:
             overrides.append(f"{section}.batch_size={batch}")
+        if section in ACCUMULATED:  # the timed runs: one micro-batch per step, as the batch column says
+            overrides.append(f"{section}.accumulate=1")
         return overrides + self.optional(cuts)
 
     def scratch(self, tag: str, inputs: list[str]) -> Path:
@@ -363,9 +372,13 @@ class Check:
                      paper_batch_size=config_value(self.known, f"{section}.batch_size"))
         limit = 120 if self.dry else 240
         tag = "bf16_compile" if self.dry else "bf16"  # dry run: compile rides on the first run (no extra start)
+        resume = "resume" not in self.args.skip  # without the resume check, the first run finishes (later stages read it)
         first = self.run(f"{command} {tag}", command, self.stage_overrides(command, n, "bf16", self.dry), self.main,
-                         limit, stop_at_rate=True)
+                         limit, stop_at_rate=resume)
         entry[tag] = self.measured(first, self.main / section)
+        if not resume:
+            self.save()
+            return
         second = self.run(f"{command} resume", command, self.stage_overrides(command, 2 * n, "bf16", False),
                           self.main, limit)
         entry["resume"] = resume_check(second, self.main / section, n)
@@ -387,17 +400,24 @@ class Check:
         shutil.rmtree(workdir, ignore_errors=True)
         self.save()
 
-    def sample_overrides(self, n: int, name: str, batch: int, sampler: str, steps: int) -> list[str]:
+    def sample_overrides(self, n: int, name: str, batch: int, sampler: str, steps: int,
+                         precision: str = "fp32") -> list[str]:
         return [f"n={n}", f"name={name}", f"label_sampling.sampler={sampler}", f"label_sampling.steps={steps}",
-                f"sampling.batch_size={batch}"] + self.optional(["sampling.max_retries=0",
-                                                                 "sampling.share_label_maps=false"])
+                f"sampling.batch_size={batch}", f"runtime.precision={precision}"] + self.optional(
+                    ["sampling.max_retries=0", "sampling.share_label_maps=false"])
 
-    def sample(self, sampler: str, steps: int, workdir: Path, tag: str) -> None:
-        batch = self.args.sample_batch or (4 if self.dry else 128)
+    @property
+    def sample_batch(self) -> int:
+        return self.args.sample_batch or (4 if self.dry else 128)
+
+    def sample(self, sampler: str, steps: int, workdir: Path, tag: str, precision: str = "fp32",
+               count_flops: bool = True) -> None:
+        batch = self.sample_batch
         n, name = 3 * batch, f"gc_{tag}"
-        part = self.run(f"sample {tag}", "sample", self.sample_overrides(n, name, batch, sampler, steps), workdir,
-                        90 if self.dry else 180)
-        row = {"sampler": sampler, "steps": steps, "batch_size": batch, "n": n, "status": part["status"],
+        part = self.run(f"sample {tag}", "sample", self.sample_overrides(n, name, batch, sampler, steps, precision),
+                        workdir, 90 if self.dry else 180)
+        row = {"sampler": sampler, "steps": steps, "precision": precision, "batch_size": batch, "n": n,
+               "status": part["status"],
                "error": part.get("error"), "wall_seconds": part.get("wall_seconds"),
                "peak_allocated_gib": part.get("peak_allocated_gib"),
                "nvidia_smi_peak_gib": part.get("nvidia_smi_peak_gib")}
@@ -411,7 +431,9 @@ class Check:
                 row["timed_from"] = "process wall time (startup included)"
             row["projected_20000_pairs_minutes"] = round(20000 / row["pairs_per_second"] / 60, 1)
             shutil.rmtree(workdir / "samples" / name, ignore_errors=True)
-        if part["status"] == "ok":
+        # On a GPU the count is the fallback for bench_train's FLOPs; the dry run keeps it to exercise it.
+        needs_count = self.dry or (self.results["flops"].get("bench_train") or {}).get("status") != "ok"
+        if part["status"] == "ok" and count_flops and needs_count:
             # The same command on a few pairs under torch's flop counter (every op it knows: convs, matmuls, attention)
             few = 2 if self.dry else 4
             counted = self.run(f"sample {tag} flop count", "sample",
@@ -454,6 +476,79 @@ class Check:
         else:
             self.results["sampling"].append({"sampler": "rflow", "steps": 10, "status": "not run",
                                              "error": f"LDM with objective=rflow: {part['status']}"})
+        shutil.rmtree(workdir, ignore_errors=True)
+        self.save()
+
+
+    def run_script(self, name: str, argv: list[str], limit: float) -> dict:
+        """One `python scripts/...` run with its own time limit (like `run`, without the CLI wrapper)."""
+        timeout = min(limit, self.remaining() - 5)
+        part = {"name": name, "command": argv[0], "overrides": argv[1:], "limit_seconds": round(limit)}
+        if timeout < 15:
+            part.update(status="skipped", reason="time budget spent")
+            self.record_part(part, [])
+            return part
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+               "PYTHONUNBUFFERED": "1"}
+        sampler = MemorySampler() if not self.dry else None
+        started = time.time()
+        process = subprocess.Popen([sys.executable, *argv], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True)
+        timed_out = False
+        try:
+            output, _ = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _signal(process, signal.SIGKILL)
+            output, _ = process.communicate()
+        lines = (output or "").splitlines()
+        ok = not timed_out and process.returncode == 0
+        part.update(status="ok" if ok else ("timed out" if timed_out else "failed"), returncode=process.returncode,
+                    started_seconds=round(started - self.start, 1), wall_seconds=round(time.time() - started, 2),
+                    nvidia_smi_peak_gib=sampler.stop() if sampler else None)
+        if not ok:
+            part["error"] = _error_line(lines, timed_out, timeout)
+        self.record_part(part, lines)
+        return part
+
+    def precision_bench(self, steps: int, compile_: bool) -> None:
+        """scripts/bench_sample_precision.py on the trained generators: fidelity, or the compile timings."""
+        tag = "compile" if compile_ else "fidelity"
+        out = self.out / f"sample_{tag}.json"
+        batch = self.sample_batch
+        argv = [str(REPO / "scripts" / "bench_sample_precision.py"), "--workdir", str(self.main),
+                "--profile", self.profile, "--device", self.device, "--batch", str(batch), "--json", str(out),
+                "--override", f"label_sampling.steps={steps}", "sampling.max_retries=0",
+                *(PHANTOM_SUBJECTS if self.dry else GPU_PHANTOM)]
+        if compile_:
+            argv += ["--compile", "--skip-fidelity", "--repeats", "2" if self.dry else "5",
+                     "--compile-backend", "aot_eager" if self.dry else "inductor"]
+        else:
+            argv += ["--n", str(batch), "--seeds", "0", "1", "2"]
+        part = self.run_script(f"sample {tag} (bench_sample_precision)", argv,
+                               (150 if compile_ else 120) if self.dry else (300 if compile_ else 180))
+        result = _read_json(out) or {}  # the compile timings are saved network by network: a cut run keeps the first
+        key = "sample_compile" if compile_ else "sample_precision"
+        self.results[key] = {**result, "status": part["status"], "error": part.get("error")}
+        self.save()
+
+    def paper_batch(self, command: str) -> None:
+        """The paper's batch through accumulation: the profile's batch_size and accumulate, a few bf16 steps."""
+        section, inputs, _ = STAGES[command]
+        if self.dry:
+            batch, accumulate = DRY_PAPER_BATCH[section]
+        else:
+            batch = config_value(self.known_profile, f"{section}.batch_size")
+            accumulate = config_value(self.known_profile, f"{section}.accumulate")
+        workdir = self.scratch(f"paper_batch_{section}", inputs)
+        steps = 3
+        overrides = [o for o in self.stage_overrides(command, steps, "bf16", False)
+                     if not o.startswith((f"{section}.batch_size=", f"{section}.accumulate="))]
+        overrides += [f"{section}.batch_size={batch}", f"{section}.accumulate={accumulate}"]
+        part = self.run(f"{command} paper batch", command, overrides, workdir, 120 if self.dry else 180,
+                        stop_at_rate=True)
+        self.results["paper_batch"][command] = {"batch_size": batch, "accumulate": accumulate, "steps": steps,
+                                                **self.measured(part, workdir / section)}
         shutil.rmtree(workdir, ignore_errors=True)
         self.save()
 
@@ -721,13 +816,14 @@ def summary_markdown(results: dict) -> str:
             f"{_fmt(entry.get('compile_seconds'), 1)} | {_memory(entry.get('bf16'))} | {_memory(entry.get('fp32'))} | "
             f"{_memory(entry.get('bf16_compile'))} | {resumed} |")
     lines += ["", "## Sampling (`brainspade sample`)", "",
-              "| sampler | steps | batch | pairs/s | 20,000 pairs | GFLOP/pair | TFLOP/s | share of bf16 peak | "
-              "peak GiB (alloc / smi) | status |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "| sampler | steps | precision | batch | pairs/s | 20,000 pairs | GFLOP/pair | TFLOP/s | share of bf16 peak "
+              "| peak GiB (alloc / smi) | status |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in results["sampling"]:
         share = row.get("share_of_bf16_peak")
         lines.append(
-            f"| {row['sampler']} | {row['steps']} | {row.get('batch_size')} | {_fmt(row.get('pairs_per_second'), 2)} | "
+            f"| {row['sampler']} | {row['steps']} | {row.get('precision', 'fp32')} | {row.get('batch_size')} | "
+            f"{_fmt(row.get('pairs_per_second'), 2)} | "
             f"{_fmt(row.get('projected_20000_pairs_minutes'), 1, ' min')} | {_fmt(row.get('gflop_per_pair'), 1)} | "
             f"{_fmt(row.get('achieved_tflops'), 2)} | {'–' if share is None else f'{100 * share:.2f} %'} | "
             f"{_fmt(row.get('peak_allocated_gib'), 1)} / {_fmt(row.get('nvidia_smi_peak_gib'), 1)} | "
@@ -737,6 +833,17 @@ def summary_markdown(results: dict) -> str:
               f"{flops.get('peak_bf16_tflops_measured')} TFLOP/s. FLOPs per pair: bench_train "
               f"{(flops.get('bench_train') or {}).get('status', 'not run')}"
               f"{': ' + flops['bench_train']['error'] if (flops.get('bench_train') or {}).get('error') else ''}."]
+    lines += precision_markdown(results.get("sample_precision"), results.get("sample_compile"))
+    if results.get("paper_batch"):
+        lines += ["", "## The paper's batch through accumulation (bf16, a few steps)", "",
+                  "| stage | batch_size | accumulate | micro-batch | steps/s | samples/s | memory GiB | status |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for command, run in results["paper_batch"].items():
+            rate = run.get("steady_steps_per_second") or run.get("stage_steps_per_second")
+            lines.append(f"| {command} | {run['batch_size']} | {run['accumulate']} | "
+                         f"{run['batch_size'] // max(1, run['accumulate'])} | {_fmt(rate, 3)} | "
+                         f"{_fmt(rate * run['batch_size'] if rate else None, 1)} | {_memory(run)} | "
+                         f"{run.get('status')}{': ' + run['error'] if run.get('error') else ''} |")
     failures = [p for p in results["parts"] if p["status"] != "ok"]
     lines += ["", "## Parts", "", "| part | status | wall s | note |", "|---|---|---|---|"]
     for part in results["parts"]:
@@ -748,6 +855,38 @@ def summary_markdown(results: dict) -> str:
         lines += ["", note]
     lines += ["", f"{len(failures)} part(s) not ok.", ""]
     return "\n".join(lines)
+
+
+def precision_markdown(fidelity: dict | None, compiled: dict | None) -> list[str]:
+    """bench_sample_precision.py's results: bf16 against the fp32 seed spread, and the compile timings."""
+    lines: list[str] = []
+    if fidelity and "bf16_vs_fp32_same_seed" in fidelity:
+        lines += ["", "## bf16 against fp32 sampling (scripts/bench_sample_precision.py)", "",
+                  "| | " + " | ".join(fidelity["pairs_per_second"]) + " |",
+                  "|---|" + "---|" * len(fidelity["pairs_per_second"]),
+                  "| pairs/s (compute, no files) | " + " | ".join(_fmt(v, 2) for v in fidelity["pairs_per_second"].values())
+                  + " |",
+                  "| largest \\|PV sum − 1\\| | " + " | ".join(f"{v:.1e}" for v in fidelity["pv_sum_error"].values()) + " |",
+                  "", "| distance | bf16 vs fp32, same seed (largest over keys) | fp32 seed vs seed (largest) | within |",
+                  "|---|---|---|---|"]
+        for kind, kept in fidelity["within_spread"].items():
+            same = fidelity["bf16_vs_fp32_same_seed"][kind]
+            spread = fidelity["fp32_seed_spread"][kind]
+            lines.append(f"| {kind} | {_fmt(max(same.values(), default=None), 4)} | "
+                         f"{_fmt(max(spread.values(), default=None), 4)} | {'yes' if kept else '**no**'} |")
+    elif fidelity and fidelity.get("status") != "skipped":
+        lines += ["", f"bf16 against fp32 sampling: {fidelity.get('status')} {fidelity.get('error') or ''}"]
+    if compiled and compiled.get("compile"):
+        lines += ["", "## torch.compile of the sampling networks (one block)", "",
+                  "| network | precision | eager s/call | compiled s/call | compile s | speed-up | backend |",
+                  "|---|---|---|---|---|---|---|"]
+        for row in compiled["compile"]:
+            lines.append(f"| {row['network']} | {row['precision']} | {_fmt(row['eager_seconds'], 4)} | "
+                         f"{_fmt(row['compiled_seconds'], 4)} | {_fmt(row['compile_seconds'], 1)} | "
+                         f"{_fmt(row['speed_up'], 2)} | {row['backend']} |")
+    if compiled and compiled.get("status") != "ok":
+        lines += ["", f"torch.compile of the sampling networks: {compiled.get('status')} {compiled.get('error') or ''}"]
+    return lines
 
 
 # ---------------------------------------------------------------- main
@@ -765,9 +904,14 @@ def main() -> int:
     parser.add_argument("--batch", nargs="*", default=[], metavar="SECTION=N",
                         help="batch sizes (default on a GPU: label_vae=32 label_ldm=64 modisc=32 image_generator=8)")
     parser.add_argument("--sample-batch", type=int, help="sampling.batch_size (default 128; dry run 4)")
-    parser.add_argument("--skip", nargs="*", choices=["fp32", "compile", "rflow", "sample"],
+    parser.add_argument("--skip", nargs="*",
+                        choices=["fp32", "compile", "rflow", "sample", "resume", "precision", "sample-compile",
+                                 "paper-batch"],
                         help="parts to leave out (default none; dry run: fp32 and rflow, which the CPU tests run "
-                             "anyway, and the separate compile runs: there the first run of each stage is compiled)")
+                             "anyway, and the separate compile runs: there the first run of each stage is compiled). "
+                             "resume: no resume runs (each stage's first run then finishes); precision: no bf16 "
+                             "sample and fidelity; sample-compile: no compile of the sampling networks; paper-batch: "
+                             "no runs at the profile's batch and accumulate")
     parser.add_argument("--commit", help="the git commit measured (where the tree has no .git)")
     args = parser.parse_args()
     args.budget = args.budget or (170.0 if args.dry_run else 420.0)
@@ -805,8 +949,17 @@ def main() -> int:
                 check.train_core(command)
             flops_thread.join(timeout=max(1.0, min(60.0, check.remaining() - 60)))
             check.results["flops"]["bench_train"] = dict(flops_result) or {"status": "not finished"}
+            ddim_steps = 3 if args.dry_run else 20
             if "sample" not in args.skip:
-                check.sample("ddim", 3 if args.dry_run else 20, check.main, "ddim")
+                check.sample("ddim", ddim_steps, check.main, "ddim")
+                if "precision" not in args.skip:
+                    check.sample("ddim", ddim_steps, check.main, "ddim_bf16", precision="bf16", count_flops=False)
+                    check.precision_bench(ddim_steps, compile_=False)
+                if "sample-compile" not in args.skip:
+                    check.precision_bench(ddim_steps, compile_=True)
+            if "paper-batch" not in args.skip:
+                for command in ("train-label-vae", "train-label-ldm"):
+                    check.paper_batch(command)
             # Cheap first, then by value, so that a spent budget leaves out the least: fp32 of every stage,
             # compile of the SPADE and the LDM UNet, rectified flow, compile of the label VAE and the classifier.
             later = [("fp32", c) for c in STAGES]

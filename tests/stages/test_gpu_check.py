@@ -40,3 +40,17 @@ def test_gpu_check_dry_run(tmp_path):
     for row in results["sampling"]:  # run when the time budget reached it (it does on an idle 2-core machine)
         if row["status"] == "ok":
             assert row["pairs_per_second"] > 0 and row["projected_20000_pairs_minutes"] > 0
+    parts = {part["name"]: part["status"] for part in results["parts"]}
+    reached = [name for name, status in parts.items() if status != "skipped"]
+    assert reached == list(parts), f"the budget did not reach {sorted(set(parts) - set(reached))}"
+    assert {row["precision"] for row in results["sampling"] if row["status"] == "ok"} == {"fp32", "bf16"}
+    fidelity = results["sample_precision"]  # bf16 against the fp32 seed spread, every kind of distance
+    assert set(fidelity["within_spread"]) == {"volume", "lesion_rate", "intensity"}
+    assert all(error < 2e-3 for error in fidelity["pv_sum_error"].values())
+    timed = {row["network"].split(" (")[0]: row for row in results["sample_compile"]["compile"]}
+    assert {"LDM UNet, one sampler step", "SPADE generator"} <= set(timed)
+    assert all(row["compiled_seconds"] > 0 and row["eager_seconds"] > 0 for row in timed.values())
+    for command in ("train-label-vae", "train-label-ldm"):  # the paper's batch through accumulation
+        run = results["paper_batch"][command]
+        assert run["status"] == "ok" and run["accumulate"] > 1 and run["stage_steps_per_second"] > 0, run
+    assert "## bf16 against fp32 sampling" in summary and "## torch.compile of the sampling networks" in summary
