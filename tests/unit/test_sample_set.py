@@ -35,11 +35,14 @@ def output_dtypes(*modules: torch.nn.Module) -> list[torch.dtype]:
     return seen
 
 
-def test_precision_auto_is_fp32_on_a_cpu_and_bf16_only_when_asked():
+@pytest.mark.parametrize("supported", [False, True])
+def test_precision_auto_is_bf16_only_on_a_gpu_that_supports_it(monkeypatch, supported):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: supported)  # no GPU here: nothing runs on it
+    cuda = torch.device("cuda")
+    assert uses_bf16("auto", cuda) == supported
     assert not uses_bf16("auto", CPU)
-    assert not uses_bf16("fp32", CPU)
-    assert uses_bf16("bf16", CPU)
-    assert not uses_bf16("fp32", torch.device("cuda"))
+    assert not uses_bf16("fp32", CPU) and not uses_bf16("fp32", cuda)
+    assert uses_bf16("bf16", CPU) and uses_bf16("bf16", cuda)
 
 
 def label_samplers() -> tuple[LabelSampler, LabelSampler]:
