@@ -162,8 +162,10 @@ def time_call(function, device: torch.device, repeats: int) -> tuple[float, floa
     return first, statistics.median(times)
 
 
-def compile_timings(generators: Generators, batch: int, backend: str, repeats: int) -> list[dict]:
-    """Eager and compiled seconds per call of each sampling network on one block (in the generators' precision)."""
+def compile_timings(generators: Generators, batch: int, backend: str, repeats: int, rows: list[dict],
+                    save=lambda: None) -> None:
+    """Eager and compiled seconds per call of each sampling network on one block (in the generators' precision),
+    appended to `rows`; `save` is called after each network, so a run cut short keeps what it timed."""
     from brainspade.engine.runtime import bf16_autocast
 
     device, bf16 = generators.device, generators.label_sampler.bf16
@@ -185,14 +187,13 @@ def compile_timings(generators: Generators, batch: int, backend: str, repeats: i
     with torch.no_grad():
         image_generator.generate(sampler.vae.decode(latents), styles, list(range(batch)))
     handle.remove()
-    calls = {
+    calls = {  # the two that cost most per pair first
         f"LDM UNet, one sampler step ({len(unet_inputs[0])} latents)": (sampler.unet, unet_inputs),
-        f"label decoder ({batch} latents)": (sampler.vae.decode, (latents,)),
         f"SPADE generator ({batch} maps)": (image_generator.generator, caught[0]),
+        f"label decoder ({batch} latents)": (sampler.vae.decode, (latents,)),
     }
     if generators.classifier is not None:
         calls[f"classifier ({batch} images)"] = (generators.classifier.network, (styles,))
-    rows = []
     for name, (network, inputs) in calls.items():
         def call(model, inputs=inputs):
             with torch.no_grad(), bf16_autocast(device, bf16):
@@ -205,7 +206,7 @@ def compile_timings(generators: Generators, batch: int, backend: str, repeats: i
                      "compiled_seconds": steady, "compile_seconds": first - steady, "backend": backend,
                      "speed_up": eager / steady if steady > 0 else None})
         print(f"[bench_sample_precision] {rows[-1]}", flush=True)
-    return rows
+        save()
 
 
 def git_commit() -> str:
@@ -298,6 +299,11 @@ def main() -> int:
     args.workdir_label = args.workdir
     cfg = compose("sample", [f"workdir={workdir}", f"profile={args.profile}", *args.override])
     runs, timings = {}, []
+
+    def save_timings() -> None:
+        if args.json and args.skip_fidelity:
+            args.json.write_text(json.dumps({"compile": timings, "complete": False}, indent=2) + "\n")
+
     compiled = {"bf16": (True,), "fp32": (False,), "both": (False, True)}[args.compile_precision] if args.compile else ()
     for bf16 in (False, True):
         if args.skip_fidelity and bf16 not in compiled:
@@ -308,7 +314,7 @@ def main() -> int:
             print(f"[bench_sample_precision] {name}: {args.n} pairs", flush=True)
             runs[name] = generators.make(args.n, args.batch, seed)
         if bf16 in compiled:
-            timings += compile_timings(generators, args.batch, args.compile_backend, args.repeats)
+            compile_timings(generators, args.batch, args.compile_backend, args.repeats, timings, save_timings)
     result = (fidelity(runs, generators.cache, generators.sources, section(cfg, "label_ldm").lesion_min_pixels)
               if runs else {})
     verdict = within_spread(result) if runs else {}
@@ -320,7 +326,8 @@ def main() -> int:
         args.out.write_text(text)
     if args.json:
         args.json.write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()}, "machine": machine,
-                                         **result, "within_spread": verdict, "compile": timings}, indent=2) + "\n")
+                                         **result, "within_spread": verdict, "compile": timings, "complete": True},
+                                        indent=2) + "\n")
     return 0
 
 
