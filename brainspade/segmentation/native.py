@@ -36,6 +36,7 @@ from brainspade.data.registration import (
     Template,
     check_registration,
     load_template,
+    pose_of,
     register_to_template,
     resample,
     resample_to_template,
@@ -129,7 +130,7 @@ class NativeSegmentation:
     """One scan's labels on its own grid, and how its registration went."""
 
     labels: np.ndarray  # uint8, the scan's shape
-    similarity: float
+    registration: dict  # tissue_similarity, the start that won and the pose found (registration.pose_of)
 
 
 def load_scan(path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
@@ -181,7 +182,9 @@ def segment_scan(data: np.ndarray, affine: np.ndarray, segmenter: Segmenter, car
     probabilities = template_probabilities(moved, template, segmenter, card)
     back = resample(probabilities, template.grid.affine, registration.transform.GetInverse(), Grid(data.shape, affine))
     back[..., 0] += (back.sum(axis=-1) < 0.5)  # outside the template grid: background
-    return NativeSegmentation(np.argmax(back, axis=-1).astype(np.uint8), registration.similarity)
+    pose = {"tissue_similarity": round(registration.similarity, 4), "start": registration.start,
+            **pose_of(registration.transform)}
+    return NativeSegmentation(np.argmax(back, axis=-1).astype(np.uint8), pose)
 
 
 def template_probabilities(image: np.ndarray, template: Template, segmenter: Segmenter,
@@ -232,7 +235,7 @@ def class_volumes_ml(labels: np.ndarray, affine: np.ndarray, channels: list[str]
     return {name: round(float(counts[i]) * voxel_ml, 3) for i, name in enumerate(channels) if i}
 
 
-VOLUMES, FAILED, QC, QC_FOLDER = "volumes.csv", "failed.csv", "qc.png", "qc"
+VOLUMES, REGISTRATION, FAILED, QC, QC_FOLDER = "volumes.csv", "registration.csv", "failed.csv", "qc.png", "qc"
 # Read by nibabel, SimpleITK or the registration on one scan: its failure costs that scan alone.
 SCAN_ERRORS = (BrainspadeError, RuntimeError)
 
@@ -301,8 +304,8 @@ def folder_lock(output: Path):
 
 def segment_files(files: list[Path], output: Path, segmenter: Segmenter, card: ModelCard, min_similarity: float,
                   seed: int = 0) -> SegmentedFolder:
-    """Segment each scan on its own into `output`: <name>_seg.nii.gz, qc/<name>.png, then volumes.csv, qc.png and
-    failed.csv for the whole folder.
+    """Segment each scan on its own into `output`: <name>_seg.nii.gz, qc/<name>.png, then volumes.csv,
+    registration.csv (similarity and pose found), qc.png and failed.csv for the whole folder.
 
     A scan that cannot be read, registered or segmented is reported in one line and in failed.csv; the others go on.
     volumes.csv and qc.png describe every scan whose labels are in the folder (rows of earlier runs kept, rows of
@@ -311,7 +314,7 @@ def segment_files(files: list[Path], output: Path, segmenter: Segmenter, card: M
     """
     names = check_scan_names(files)
     check_output_folder(output)
-    rows, failed = [], []
+    rows, failed, poses = [], [], []
     for name, path in progress(list(names.items()), desc="segment", unit="scan"):
         try:
             image, data = load_scan(path)
@@ -327,23 +330,26 @@ def segment_files(files: list[Path], output: Path, segmenter: Segmenter, card: M
                         len(card.channels))
         rows.append({"scan": name, **{f"{k}_ml": v for k, v in class_volumes_ml(result.labels, image.affine,
                                                                                   card.channels).items()},
-                     "tissue_similarity": round(result.similarity, 4)})
+                     "tissue_similarity": result.registration["tissue_similarity"]})
+        poses.append({"scan": name, **result.registration})
     with folder_lock(output):
-        merge_folder_tables(output, rows, failed)
+        merge_folder_tables(output, rows, failed, poses)
     return SegmentedFolder(rows, failed)
 
 
-def merge_folder_tables(output: Path, rows: list[dict], failed: list[dict]) -> None:
-    """volumes.csv, failed.csv and qc.png of `output` with this run's scans merged into what the folder holds."""
+def merge_folder_tables(output: Path, rows: list[dict], failed: list[dict], poses: list[dict]) -> None:
+    """volumes.csv, registration.csv, failed.csv and qc.png of `output` with this run's scans merged into what the
+    folder holds."""
     done = {row["scan"] for row in rows}
     tried = done | {row["scan"] for row in failed}
     labelled = {p.name.removesuffix("_seg.nii.gz") for p in output.glob("*_seg.nii.gz")}
-    # A scan that fails now keeps the row of the labels an earlier run left (they are still in the folder).
-    kept = [row for row in read_table(output / VOLUMES) if row["scan"] not in done and row["scan"] in labelled]
-    volumes = sorted(kept + rows, key=lambda row: row["scan"])
-    write_table(output / VOLUMES, volumes)
+    # A scan that fails now keeps the rows of the labels an earlier run left (they are still in the folder).
+    for table, new_rows in ((VOLUMES, rows), (REGISTRATION, poses)):
+        kept = [row for row in read_table(output / table) if row["scan"] not in done and row["scan"] in labelled]
+        write_table(output / table, sorted(kept + new_rows, key=lambda row: row["scan"]))
     earlier_failures = [row for row in read_table(output / FAILED) if row["scan"] not in tried]
     write_table(output / FAILED, sorted(earlier_failures + failed, key=lambda row: row["scan"]))
+    volumes = read_table(output / VOLUMES)
     write_qc_montage(output / QC, [output / QC_FOLDER / f"{row['scan']}.png" for row in volumes])
 
 

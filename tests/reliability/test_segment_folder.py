@@ -24,7 +24,7 @@ CHANNELS = ["background", "csf", "gm", "wm"]
 def _threshold_segmentation(data, affine, segmenter, card, min_similarity, path, seed=0):
     """Labels 0-3 by intensity quartile: a stand-in for registration and nnU-Net that any readable scan passes."""
     edges = np.quantile(data, [0.25, 0.5, 0.75])
-    return NativeSegmentation(np.digitize(data, edges).astype(np.uint8), 0.9)
+    return NativeSegmentation(np.digitize(data, edges).astype(np.uint8), {"tissue_similarity": 0.9, "start": "moments"})
 
 
 @pytest.fixture
