@@ -130,3 +130,36 @@ def test_a_failed_write_stops_the_run_with_its_error():
             for block in range(5):
                 writer.put(block, None)
                 time.sleep(0.05)
+
+
+def test_cases_written_on_several_threads_are_the_files_of_one_thread_with_the_record_last(tmp_path, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from brainspade.generation import sample_set
+    from brainspade.generation.pairs import PairBatch
+    from brainspade.segmentation import raw_dataset
+
+    generator = torch.Generator().manual_seed(0)
+    batch = PairBatch(ids=[4, 5, 6, 7], pv_maps=torch.softmax(3 * torch.randn(4, 5, 16, 24, generator=generator), 1),
+                      images=torch.randn(4, 1, 16, 24, generator=generator), records=[{"id": i} for i in range(4, 8)])
+    plain_write = raw_dataset.write_case
+
+    def slow_first_case(folder, case, image, label):
+        if case.endswith("4"):  # the first case finishes last: the record must still wait for it
+            time.sleep(0.3)
+        plain_write(folder, case, image, label)
+
+    monkeypatch.setattr(raw_dataset, "write_case", slow_first_case)
+    folders = {}
+    for threads in (1, 4):
+        folder = folders[threads] = tmp_path / f"threads_{threads}"
+        for sub in ("imagesTr", "labelsTr", "pv", "blocks"):
+            (folder / sub).mkdir(parents=True)
+        with ThreadPoolExecutor(threads) as pool:
+            sample_set._write_block(folder, 1, batch, pool)
+    files = {threads: {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+             for threads, folder in folders.items()}
+    assert files[4] == files[1] and len(files[1]) == 4 * 3 + 1  # pv, label, image per case; the block record
+    record = (folders[4] / "blocks" / "block_000001.csv").stat().st_mtime_ns
+    cases = [p.stat().st_mtime_ns for p in folders[4].rglob("*") if p.is_file() and "blocks" not in p.parts]
+    assert record >= max(cases)
