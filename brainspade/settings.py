@@ -449,6 +449,7 @@ class SegmentationSettings(Checked):
     test_time_mirroring: bool
     processes: int = bounded(ge=1)
     augmentation_processes: int = bounded(ge=0)
+    through_plane_sigma_mm: float = bounded(ge=0, le=20)  # `segment`: probabilities smoothed across axial slices
 
     def __post_init__(self) -> None:
         super().__post_init__()

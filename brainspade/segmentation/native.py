@@ -29,6 +29,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from scipy.ndimage import gaussian_filter1d
 
 from brainspade.data.nifti import load_header
 from brainspade.data.registration import (
@@ -170,7 +171,8 @@ def scan_name(path: Path) -> str:
 
 
 def segment_scan(data: np.ndarray, affine: np.ndarray, segmenter: Segmenter, card: ModelCard,
-                 min_similarity: float, path: Path, seed: int = 0) -> NativeSegmentation:
+                 min_similarity: float, path: Path, seed: int = 0, through_plane_sigma_mm: float = 0.0,
+                 ) -> NativeSegmentation:
     """Register, slice, predict, stack and map back: label ids on the scan's own grid."""
     template = load_template(card.template_resolution_mm)
     try:
@@ -179,7 +181,7 @@ def segment_scan(data: np.ndarray, affine: np.ndarray, segmenter: Segmenter, car
         raise BrainspadeError(f"{path}: {error}") from None
     check_registration(registration, min_similarity, path)
     moved = resample_to_template(data, affine, registration.transform, template)
-    probabilities = template_probabilities(moved, template, segmenter, card)
+    probabilities = template_probabilities(moved, template, segmenter, card, through_plane_sigma_mm)
     back = resample(probabilities, template.grid.affine, registration.transform.GetInverse(), Grid(data.shape, affine))
     back[..., 0] += (back.sum(axis=-1) < 0.5)  # outside the template grid: background
     pose = {"tissue_similarity": round(registration.similarity, 4), "start": registration.start,
@@ -188,12 +190,14 @@ def segment_scan(data: np.ndarray, affine: np.ndarray, segmenter: Segmenter, car
 
 
 def template_probabilities(image: np.ndarray, template: Template, segmenter: Segmenter,
-                           card: ModelCard) -> np.ndarray:
+                           card: ModelCard, through_plane_sigma_mm: float = 0.0) -> np.ndarray:
     """Class probabilities (X, Y, Z, C) of a template-grid image: each brain slice segmented as prepare-data cuts it.
 
     The registered template's brain mask is the brain: outside it the image is set to its darkest value, as the
     training slices hold nothing but air around the brain, and the probabilities to background, so skull, scalp
     and neck are never labelled. Slices without enough template brain are background with certainty.
+    `through_plane_sigma_mm` > 0 smooths the probabilities across slices (Gaussian), so that neighbouring
+    slices, each segmented on its own, agree.
     """
     probabilities = np.zeros((*image.shape, len(card.channels)), dtype=np.float32)
     probabilities[..., 0] = 1.0
@@ -206,6 +210,9 @@ def template_probabilities(image: np.ndarray, template: Template, segmenter: Seg
         normalised = zscore_in_brain(plane, brain).astype(np.float16).astype(np.float32)
         # crop_or_pad back to the plane's own size undoes the centred crop / pad exactly.
         probabilities[:, :, z] = crop_or_pad(slice_probabilities(segmenter, normalised), image.shape[:2])
+    if through_plane_sigma_mm > 0:
+        probabilities = gaussian_filter1d(probabilities, through_plane_sigma_mm / template.resolution_mm, axis=2,
+                                          mode="nearest")
     probabilities[~template.brain] = np.eye(len(card.channels), dtype=np.float32)[0]
     return probabilities
 
@@ -303,7 +310,7 @@ def folder_lock(output: Path):
 
 
 def segment_files(files: list[Path], output: Path, segmenter: Segmenter, card: ModelCard, min_similarity: float,
-                  seed: int = 0) -> SegmentedFolder:
+                  seed: int = 0, through_plane_sigma_mm: float = 0.0) -> SegmentedFolder:
     """Segment each scan on its own into `output`: <name>_seg.nii.gz, qc/<name>.png, then volumes.csv,
     registration.csv (similarity and pose found), qc.png and failed.csv for the whole folder.
 
@@ -318,7 +325,8 @@ def segment_files(files: list[Path], output: Path, segmenter: Segmenter, card: M
     for name, path in progress(list(names.items()), desc="segment", unit="scan"):
         try:
             image, data = load_scan(path)
-            result = segment_scan(data, image.affine, segmenter, card, min_similarity, path, seed)
+            result = segment_scan(data, image.affine, segmenter, card, min_similarity, path, seed,
+                                  through_plane_sigma_mm)
         except SCAN_ERRORS as error:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             reason = reason if str(path) in reason else f"{path}: {reason}"

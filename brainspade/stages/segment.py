@@ -48,8 +48,10 @@ def run(cfg: DictConfig) -> Path:
     if settings.export is not None:
         exported = export_model(folder, card, Path(settings.export).expanduser().resolve())
         print(f"[segment] model exported to {exported} (use it as model={exported})")
-    segmenter = Segmenter(folder / "nnunet", card.arm, select_device(run_.device), section(cfg, "segmentation"))
-    done = segment_files(files, output, segmenter, card, section(cfg, "data").min_similarity, run_.seed)
+    segmentation = section(cfg, "segmentation")
+    segmenter = Segmenter(folder / "nnunet", card.arm, select_device(run_.device), segmentation)
+    done = segment_files(files, output, segmenter, card, section(cfg, "data").min_similarity, run_.seed,
+                         segmentation.through_plane_sigma_mm)
     print(f"[segment] {len(done.rows)} scan(s) segmented with {card.arm}; volumes in {output / VOLUMES}")
     if len(done.failed) == 1 and len(files) == 1:
         raise BrainspadeError(f"{done.failed[0]['reason']} (listed in {output / FAILED})")

@@ -21,7 +21,7 @@ from brainspade.segmentation.native import ModelCard, NativeSegmentation
 CHANNELS = ["background", "csf", "gm", "wm"]
 
 
-def _threshold_segmentation(data, affine, segmenter, card, min_similarity, path, seed=0):
+def _threshold_segmentation(data, affine, segmenter, card, min_similarity, path, seed=0, through_plane_sigma_mm=0.0):
     """Labels 0-3 by intensity quartile: a stand-in for registration and nnU-Net that any readable scan passes."""
     edges = np.quantile(data, [0.25, 0.5, 0.75])
     return NativeSegmentation(np.digitize(data, edges).astype(np.uint8), {"tissue_similarity": 0.9, "start": "moments"})
