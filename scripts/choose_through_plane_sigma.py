@@ -23,6 +23,7 @@ import torch
 from scipy.ndimage import gaussian_filter1d
 
 from brainspade.data.registration import load_template, register_to_template, resample_to_template
+from brainspade.evaluation.metrics import dice, streak_rate
 from brainspade.segmentation.native import ModelCard, template_probabilities
 from brainspade.segmentation.nnunet import Segmenter
 
@@ -30,15 +31,6 @@ CLASSES = {"csf": 1, "gm": 2, "wm": 3}
 TIE_DICE = 0.002
 
 
-def streak_rate(labels: np.ndarray) -> float:
-    middle, below, above = labels[:, :, 1:-1], labels[:, :, :-2], labels[:, :, 2:]
-    isolated = (middle != below) & (below == above) & (middle > 0)
-    return float(isolated.sum() / max(1, (middle > 0).sum()))
-
-
-def dice(a: np.ndarray, b: np.ndarray, label: int) -> float:
-    x, y = a == label, b == label
-    return float(2.0 * (x & y).sum() / max(1, x.sum() + y.sum()))
 
 
 def main() -> None:

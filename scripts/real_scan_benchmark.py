@@ -102,20 +102,11 @@ def back_to_original(labels: nib.Nifti1Image, original: nib.Nifti1Image, pose: n
     return map_coordinates(data, coords, order=0, cval=0.0).reshape(original.shape).astype(np.uint8)
 
 
-def dice(a: np.ndarray, b: np.ndarray, label: int) -> float:
-    x, y = a == label, b == label
-    total = x.sum() + y.sum()
-    return float(2.0 * (x & y).sum() / total) if total else 1.0
-
-
-def streak_rate(labels: np.ndarray) -> float:
-    """Share of labelled voxels whose label differs from both axial neighbours while those two agree."""
-    middle, below, above = labels[:, :, 1:-1], labels[:, :, :-2], labels[:, :, 2:]
-    isolated = (middle != below) & (below == above) & (middle > 0)
-    return float(isolated.sum() / max(1, (middle > 0).sum()))
 
 
 def score(labels: np.ndarray, reference: np.ndarray, outside: np.ndarray) -> dict:
+    from brainspade.evaluation.metrics import dice, streak_rate
+
     row = {f"dice_{name}": round(dice(labels, reference, label), 3) for name, label in CLASSES.items()}
     row.update({f"{name}_ml": round(float((labels == label).sum()) / 1000.0, 1) for name, label in CLASSES.items()})
     row["outside_ml"] = round(float(((labels > 0) & outside).sum()) / 1000.0, 1)

@@ -3,7 +3,7 @@
 Callers (the trainings' evaluations, `evaluate-generators`, the segmentation experiments) gather the
 arrays and write the reports; here are only the scores:
 - overlap of label maps: Dice, precision and recall per volume, Dice of PV maps or label ids pooled
-  over slices;
+  over slices; the through-plane streak rate of a volume segmented slice by slice;
 - label statistics (tissue volumes, lesion rates and sizes, components and holes) and their
   Wasserstein distances;
 - images: paired fidelity (SSIM, PSNR, MAE), diversity (MS-SSIM), intensities and levels per tissue;
@@ -58,6 +58,14 @@ def confusion(prediction: np.ndarray, truth: np.ndarray, label: int) -> torch.Te
 def dice(prediction: np.ndarray, truth: np.ndarray, label: int) -> float:
     """Dice overlap of one label id between two label arrays of the same shape (MONAI's F1 score)."""
     return float(compute_confusion_matrix_metric("f1 score", confusion(prediction, truth, label)))
+
+
+def streak_rate(labels: np.ndarray) -> float:
+    """Through-plane stripes of a label volume stacked from axial slices: the share of labelled voxels whose label
+    differs from both axial neighbours (last axis) while those two agree."""
+    middle, below, above = labels[:, :, 1:-1], labels[:, :, :-2], labels[:, :, 2:]
+    isolated = (middle != below) & (below == above) & (middle > 0)
+    return float(isolated.sum() / max(1, int((middle > 0).sum())))
 
 
 def precision(prediction: np.ndarray, truth: np.ndarray, label: int) -> float:

@@ -16,6 +16,7 @@ from brainspade.evaluation.metrics import (
     paired_fidelity,
     precision,
     recall,
+    streak_rate,
     volume_metrics,
 )
 
@@ -163,3 +164,11 @@ def test_mean_sd_skips_undefined_values():
     assert mean_sd([0.4]) == (0.4, 0.0, 1)
     mean, sd, n = mean_sd([float("nan")])
     assert np.isnan(mean) and n == 0
+
+
+def test_streak_rate_counts_a_slice_that_disagrees_with_both_neighbours_only():
+    volume = np.full((4, 4, 6), 2, dtype=np.uint8)
+    assert streak_rate(volume) == 0.0
+    volume[0, 0, 2] = 3  # one voxel of one slice: a stripe across the stack
+    volume[1, 1, 3:] = 3  # a border between slices, not a stripe
+    assert streak_rate(volume) == pytest.approx(1 / (4 * 4 * 4))
