@@ -132,6 +132,9 @@ def test_rerun_is_skipped_and_changed_config_needs_force(capsys, folder_dataset,
     assert _prepare(capsys, folder_dataset, workdir)[0] == 0
     code, out, _ = _prepare(capsys, folder_dataset, workdir)
     assert code == 0 and "up to date" in out
+    # A threshold that only refuses scans changes nothing the cache holds: it stays up to date.
+    code, out, _ = _prepare(capsys, folder_dataset, workdir, "data.min_similarity=0.2")
+    assert code == 0 and "up to date" in out
     code, _, err = _prepare(capsys, folder_dataset, workdir, "slices.min_brain_fraction=0.2")
     assert code == 1 and "force=true" in err
     assert _prepare(capsys, folder_dataset, workdir, "slices.min_brain_fraction=0.2", "force=true")[0] == 0
