@@ -182,20 +182,15 @@ def check_accumulate(accumulate: int, batch_size: int) -> None:
                               f"split into `accumulate` micro-batches); lower it or raise batch_size")
 
 
-def fingerprinted_data(data: Any) -> dict[str, Any]:
-    """The data settings as stage fingerprints take them: all but `min_similarity`, a threshold that refuses a scan
-    or lets it through and never changes what a finished stage holds."""
-    values = asdict(data)
-    values.pop("min_similarity")
-    return values
+# Settings that never change what a finished stage holds, left out of stage fingerprints: `min_similarity` only
+# refuses a scan or lets it through; `accumulate` splits each step's batch into micro-batches without changing the
+# step, so a run may resume with another (e.g. on a smaller GPU).
+UNFINGERPRINTED = ("min_similarity", "accumulate")
 
 
-def trained_settings(settings: Any) -> dict[str, Any]:
-    """A label stage's settings as its fingerprint takes them: all but `accumulate`, which splits each step's batch
-    into micro-batches without changing the step, so a run may resume with another (e.g. on a smaller GPU)."""
-    values = asdict(settings)
-    values.pop("accumulate")
-    return values
+def fingerprinted(settings: Any) -> dict[str, Any]:
+    """A settings object as stage fingerprints take it: all but its UNFINGERPRINTED keys."""
+    return {key: value for key, value in asdict(settings).items() if key not in UNFINGERPRINTED}
 
 
 @dataclass(frozen=True)

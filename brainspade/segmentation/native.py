@@ -5,9 +5,9 @@ arm's training data lives on, resampled onto that grid, sliced axially and z-sco
 inside the template's brain mask (as prepare-data z-scores inside the labelled brain), and each
 slice is segmented by the arm's 2D nnU-Net. That mask is the brain: skull, scalp and neck are
 set to air before prediction (the training slices hold nothing else around the brain) and are
-background in the labels, so a scan needs no brain extraction first. The stacked label volume goes back to the scan's grid
-through the inverse transform: the network's per-class probabilities are resampled linearly and
-the largest wins, which keeps borders smooth where nearest-neighbour would stair-step, and keeps
+background in the labels, so a scan needs no brain extraction first. The stacked label volume
+goes back to the scan's grid through the inverse transform: the network's per-class
+probabilities are resampled linearly and the largest wins, which keeps borders smooth where nearest-neighbour would stair-step, and keeps
 thin CSF that resampling hard labels would erode.
 
 A model folder (W/segmentation/models/<arm>) is self-contained once it holds `model.json`
@@ -352,12 +352,14 @@ def merge_folder_tables(output: Path, rows: list[dict], failed: list[dict], pose
     tried = done | {row["scan"] for row in failed}
     labelled = {p.name.removesuffix("_seg.nii.gz") for p in output.glob("*_seg.nii.gz")}
     # A scan that fails now keeps the rows of the labels an earlier run left (they are still in the folder).
+    merged = {}
     for table, new_rows in ((VOLUMES, rows), (REGISTRATION, poses)):
         kept = [row for row in read_table(output / table) if row["scan"] not in done and row["scan"] in labelled]
-        write_table(output / table, sorted(kept + new_rows, key=lambda row: row["scan"]))
+        merged[table] = sorted(kept + new_rows, key=lambda row: row["scan"])
+        write_table(output / table, merged[table])
     earlier_failures = [row for row in read_table(output / FAILED) if row["scan"] not in tried]
     write_table(output / FAILED, sorted(earlier_failures + failed, key=lambda row: row["scan"]))
-    volumes = read_table(output / VOLUMES)
+    volumes = merged[VOLUMES]
     write_qc_montage(output / QC, [output / QC_FOLDER / f"{row['scan']}.png" for row in volumes])
 
 

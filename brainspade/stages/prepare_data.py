@@ -17,7 +17,7 @@ from brainspade.data.registration import RegistrationTarget
 from brainspade.engine.atomic import atomic_folder
 from brainspade.engine.stage import StageFolder, config_fingerprint
 from brainspade.errors import BrainspadeError
-from brainspade.settings import DataSettings, fingerprinted_data
+from brainspade.settings import DataSettings, fingerprinted
 from brainspade.stages.config import data_root, plain, run_settings, section, stage_path
 
 
@@ -37,7 +37,7 @@ def run(cfg: DictConfig) -> Path:
     check_manifest(rows, root / "manifest.csv", data.source_datasets, data.target_datasets,
                    one_voxel_size=data.register == "none")
     manifest_hash = hashlib.sha256((root / "manifest.csv").read_bytes()).hexdigest()
-    fingerprint = config_fingerprint(fingerprinted_data(data), slices, manifest_hash)
+    fingerprint = config_fingerprint(fingerprinted(data), slices, manifest_hash)
     target = stage_path(cfg, "slices")
     if StageFolder(target, fingerprint).reusable(run_.force):
         print(f"[prepare-data] {target} is up to date")

@@ -16,7 +16,7 @@ from brainspade.engine.runtime import Runtime
 from brainspade.engine.seeding import seed_everything
 from brainspade.engine.stage import StageFolder, config_fingerprint, finished_fingerprint, require_complete
 from brainspade.generation.images import ImageGenerator, ModalityClassifier
-from brainspade.settings import fingerprinted_data
+from brainspade.settings import fingerprinted
 from brainspade.stages.config import open_stage_folder, resolved_config, run_settings, section, stage_path
 from brainspade.training.image_generator import evaluate_image_generator, train_image_generator
 
@@ -36,7 +36,7 @@ def run(cfg: DictConfig) -> Path:
     # slower on both GPU runs (H200: 4.8 vs 5.7 and 5.7 vs 6.7 steps/s; benchmarks/GPU.md). Under torchrun: DDP,
     # rank 0 checkpoints and evaluates.
     runtime = Runtime.create(runtime_settings, run_.device, auto_bf16=False)
-    fingerprint = config_fingerprint(fingerprinted_data(data), settings, run_.seed, *inputs)
+    fingerprint = config_fingerprint(fingerprinted(data), settings, run_.seed, *inputs)
     folder = open_stage_folder(cfg, "image_generator", "train-image-generator", fingerprint)
     if folder is None:
         return stage_path(cfg, "image_generator")

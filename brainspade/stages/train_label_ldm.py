@@ -15,7 +15,7 @@ from brainspade.engine.runtime import Runtime
 from brainspade.engine.seeding import seed_everything
 from brainspade.engine.stage import config_fingerprint, finished_fingerprint, require_complete
 from brainspade.generation.labels import load_label_vae
-from brainspade.settings import trained_settings
+from brainspade.settings import fingerprinted
 from brainspade.stages.config import open_stage_folder, resolved_config, run_settings, section, stage_path
 from brainspade.training.label_ldm import train_label_ldm, validation_metrics
 
@@ -33,7 +33,7 @@ def run(cfg: DictConfig) -> Path:
     vae = load_label_vae(vae_folder, cache.channels)  # another channel schema is refused here, in one line
     vae_fingerprint = finished_fingerprint(vae_folder)
     # Not the sampling settings: metrics.json records which were used, and `sample` may use others later.
-    fingerprint = config_fingerprint(trained_settings(settings), sources, finished_fingerprint(slices), vae_fingerprint,
+    fingerprint = config_fingerprint(fingerprinted(settings), sources, finished_fingerprint(slices), vae_fingerprint,
                                      run_.seed)
     runtime = Runtime.create(runtime_settings, run_.device)
     folder = open_stage_folder(cfg, "label_ldm", "train-label-ldm", fingerprint)

@@ -15,7 +15,7 @@ from brainspade.engine.runtime import Runtime
 from brainspade.engine.seeding import seed_everything
 from brainspade.engine.stage import config_fingerprint, finished_fingerprint, require_complete
 from brainspade.models.label_vae import LabelVAE
-from brainspade.settings import trained_settings
+from brainspade.settings import fingerprinted
 from brainspade.stages.config import open_stage_folder, resolved_config, run_settings, section, stage_path
 from brainspade.training.label_vae import evaluate_label_vae, train_label_vae
 
@@ -27,7 +27,7 @@ def run(cfg: DictConfig) -> Path:
     sources = section(cfg, "data").source_datasets
     runtime_settings = section(cfg, "runtime")
     slices = require_complete(stage_path(cfg, "slices"), "slice cache", "prepare-data")
-    fingerprint = config_fingerprint(trained_settings(settings), sources, finished_fingerprint(slices), run_.seed)
+    fingerprint = config_fingerprint(fingerprinted(settings), sources, finished_fingerprint(slices), run_.seed)
     runtime = Runtime.create(runtime_settings, run_.device)
     folder = open_stage_folder(cfg, "label_vae", "train-label-vae", fingerprint)
     if folder is None:

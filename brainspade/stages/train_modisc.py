@@ -14,7 +14,7 @@ from brainspade.engine.checkpoint import CHECKPOINT_NAME
 from brainspade.engine.runtime import Runtime
 from brainspade.engine.seeding import seed_everything
 from brainspade.engine.stage import config_fingerprint, finished_fingerprint, require_complete
-from brainspade.settings import fingerprinted_data
+from brainspade.settings import fingerprinted
 from brainspade.stages.config import open_stage_folder, resolved_config, run_settings, section, stage_path
 from brainspade.training.modisc import train_classifier
 
@@ -26,7 +26,7 @@ def run(cfg: DictConfig) -> Path:
     runtime_settings = section(cfg, "runtime")
     slices = require_complete(stage_path(cfg, "slices"), "slice cache", "prepare-data")
     runtime = Runtime.create(runtime_settings, run_.device)  # under torchrun: DDP, rank 0 checkpoints and evaluates
-    fingerprint = config_fingerprint(fingerprinted_data(data), settings, run_.seed, finished_fingerprint(slices))
+    fingerprint = config_fingerprint(fingerprinted(data), settings, run_.seed, finished_fingerprint(slices))
     folder = open_stage_folder(cfg, "modisc", "train-modisc", fingerprint)
     if folder is None:
         return stage_path(cfg, "modisc")

@@ -17,7 +17,7 @@ from test_label_generator import CHANNELS, SCHEDULER, disc_pv_maps, tiny_unet, t
 from brainspade.errors import BrainspadeError
 from brainspade.generation.labels import make_scheduler
 from brainspade.losses.label_perceptual import make_label_perceptual_loss
-from brainspade.settings import trained_settings
+from brainspade.settings import fingerprinted
 from brainspade.training.label_batches import micro_batches
 from brainspade.training.label_ldm import ldm_training_step
 from brainspade.training.label_vae import vae_training_step
@@ -89,7 +89,7 @@ def test_accumulate_is_checked_and_not_part_of_what_is_trained():
         with pytest.raises(BrainspadeError, match="accumulate=64: must be <= batch_size=32"):
             settings_of(section, accumulate=64, batch_size=32)
         one, eight = settings_of(section, accumulate=1), settings_of(section, accumulate=8)
-        assert trained_settings(one) == trained_settings(eight)  # a run resumes with another accumulate
+        assert fingerprinted(one) == fingerprinted(eight)  # a run resumes with another accumulate
 
 
 @pytest.mark.parametrize("value", ["nan", "two", "1.5", "0"])
