@@ -27,8 +27,12 @@ class ClassifierPerceptualLoss(nn.Module):
         super().__init__()
         self.classifier = classifier
 
-    def forward(self, generated: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        _, _, generated_features = self.classifier.forward_with_features(generated)
+    def forward(self, generated: torch.Tensor, real: torch.Tensor,
+                generated_features: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """`generated_features`: the classifier's block features of `generated`, where the caller already has them
+        (the image generator's modality term runs the same forward pass)."""
+        if generated_features is None:
+            _, _, generated_features = self.classifier.forward_with_features(generated)
         with torch.no_grad():
             _, _, real_features = self.classifier.forward_with_features(real)
         loss = generated.new_zeros(())

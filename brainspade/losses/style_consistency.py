@@ -55,9 +55,12 @@ class StyleConsistencyLoss(nn.Module):
         return torch.stack(copies).to(images)
 
     def forward(
-        self, encoder: nn.Module, images: torch.Tensor, modalities: Sequence[int] | torch.Tensor | None = None
+        self, encoder: nn.Module, images: torch.Tensor, modalities: Sequence[int] | torch.Tensor | None = None,
+        codes: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        codes, _ = encoder(images)
+        """`codes`: `encoder`'s code of `images` where the caller already has it (the generator's own style code)."""
+        if codes is None:
+            codes, _ = encoder(images)
         transformed, _ = encoder(self.transform(images))
         loss = (1 - F.cosine_similarity(codes, transformed, dim=1)).mean()
         if self.negative_weight > 0 and modalities is not None:

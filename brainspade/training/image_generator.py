@@ -32,7 +32,7 @@ from brainspade.generation.site_look.statistics import STATISTICS
 from brainspade.losses.gan import feature_matching_loss, hinge_discriminator_loss, hinge_generator_loss
 from brainspade.losses.kl import kl_divergence
 from brainspade.losses.modality import modality_dataset_loss
-from brainspade.losses.perceptual import make_perceptual_loss
+from brainspade.losses.perceptual import ClassifierPerceptualLoss, make_perceptual_loss
 from brainspade.losses.style_consistency import StyleConsistencyLoss
 from brainspade.models.multiscale_patchgan import MultiScalePatchGAN
 from brainspade.models.spade_generator import SpadeGenerator
@@ -67,6 +67,7 @@ class GeneratorLosses:
         self.noise_input = bool(settings.generator["noise_input"])
         self.perceptual = (make_perceptual_loss(settings.perceptual_network, networks.classifier).to(device)
                            if self.weights["perceptual"] > 0 else None)
+        self.perceptual_on_classifier = isinstance(self.perceptual, ClassifierPerceptualLoss)
         affine = settings.style_affine
         self.style_consistency = StyleConsistencyLoss(
             rotate=affine.rotate, scale=affine.scale, translate=affine.translate,
@@ -100,17 +101,23 @@ class GeneratorLosses:
                 _, real_features = self.networks.discriminator(torch.cat([pv_maps, real], dim=1))
             terms["adversarial"] = hinge_generator_loss(fake_scores)
             terms["feature_matching"] = feature_matching_loss(fake_features, real_features)
-        if self.perceptual is not None:
+        # The frozen classifier's modality term and the perceptual term (on its features) share one forward pass
+        # of the generated images: a sixth of a CPU step (benchmarks/demo.md).
+        classified = (self.networks.classifier.forward_with_features(fake)
+                      if self.weighted("modality_dataset") else None)
+        if self.perceptual_on_classifier:
+            terms["perceptual"] = self.perceptual(fake, real, classified[2] if classified is not None else None)
+        elif self.perceptual is not None:
             terms["perceptual"] = self.perceptual(fake, real)
         terms["kl"] = kl_divergence(mu, logvar)
-        if self.weighted("modality_dataset"):
-            modality_logits, dataset_logits = self.networks.classifier(fake)
+        if classified is not None:
+            modality_logits, dataset_logits, _ = classified
             terms["modality_dataset"] = modality_dataset_loss(
                 modality_logits, dataset_logits, batch["style_modality"], batch["style_dataset"],
                 self.weights["modality"], self.weights["dataset"])
         if self.weighted("style_consistency"):
             terms["style_consistency"] = self.style_consistency(
-                self.networks.style_encoder, batch["style"], batch["style_modality"])
+                self.networks.style_encoder, batch["style"], batch["style_modality"], codes=mu)
         if self.weighted("reconstruction"):
             terms["reconstruction"] = ((fake - real).abs() * brain).sum() / brain.sum().clamp_min(1)
         return {k: v for k, v in terms.items() if self.weighted(k)}, fake

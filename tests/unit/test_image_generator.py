@@ -126,6 +126,27 @@ def test_each_loss_term_is_finite_and_moves_the_generator_gradient(term):
     assert not torch.allclose(with_term, without_term, rtol=0, atol=1e-9)
 
 
+def test_terms_sharing_forward_passes_equal_each_term_computed_on_its_own():
+    """The modality and perceptual terms share one classifier pass of the generated images, the style-consistency
+    term reuses the generator's style code: each term must still be what its own forward pass gives."""
+    from brainspade.losses.modality import modality_dataset_loss
+    from brainspade.losses.perceptual import ClassifierPerceptualLoss
+
+    nets, batch, cfg = networks(), fake_batch(), settings()
+    losses = GeneratorLosses(nets, cfg, torch.device("cpu"))
+    torch.manual_seed(5)
+    terms, fake = losses.terms(batch)
+    assert torch.allclose(terms["perceptual"], ClassifierPerceptualLoss(nets.classifier)(fake, batch["image"]))
+    modality_logits, dataset_logits = nets.classifier(fake)
+    alone = modality_dataset_loss(modality_logits, dataset_logits, batch["style_modality"], batch["style_dataset"],
+                                  cfg.weights.modality, cfg.weights.dataset)
+    assert torch.allclose(terms["modality_dataset"], alone)
+    torch.manual_seed(5)
+    losses.forward_generator(batch)  # the same draws as before the style-consistency term
+    own_codes = losses.style_consistency(nets.style_encoder, batch["style"], batch["style_modality"])
+    assert torch.allclose(terms["style_consistency"], own_codes)
+
+
 def test_dataset_term_moves_the_gradient_and_unknown_datasets_keep_only_the_modality_term():
     from brainspade.losses.modality import modality_dataset_loss
 
