@@ -64,6 +64,7 @@ class LogProgress:
         self.total, self.desc, self.unit, self.every = total, desc, unit, every
         self.n = self.first = initial
         self.started = self.shown = time.monotonic()
+        self.shown_n = initial
         self.stream = stream
         self.closed = False
 
@@ -87,7 +88,7 @@ class LogProgress:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            if self.n > self.first:
+            if self.n > self.first and self.n != self.shown_n:  # the last count, unless its line was just written
                 self._show()
 
     def line(self) -> str:
@@ -107,7 +108,7 @@ class LogProgress:
         return ", ".join(parts)
 
     def _show(self) -> None:
-        self.shown = time.monotonic()
+        self.shown, self.shown_n = time.monotonic(), self.n
         print(self.line(), file=self.stream or sys.stderr, flush=True)
         note_progress_line()
 

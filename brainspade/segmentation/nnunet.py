@@ -226,7 +226,7 @@ def train(
         trainer = BrainspadeTrainer(plans, CONFIGURATION, FOLD, dataset_json, device)
         sampling = root / CASE_SAMPLING
         trainer.configure(settings, tensorboard_folder,
-                          json.loads(sampling.read_text()) if sampling.is_file() else None)
+                          json.loads(sampling.read_text()) if sampling.is_file() else None, label=f"nnU-Net {arm}")
         if latest.is_file():
             trainer.load_checkpoint(str(latest))
         trainer.run_training()

@@ -31,13 +31,14 @@ class BrainspadeTrainer(nnUNetTrainer):
     """
 
     def configure(self, settings: SegmentationSettings, tensorboard_folder: Path | None,
-                  case_probabilities: dict[str, float] | None = None) -> None:
+                  case_probabilities: dict[str, float] | None = None, label: str = "nnU-Net") -> None:
+        """`label` names the progress lines (arms trained at once write to one log)."""
         self.num_epochs = settings.epochs
         self.num_iterations_per_epoch = settings.iterations_per_epoch
         self.num_val_iterations_per_epoch = settings.val_iterations_per_epoch
         self.save_every = 1  # an interrupted run resumes at its last finished epoch
         self.writer = tensorboard_writer(tensorboard_folder) if tensorboard_folder is not None else None
-        self.bar = None
+        self.bar, self.label = None, label
         self.case_probabilities = case_probabilities  # None: nnU-Net's uniform draw of training cases
         self.class_weights = dict(settings.class_weights or {})
         # nnU-Net redraws progress.png with matplotlib after every epoch: 1.1 s here, 13% of a cpu-profile epoch
@@ -75,7 +76,7 @@ class BrainspadeTrainer(nnUNetTrainer):
 
     def on_train_start(self):
         super().on_train_start()
-        self.bar = progress(total=self.num_epochs, initial=self.current_epoch, desc="nnU-Net", unit="epoch")
+        self.bar = progress(total=self.num_epochs, initial=self.current_epoch, desc=self.label, unit="epoch")
 
     def on_epoch_end(self):
         epoch = self.current_epoch

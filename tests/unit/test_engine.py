@@ -121,7 +121,7 @@ def test_a_redirected_log_gets_progress_lines_with_rate_and_time_left():
         bar.update(1)
     bar.close()
     lines = log.getvalue().splitlines()
-    assert len(lines) == 5  # one per update, one at the end; no carriage returns
+    assert len(lines) == 4  # one per update, none repeated at the end; no carriage returns
     assert lines[1].startswith("[nnU-Net] 2/4 epoch (50%)") and " left" in lines[1] and "epoch" in lines[1]
     assert "0:00 left" in lines[-1]
 
