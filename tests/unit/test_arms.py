@@ -225,9 +225,17 @@ def test_skipped_arms_leave_every_evaluation_with_their_relation_rows(tmp_path):
     assert {"SF_f-ood", "F_f-ood"} <= set(full["f-ood"].arms) and not {"SF_f-ood", "F_f-ood"} & set(cpu["f-ood"].arms)
     assert all("SF_f-ood" not in (r.better, r.worse) for r in cpu["f-ood"].relations)
     assert len(cpu["f-ood"].relations) < len(full["f-ood"].relations)
-    # The demo keeps the published method beside the extension on siteB and on the site drawn by other physics.
-    assert {"S_n-ood", "SF_n-ood", "F_n-ood"} <= set(cpu["n-ood"].arms)
+    # The demo keeps every paper finding testable, and the published method beside the extension on the site drawn
+    # by other physics.
+    for experiment in ("iod", "ood", "lesion"):
+        bench = experiment_plan(section(compose("run-experiment", ["profile=bench"]), "experiments"), experiment)[0]
+        demo = {e.name: e for e in experiment_plan(section(compose("run-experiment", ["profile=cpu"]), "experiments"),
+                                                   experiment)[0]}
+        for evaluation in bench:
+            paper = [r for r in evaluation.relations if not r.finding.startswith("beyond the paper")]
+            assert paper and all(r in demo[evaluation.name].relations for r in paper), evaluation.name
     assert {"S_x-ood", "SF_x-ood"} <= set(cpu["x-ood"].arms)
+    assert any((r.better, r.worse) == ("SF_x-ood", "S_x-ood") for r in cpu["x-ood"].relations)
     with pytest.raises(BrainspadeError, match="experiments.skip_arms: S_nothing is not an arm"):
         experiment_plan(section(compose("run-experiment", ["profile=cpu", "experiments.skip_arms=[S_nothing]"]),
                                 "experiments"), "ood")
