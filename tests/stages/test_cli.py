@@ -111,7 +111,8 @@ def test_every_profile_passes_every_commands_checks_and_bench_is_the_cpu_profile
     assert extension.reference_images == look.reference_images == 64
     ablation = cpu_arms["F_n-ood"].site_look(look)
     assert ablation.enabled and ablation.method == "site_model" and ablation.generator_texture == 0
-    # The cpu demo shows the published arm beside the extension and its ablation on siteB.
+    # The experiments compare the published arm with the extension and its ablation on siteB (profile=bench trains
+    # them; the cpu demo skips them, test_arms.py).
     n_ood = next(node for node in cpu.experiments.evaluations.ood if node.name == "n-ood")
     assert {"S_n-ood", "SF_n-ood", "F_n-ood"} <= set(n_ood.arms)
     assert {(r.better, r.worse) for r in n_ood.relations} >= {("SF_n-ood", "S_n-ood"), ("SF_n-ood", "F_n-ood")}
@@ -124,7 +125,8 @@ def test_lesion_arms_train_on_their_own_nnunet_keys_checked_before_work(capsys, 
     from brainspade.stages.config import arm_segmentation, experiment_plan, section
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="run-experiment", overrides=["profile=cpu", "experiments.lesion_segmentation.epochs=7"])
+        cfg = compose(config_name="run-experiment", overrides=["profile=cpu", "experiments.lesion_segmentation.epochs=7",
+                                                                   "experiments.skip_arms=[]"])
     _, arms = experiment_plan(section(cfg, "experiments"), None)
     epochs = {name: arm_segmentation(cfg, arm).epochs for name, arm in arms.items()}
     assert {name for name, value in epochs.items() if value == 7} == {"R_les", "S_les", "H_les"}
