@@ -102,7 +102,7 @@ class GeneratorLosses:
             terms["adversarial"] = hinge_generator_loss(fake_scores)
             terms["feature_matching"] = feature_matching_loss(fake_features, real_features)
         # The frozen classifier's modality term and the perceptual term (on its features) share one forward pass
-        # of the generated images: a sixth of a CPU step (benchmarks/demo.md).
+        # of the generated images: a fifth of a CPU step (benchmarks/demo.md).
         classified = (self.networks.classifier.forward_with_features(fake)
                       if self.weighted("modality_dataset") else None)
         if self.perceptual_on_classifier:
