@@ -7,11 +7,17 @@ import numpy as np
 import pytest
 import torch
 from conftest import disc_slice
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import binary_erosion, binary_fill_holes, gaussian_filter, median_filter
 
 from brainspade.data.intensity import apply_bias, mix_tissues, rician_magnitude
 from brainspade.generation.site_look import SiteLook, fit_site_look, look_applies, reference_look
-from brainspade.generation.site_look.measure import brain_interior, robust_sd
+from brainspade.generation.site_look.measure import (
+    brain_interior,
+    brain_interiors,
+    brain_masks,
+    median_3x3,
+    robust_sd,
+)
 from brainspade.generation.site_look.quantile_map import (
     Appearance,
     QuantileMap,
@@ -108,6 +114,27 @@ def test_the_brain_and_the_noise_estimate_do_not_move_with_the_noise_level():
     values = np.random.default_rng(0).normal(0.0, 0.2, 10_000)
     values[:300] += 5.0  # 3% outliers, as tissue borders in a residual
     assert robust_sd(values) == pytest.approx(0.2, rel=0.1)
+
+
+def test_a_stack_of_slices_is_measured_as_scipys_filters_measure_each_slice_on_its_own():
+    """The fit measures every render as one stack: each slice must get exactly what the 2D filters give it, ties and
+    edges included, and nothing may cross from one slice to the next (a ring over an empty slice is still filled)."""
+    rng = np.random.default_rng(3)
+    ring = np.zeros((2, 12, 12))
+    ring[0, 2:10, 2:10], ring[0, 4:8, 4:8] = 1.0, 0.0  # a hole inside a ring; the next slice is empty
+    disc = disc_slice(0.0)[0, 0].double().numpy()
+    discs = np.stack([disc + rng.normal(0, 0.05, disc.shape) for _ in range(3)])
+    for stack in (rng.normal(size=(6, 24, 20)), rng.integers(0, 3, size=(6, 9, 7)).astype(float), ring, discs):
+        medians = np.stack([median_filter(image, size=3, mode="nearest") for image in stack])
+        assert np.array_equal(median_3x3(stack), medians)
+        masks = []
+        for smooth in medians:
+            low, high = np.percentile(smooth, [1, 99])
+            masks.append(binary_fill_holes(smooth > low + 0.1 * (high - low)))
+        assert np.array_equal(brain_masks(stack), np.stack(masks))
+        interiors = [binary_erosion(mask, np.ones((3, 3), dtype=bool), iterations=2) for mask in masks]
+        assert np.array_equal(brain_interiors(np.stack(masks)), np.stack(interiors))
+    assert brain_masks(ring)[0, 5, 5]  # the ring's hole is brain: the empty slice beside it does not reach it
 
 
 # ---------------------------------------------------------------- the pooled quantile map

@@ -135,7 +135,7 @@ class LookStore:
         try:
             return ScannerModel.from_dict(json.loads(path.read_text()), channels)
         except (ValueError, TypeError, KeyError, UnicodeDecodeError) as error:
-            print(f"[sample] {path}: {error}; fitting the site model again", flush=True)
+            print(f"[site-look] {path}: {error}; fitting the site model again", flush=True)
             return None
 
     def save(self, key: str, model: ScannerModel) -> None:
