@@ -23,7 +23,7 @@ from brainspade.data.slice_cache import SliceCache
 from brainspade.errors import BrainspadeError
 from brainspade.evaluation.metrics import TISSUES, tissue_levels
 from brainspade.generation.images import ImageGenerator, ModalityClassifier
-from brainspade.generation.site_look import fit_site_look
+from brainspade.generation.site_look import LookStore, fit_site_look
 from brainspade.generation.styles import style_bank_from_cache
 from brainspade.settings import SiteLookSettings
 
@@ -40,11 +40,13 @@ def site_shares(classifier: ModalityClassifier, images: torch.Tensor, batch_size
 @torch.no_grad()
 def style_match(generator: ImageGenerator, site_classifier: ModalityClassifier, cache: SliceCache,
                 sources: list[str], max_images: int, batch_size: int, seed: int,
-                site_look: SiteLookSettings | None = None) -> dict:
+                site_look: SiteLookSettings | None = None, fit_batch_size: int | None = None,
+                store: LookStore | None = None) -> dict:
     """Per style source: the site classifier's shares and the tissue levels of generated vs real images.
 
     With `site_look` enabled, each source is also measured after the site look, fitted as `sample` fits it for a
-    set styled by that source with the same seed, under "with_appearance_transfer".
+    set styled by that source with the same seed (and `fit_batch_size`, sampling's), under "with_appearance_transfer";
+    with a `store`, a look `sample` already fitted is read back rather than fitted again.
     """
     rng = np.random.default_rng(seed)
     heldout = heldout_label_indices(cache, sources)
@@ -75,7 +77,7 @@ def style_match(generator: ImageGenerator, site_classifier: ModalityClassifier, 
             if site_look is not None and site_look.enabled:
                 # Its own random draws: the generator-only numbers and real images drawn stay those of a run without it.
                 look = fit_site_look(generator.generate, cache, sources, style_bank_from_cache(cache, dataset, modality),
-                                     site_look, seed, batch_size)
+                                     site_look, seed, fit_batch_size or batch_size, store)
                 if look is None:  # as `sample` leaves it
                     moved, described = fake, "none: a source site keeps the generator's look"
                 else:

@@ -31,6 +31,7 @@ from brainspade.evaluation.sample_sets import load_sample_set, missing_files
 from brainspade.evaluation.scoring import evaluate_sample_set
 from brainspade.evaluation.style_match import style_match, style_match_table
 from brainspade.generation.images import ImageGenerator, ModalityClassifier
+from brainspade.generation.site_look import LookStore
 from brainspade.segmentation.nnunet import Segmenter
 from brainspade.settings import StyleMatchSettings
 from brainspade.stages.checks import named_folder
@@ -117,18 +118,22 @@ def style_match_report(cfg: DictConfig, settings: StyleMatchSettings, cache: Sli
         write_json_atomic(classifier_folder.path / "metrics.json", metrics)
         classifier_folder.finish({"checkpoint": CHECKPOINT_NAME, "metrics": "metrics.json"})
     # The site look as `sample` would fit it, measured whether or not `sample` applies it.
-    site_look = dataclasses.replace(section(cfg, "sampling").site_look, enabled=True)
+    sampling = section(cfg, "sampling")
+    site_look = dataclasses.replace(sampling.site_look, enabled=True)
     folder = StageFolder(stage_path(cfg, "evaluation") / STYLE_MATCH_FOLDERS[1],
                          config_fingerprint(settings, run_.seed, sources, finished_fingerprint(generator_folder),
-                                            finished_fingerprint(classifier_folder.path), site_look))
+                                            finished_fingerprint(classifier_folder.path), site_look,
+                                            sampling.batch_size))
     if folder.is_up_to_date() and not run_.force:
         print(f"[{COMMAND}] {folder.path} is up to date")
         return folder.path
     folder.prepare(resolved_yaml(cfg), force=True)
     site_classifier = ModalityClassifier.from_folder(classifier_folder.path, device, cache.channels)
     generator = ImageGenerator.from_folder(generator_folder, device, cache.channels)
+    # The looks `sample` fitted for this generator (W/site_looks) are read back; those fitted here are kept for it.
+    store = LookStore(stage_path(cfg, "site_looks"), finished_fingerprint(generator_folder))
     metrics = style_match(generator, site_classifier, cache, sources, settings.max_images, settings.batch_size,
-                          run_.seed, site_look)
+                          run_.seed, site_look, sampling.batch_size, store)
     held = json.loads((classifier_folder.path / "metrics.json").read_text())
     metrics["site_classifier_heldout"] = {k: v.get("dataset_accuracy") for k, v in held["per_test_set"].items()}
     write_json_atomic(folder.path / "metrics.json", metrics)

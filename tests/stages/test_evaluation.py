@@ -203,21 +203,33 @@ def test_tissue_levels_rescale_each_brain_and_give_the_contrast_ratios():
     assert "csf" not in tissue_levels(image, pv[:, [0, 2, 3]], ["background", "gm", "wm"])  # no CSF channel
 
 
+class PaintT1:
+    """A stub generator that paints the PV maps with a fixed T1 contrast whatever the style; counts its images."""
+
+    def __init__(self):
+        self.images = 0
+
+    def generate(self, pv_maps, style_images, seeds):
+        assert len(pv_maps) == len(style_images) == len(seeds)
+        self.images += len(pv_maps)
+        contrast = torch.tensor([0.0, 0.2, 0.6, 1.0, 0.3, 0.7])
+        return torch.einsum("nchw,c->nhw", pv_maps, contrast)[:, None]
+
+
+def _site_classifier(cache):
+    from brainspade.generation.images import ModalityClassifier
+
+    datasets = sorted(set(cache.image_table["dataset"].tolist()))
+    network = ModalityDatasetClassifier(2, len(datasets), init_features=8, growth_rate=4, block_config=(1, 1))
+    return ModalityClassifier(network, ["FLAIR", "T1"], datasets, torch.device("cpu"))
+
+
 def test_style_match_scores_every_style_source_with_shares_over_every_site(cache):
     """A stub generator that paints the PV maps with a fixed T1 contrast whatever the style: every style
     source gets that contrast's ratios, and the site shares are a distribution over all sites."""
     from brainspade.evaluation.style_match import style_match, style_match_table
-    from brainspade.generation.images import ModalityClassifier
 
-    class PaintT1:
-        def generate(self, pv_maps, style_images, seeds):
-            assert len(pv_maps) == len(style_images) == len(seeds)
-            contrast = torch.tensor([0.0, 0.2, 0.6, 1.0, 0.3, 0.7])
-            return torch.einsum("nchw,c->nhw", pv_maps, contrast)[:, None]
-
-    datasets = sorted(set(cache.image_table["dataset"].tolist()))
-    network = ModalityDatasetClassifier(2, len(datasets), init_features=8, growth_rate=4, block_config=(1, 1))
-    site = ModalityClassifier(network, ["FLAIR", "T1"], datasets, torch.device("cpu"))
+    site = _site_classifier(cache)
     metrics = style_match(PaintT1(), site, cache, SOURCES, max_images=6, batch_size=4, seed=0)
     assert set(metrics["styles"]) == {"siteA/T1", "siteB/T1", "siteC/FLAIR", "siteN/T1", "siteT/T1", "siteT/FLAIR"}
     ratios = {round(entry["generated"]["gm_wm"], 6) for entry in metrics["styles"].values()}
@@ -243,3 +255,23 @@ def test_style_match_scores_every_style_source_with_shares_over_every_site(cache
             assert moved_entry["transfer"].startswith("none") and moved_entry["generated"] == entry["generated"]
         else:
             assert moved_entry["transfer"].startswith("site model") and moved_entry["generated"] != entry["generated"]
+
+
+def test_style_match_reads_back_the_site_models_sample_fitted(cache, tmp_path):
+    """A site model fitted for `sample` (W/site_looks) is not fitted again by the style match: the second run renders
+    only what it measures, and measures the same looks."""
+    from brainspade.evaluation.style_match import style_match
+    from brainspade.generation.site_look import LookStore
+
+    look = settings_of("sampling", site_look={"enabled": True, "reference_images": 8, "method": "site_model"}).site_look
+    store = LookStore(tmp_path / "site_looks", "the generator's fingerprint")
+    site = _site_classifier(cache)
+    counted = [PaintT1(), PaintT1()]
+    fitted, reread = (style_match(generator, site, cache, SOURCES, max_images=6, batch_size=4, seed=0, site_look=look,
+                                  fit_batch_size=8, store=store) for generator in counted)
+    targets = [k for k, v in fitted["styles"].items() if v["site"] not in SOURCES]
+    assert targets and len(list(store.folder.glob("*.json"))) == len(targets)  # one model per target site
+    assert reread == fitted
+    # Without the fits: 6 styled images per style source; the fits rendered 8 reference images per target site.
+    assert counted[1].images == 6 * len(fitted["styles"])
+    assert counted[0].images >= counted[1].images + 8 * len(targets)
