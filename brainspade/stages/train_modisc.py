@@ -12,7 +12,6 @@ from brainspade.engine import distributed
 from brainspade.engine.atomic import write_json_atomic
 from brainspade.engine.checkpoint import CHECKPOINT_NAME
 from brainspade.engine.runtime import Runtime
-from brainspade.engine.seeding import seed_everything
 from brainspade.engine.stage import config_fingerprint, finished_fingerprint, require_complete
 from brainspade.settings import fingerprinted
 from brainspade.stages.config import open_stage_folder, resolved_config, run_settings, section, stage_path
@@ -30,7 +29,6 @@ def run(cfg: DictConfig) -> Path:
     folder = open_stage_folder(cfg, "modisc", "train-modisc", fingerprint)
     if folder is None:
         return stage_path(cfg, "modisc")
-    seed_everything(run_.seed)
     cache = SliceCache.open(slices)
     sources = data.source_datasets
     metrics = train_classifier(folder.path, cache, generator_image_indices(cache, sources), sources, settings,

@@ -14,6 +14,7 @@ from brainspade.data.slicing import background_channel
 from brainspade.engine import distributed
 from brainspade.engine.checkpoint import schema_signature
 from brainspade.engine.runtime import Runtime
+from brainspade.engine.seeding import seed_everything
 from brainspade.errors import BrainspadeError
 from brainspade.models.modality_classifier import ModalityDatasetClassifier
 from brainspade.settings import ModiscSettings
@@ -70,6 +71,7 @@ def train_classifier(folder: Path, cache: SliceCache, train: np.ndarray, sources
     device = runtime.device
     if len(train) == 0:
         raise BrainspadeError(f"{cache.folder}: no train-split images of the source data sets {sources}")
+    seed_everything(seed)  # the network's first weights: from the seed, not from whatever drew numbers before
     modalities = sorted(set(cache.image_table["modality"][train].tolist()))
     dataset = ImageSlices(cache, train, modalities, sources)
     background = background_channel(cache.channels)

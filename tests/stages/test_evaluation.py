@@ -275,3 +275,24 @@ def test_style_match_reads_back_the_site_models_sample_fitted(cache, tmp_path):
     # Without the fits: 6 styled images per style source; the fits rendered 8 reference images per target site.
     assert counted[1].images == 6 * len(fitted["styles"])
     assert counted[0].images >= counted[1].images + 8 * len(targets)
+
+
+def test_the_site_classifier_starts_from_its_seed_whatever_drew_numbers_before(cache, tmp_path):
+    """evaluate-generators trains its site classifier after other work has drawn random numbers (in the demo, after every
+    stage before it): the same seed must give the same classifier whatever the global generators hold."""
+    from brainspade.engine.runtime import Runtime
+    from brainspade.training.modisc import train_classifier
+
+    settings = settings_of("modisc", steps=3, checkpoint_every=3, batch_size=4,
+                           model={"init_features": 8, "growth_rate": 4, "block_config": [1, 1]})
+    datasets = sorted(set(cache.image_table["dataset"].tolist()))
+    weights = []
+    for state in (1, 2):
+        torch.manual_seed(state)
+        np.random.seed(state)
+        folder = tmp_path / f"after_{state}"
+        train_classifier(folder, cache, cache.image_indices(split="train"), datasets, settings,
+                         Runtime.create(settings_of("runtime"), "cpu"), 0, {})
+        weights.append(torch.load(folder / "checkpoint.pt", weights_only=False)["models"]["classifier"])
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
