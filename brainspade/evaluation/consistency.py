@@ -12,9 +12,4 @@ from collections.abc import Callable
 
 import numpy as np
 
-Segment = Callable[[np.ndarray], np.ndarray]  # image (H, W) -> label ids (H, W)
-
-
-def segment_all(segment: Segment, images: np.ndarray) -> np.ndarray:
-    """Label ids (N, H, W) of every image (N, H, W)."""
-    return np.stack([np.asarray(segment(image)) for image in images])
+Segment = Callable[[np.ndarray], np.ndarray]  # images (N, H, W) -> label ids (N, H, W), each slice on its own

@@ -10,7 +10,7 @@ import torch
 from brainspade.data.slice_cache import SliceCache
 from brainspade.engine.atomic import write_json_atomic, write_text_atomic
 from brainspade.evaluation import report
-from brainspade.evaluation.consistency import Segment, segment_all
+from brainspade.evaluation.consistency import Segment
 from brainspade.evaluation.features import FeatureNetwork, extract
 from brainspade.evaluation.metrics import (
     consistency_dice,
@@ -148,7 +148,7 @@ def consistency(samples: SampleSet, cache: SliceCache, heldout: np.ndarray, segm
     channels = cache.channels
     classes = channels[1:]  # every tissue but the background
     labels = samples.labels[:count]
-    predicted = segment_all(segment, samples.images[:count])
+    predicted = np.asarray(segment(samples.images[:count]))
     scores = {"segmenter": segmenter, "classes": classes, "n_synthetic": len(labels),
               "synthetic": consistency_dice(predicted, labels, channels),
               # The same predictions against another sample's labels: what agreement by chance alone reaches.
@@ -156,7 +156,7 @@ def consistency(samples: SampleSet, cache: SliceCache, heldout: np.ndarray, segm
     if len(heldout):
         heldout = np.sort(np.random.default_rng(seed).permutation(heldout)[:count])
         scores["n_real"] = len(heldout)
-        real_predicted = segment_all(segment, real_images(cache, heldout))
+        real_predicted = np.asarray(segment(real_images(cache, heldout)))
         scores["real"] = consistency_dice(real_predicted, image_pv_maps(cache, heldout).argmax(axis=1), channels)
     rows = [key for key in ("synthetic", "shuffled", "real") if key in scores]
     # Means over the classes every row scores, so the synthetic and real means compare like with like.

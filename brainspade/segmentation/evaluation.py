@@ -158,11 +158,8 @@ def predict_test_set(segmenter: Segmenter, volumes: list[TestVolume], desc: str)
     bar = progress(total=sum(len(v.images) for v in volumes), desc=desc, unit="slice")
     predictions = {}
     for volume in volumes:
-        slices = []
-        for image in volume.images:
-            slices.append(segmenter.segment(image))
-            bar.update(1)
-        predictions[volume.subject] = np.stack(slices)
+        predictions[volume.subject] = segmenter.segment_slices(volume.images)
+        bar.update(len(volume.images))
     bar.close()
     return predictions
 

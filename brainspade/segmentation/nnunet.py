@@ -35,6 +35,7 @@ CONFIGURATION = "2d"
 PLANS = "nnUNetPlans"
 FOLD = "all"
 SPACING_2D = [999.0, 1.0, 1.0]  # what nnU-Net's SimpleITKIO reports for a 2D file of 1 x 1 pixels
+PREDICTION_BATCH = 32  # slices per network pass in prediction: ~0.6x the time per slice of one at a time on a CPU
 TRAINER = "BrainspadeTrainer"  # trainer.BrainspadeTrainer: nnU-Net names the results folder after the class
 
 
@@ -279,6 +280,55 @@ class Segmenter:
         with contextlib.redirect_stdout(io.StringIO()):
             labels = self.predictor.predict_single_npy_array(data, {"spacing": list(SPACING_2D)})
         return np.asarray(labels, dtype=np.uint8).reshape(image.shape)
+
+    def segment_slices(self, images: np.ndarray, batch_size: int = PREDICTION_BATCH) -> np.ndarray:
+        """Label ids (N, H, W) uint8 of slices (N, H, W): the labels `segment` gives each, the network run on batches.
+
+        Each slice is cropped, normalised and padded by nnU-Net's own preprocessing, and its logits are weighted,
+        rounded to half precision and mapped back as nnU-Net's sliding window does for an image of one tile;
+        only the network sees `batch_size` slices at once (one slice at a time spends a third of its time
+        outside the network on a CPU). A slice bigger than one tile goes through `segment`.
+        """
+        from acvl_utils.cropping_and_padding.padding import pad_nd_image
+        from nnunetv2.inference.export_prediction import (
+            convert_predicted_logits_to_segmentation_with_correct_shape,
+        )
+        from nnunetv2.inference.sliding_window_prediction import compute_gaussian
+
+        predictor = self.predictor
+        plans, configuration = predictor.plans_manager, predictor.configuration_manager
+        patch = tuple(configuration.patch_size)
+        preprocessor = configuration.preprocessor_class(verbose=False)
+        gaussian = (compute_gaussian(patch, sigma_scale=1.0 / 8, value_scaling_factor=10, device=predictor.device)
+                    if predictor.use_gaussian else 1)
+        labels = np.zeros(np.shape(images), dtype=np.uint8)
+        for start in range(0, len(images), batch_size):
+            tiles, kept = [], []
+            for index in range(start, min(start + batch_size, len(images))):
+                data, _, properties = preprocessor.run_case_npy(
+                    np.asarray(images[index], dtype=np.float32)[None, None], None, {"spacing": list(SPACING_2D)},
+                    plans, configuration, predictor.dataset_json)
+                padded, revert = pad_nd_image(torch.from_numpy(data), patch, "constant", {"value": 0}, True, None)
+                if tuple(padded.shape[2:]) != patch:
+                    labels[index] = self.segment(images[index])
+                    continue
+                tiles.append(padded[:, 0])
+                kept.append((index, revert, properties))
+            if not tiles:
+                continue
+            with torch.inference_mode():
+                predictor.network.eval()
+                outputs = predictor._internal_maybe_mirror_and_predict(torch.stack(tiles).to(predictor.device))
+                for output, (index, revert, properties) in zip(outputs, kept, strict=True):
+                    logits = torch.zeros((len(output), 1, *patch), dtype=torch.half, device=predictor.device)
+                    weights = torch.zeros((1, *patch), dtype=torch.half, device=predictor.device)
+                    logits[:, 0] += output * gaussian
+                    weights[0] += gaussian
+                    torch.div(logits, weights, out=logits)
+                    logits = logits[(slice(None), *revert[1:])].cpu()
+                    labels[index] = np.asarray(convert_predicted_logits_to_segmentation_with_correct_shape(
+                        logits, plans, configuration, predictor.label_manager, properties)).reshape(labels.shape[1:])
+        return labels
 
 
 def _read_dataset_json(source: Path) -> dict:

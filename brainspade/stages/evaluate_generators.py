@@ -88,7 +88,7 @@ def run(cfg: DictConfig) -> Path:
         samples = load_sample_set(samples_folder, settings.max_samples)
         print(f"[{COMMAND}] scoring {name} ({len(samples.case_ids)} samples, style {samples.style_modality})", flush=True)
         evaluate_sample_set(samples, cache, data.source_datasets, settings, features, feature_source,
-                            segmenter.segment if segmenter else None, arm, device, run_.seed,
+                            segmenter.segment_slices if segmenter else None, arm, device, run_.seed,
                             folder.path)
         folder.finish({"report": "report.md", "metrics": "metrics.json", "figures": "figures/"})
     return write_summary(stage_path(cfg, "evaluation"), names)

@@ -11,7 +11,6 @@ import torch
 from conftest import run_cli, settings_of
 
 from brainspade.data.slice_cache import SliceCache
-from brainspade.evaluation.consistency import segment_all
 from brainspade.evaluation.features import classifier_features, extract
 from brainspade.evaluation.metrics import (
     components_and_holes,
@@ -83,11 +82,11 @@ def test_shuffled_label_image_pairs_score_a_far_lower_consistency_dice(cache):
     images, labels = _images(cache, train), _labels(cache, train)
     means = np.array([images[labels == k].mean() if (labels == k).any() else np.inf for k in range(len(cache.channels))])
 
-    def segment(image: np.ndarray) -> np.ndarray:
-        return np.abs(image[..., None] - means).argmin(axis=-1)
+    def segment(images: np.ndarray) -> np.ndarray:
+        return np.abs(images[..., None] - means).argmin(axis=-1)
 
     test_images, test_labels = _images(cache, test), _labels(cache, test)
-    predicted = segment_all(segment, test_images)
+    predicted = segment(test_images)
     tissues = ["csf", "gm", "wm"]
     true_pairs = mean_dice(consistency_dice(predicted, test_labels, cache.channels), tissues)
     shuffled = mean_dice(consistency_dice(predicted, np.roll(test_labels, len(test) // 2, axis=0), cache.channels),

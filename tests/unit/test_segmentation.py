@@ -211,6 +211,35 @@ def test_interrupted_nnunet_training_resumes_at_its_last_epoch(cache, tmp_path, 
     assert labels.shape == cache.size and labels.dtype == np.uint8 and labels.max() < len(cache.channels)
 
 
+def test_slices_segmented_in_batches_get_the_labels_each_slice_gets_alone(cache, tmp_path):
+    # Experiments and evaluate-generators run the network on batches of slices: every slice must get the labels of
+    # nnU-Net's own one-slice prediction (crop, normalise, pad, half-precision logits, revert), mirroring included.
+    import io
+
+    import torch
+
+    from brainspade.segmentation import nnunet
+
+    raw_dataset.export_real_slices(cache, cache.image_indices(split="train", datasets=["siteA"])[:8],
+                                   tmp_path / "real", cache.channels)
+    settings = settings_of("segmentation", epochs=1, iterations_per_epoch=2, val_iterations_per_epoch=1, batch_size=2,
+                           test_time_mirroring=True, processes=1, augmentation_processes=0)
+    root = tmp_path / "nnunet"
+    with nnunet.nnunet_environment(root):
+        nnunet.link_raw_dataset([tmp_path / "real"], root / "raw" / nnunet.dataset_name("arm"))
+        nnunet.plan_and_preprocess(root, 1, io.StringIO())
+        nnunet.train(root, "arm", settings, torch.device("cpu"), io.StringIO(), tmp_path)
+    segmenter = nnunet.Segmenter(root, "arm", torch.device("cpu"), settings)
+    images = np.stack([cache.image(i) for i in cache.image_indices(split="test")[:37]]).astype(np.float32)
+    images[3] = 0.0  # nothing to crop to
+    images[4, :, : images.shape[2] // 2] = 0.0  # a crop off-centre in the tile
+    one_at_a_time = np.stack([segmenter.segment(image) for image in images])
+    assert len(np.unique(one_at_a_time)) > 1
+    assert np.array_equal(segmenter.segment_slices(images, batch_size=16), one_at_a_time)
+    wider = np.pad(images[:3], ((0, 0), (0, 0), (0, 24)), constant_values=float(images.min()))  # more than one tile
+    assert np.array_equal(segmenter.segment_slices(wider), np.stack([segmenter.segment(image) for image in wider]))
+
+
 def test_demo_prints_each_evaluations_tables_without_models_or_figures(tmp_path):
     from brainspade.stages.demo import result_tables
 
