@@ -35,7 +35,7 @@ CONFIGURATION = "2d"
 PLANS = "nnUNetPlans"
 FOLD = "all"
 SPACING_2D = [999.0, 1.0, 1.0]  # what nnU-Net's SimpleITKIO reports for a 2D file of 1 x 1 pixels
-PREDICTION_BATCH = 32  # slices per network pass in prediction: ~0.6x the time per slice of one at a time on a CPU
+PREDICTION_BATCH = 32  # slices per network pass in prediction
 TRAINER = "BrainspadeTrainer"  # trainer.BrainspadeTrainer: nnU-Net names the results folder after the class
 
 
@@ -286,8 +286,8 @@ class Segmenter:
 
         Each slice is cropped, normalised and padded by nnU-Net's own preprocessing, and its logits are weighted,
         rounded to half precision and mapped back as nnU-Net's sliding window does for an image of one tile;
-        only the network sees `batch_size` slices at once (one slice at a time spends a third of its time
-        outside the network on a CPU). A slice bigger than one tile goes through `segment`.
+        only the network sees `batch_size` slices at once: on a 2-core CPU, 16 ms a slice instead of 35
+        (benchmarks/demo.md). A slice bigger than one tile goes through `segment`.
         """
         from acvl_utils.cropping_and_padding.padding import pad_nd_image
         from nnunetv2.inference.export_prediction import (
