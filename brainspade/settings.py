@@ -514,6 +514,7 @@ class StyleMatchSettings(Checked):
     enabled: bool
     max_images: int = bounded(ge=2)
     batch_size: int = bounded(ge=1)
+    site_look_sites: Optional[list[str]]  # target sites also measured after the site look (None: every one)
     site_classifier: ModiscSettings
 
 

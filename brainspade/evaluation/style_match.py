@@ -15,6 +15,8 @@ PROTOCOL: no target test image is read here, and of a target's labels only its d
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
@@ -41,12 +43,13 @@ def site_shares(classifier: ModalityClassifier, images: torch.Tensor, batch_size
 def style_match(generator: ImageGenerator, site_classifier: ModalityClassifier, cache: SliceCache,
                 sources: list[str], max_images: int, batch_size: int, seed: int,
                 site_look: SiteLookSettings | None = None, fit_batch_size: int | None = None,
-                store: LookStore | None = None) -> dict:
+                store: LookStore | None = None, site_look_sites: Sequence[str] | None = None) -> dict:
     """Per style source: the site classifier's shares and the tissue levels of generated vs real images.
 
     With `site_look` enabled, each source is also measured after the site look, fitted as `sample` fits it for a
     set styled by that source with the same seed (and `fit_batch_size`, sampling's), under "with_appearance_transfer";
-    with a `store`, a look `sample` already fitted is read back rather than fitted again.
+    with a `store`, a look `sample` already fitted is read back rather than fitted again. `site_look_sites` (None:
+    every site) names the sites measured after the site look; the others are measured with the generator alone.
     """
     rng = np.random.default_rng(seed)
     heldout = heldout_label_indices(cache, sources)
@@ -74,7 +77,7 @@ def style_match(generator: ImageGenerator, site_classifier: ModalityClassifier, 
             real_maps = np.stack([cache.pv_map(int(table["label_index"][i])) for i in real])
             shares = site_shares(site_classifier, fake, batch_size)
             transferred = None
-            if site_look is not None and site_look.enabled:
+            if site_look is not None and site_look.enabled and (site_look_sites is None or dataset in site_look_sites):
                 # Its own random draws: the generator-only numbers and real images drawn stay those of a run without it.
                 look = fit_site_look(generator.generate, cache, sources, style_bank_from_cache(cache, dataset, modality),
                                      site_look, seed, fit_batch_size or batch_size, store)

@@ -51,6 +51,11 @@ def run(cfg: DictConfig) -> Path:
     slices = require_complete(stage_path(cfg, "slices"), "slice cache", "prepare-data")
     device = select_device(run_.device)
     cache = SliceCache.open(slices)
+    sites = sorted(set(cache.image_table["dataset"].tolist()))
+    unknown = sorted(set(settings.style_match.site_look_sites or []) - set(sites))
+    if unknown:
+        raise BrainspadeError(f"evaluation.style_match.site_look_sites: {unknown} not among the sites of {slices} "
+                              f"{sites}; name some of them, or null for every one")
     names = sample_set_names(stage_path(cfg, "samples"), cfg.get("samples"), required=False)
     for name in names:  # a set with deleted cases is neither "up to date" nor read halfway through the scoring
         missing = missing_files(stage_path(cfg, "samples") / name)
@@ -133,7 +138,7 @@ def style_match_report(cfg: DictConfig, settings: StyleMatchSettings, cache: Sli
     # The looks `sample` fitted for this generator (W/site_looks) are read back; those fitted here are kept for it.
     store = LookStore(stage_path(cfg, "site_looks"), finished_fingerprint(generator_folder))
     metrics = style_match(generator, site_classifier, cache, sources, settings.max_images, settings.batch_size,
-                          run_.seed, site_look, sampling.batch_size, store)
+                          run_.seed, site_look, sampling.batch_size, store, settings.site_look_sites)
     held = json.loads((classifier_folder.path / "metrics.json").read_text())
     metrics["site_classifier_heldout"] = {k: v.get("dataset_accuracy") for k, v in held["per_test_set"].items()}
     write_json_atomic(folder.path / "metrics.json", metrics)

@@ -276,6 +276,40 @@ def test_style_match_reads_back_the_site_models_sample_fitted(cache, tmp_path):
     assert counted[0].images >= counted[1].images + 8 * len(targets)
 
 
+def test_the_style_match_fits_the_site_look_only_for_the_sites_named(cache, tmp_path):
+    """`site_look_sites` (the cpu demo: the one site its extension arm trains for) fits and measures the site look
+    there only; every style source keeps the numbers of the generator alone that a run over every site gives."""
+    from brainspade.evaluation.style_match import style_match
+    from brainspade.generation.site_look import LookStore
+
+    look = settings_of("sampling", site_look={"enabled": True, "reference_images": 8, "method": "site_model"}).site_look
+    site = _site_classifier(cache)
+    runs, counted = {}, {}
+    for sites in (None, ["siteN"]):
+        counted[str(sites)] = PaintT1()
+        runs[str(sites)] = style_match(counted[str(sites)], site, cache, SOURCES, max_images=6, batch_size=4, seed=0,
+                                       site_look=look, fit_batch_size=8,
+                                       store=LookStore(tmp_path / str(sites), "fingerprint"), site_look_sites=sites)
+    every, only = runs["None"]["styles"], runs["['siteN']"]["styles"]
+    assert [k for k, v in only.items() if "with_appearance_transfer" in v] == ["siteN/T1"]
+    assert only["siteN/T1"] == every["siteN/T1"]
+    for key in set(only) - {"siteN/T1"}:
+        assert only[key] == {k: v for k, v in every[key].items() if k != "with_appearance_transfer"}
+    assert len(list((tmp_path / "['siteN']").glob("*.json"))) == 1
+    assert counted["['siteN']"].images == 6 * len(only) + 8  # one fit of 8 reference renders
+
+
+def test_a_site_look_site_the_slice_cache_lacks_is_refused_before_any_work(capsys, tiny_slices, tmp_path):
+    from conftest import workdir_with_slices
+
+    workdir = workdir_with_slices(tiny_slices, tmp_path / "w")
+    code, _, err = run_cli(capsys, "evaluate-generators", f"workdir={workdir}", "profile=tiny",
+                           "evaluation.style_match.site_look_sites=[siteN, siteX]")
+    assert code != 0 and len(err.strip().splitlines()) == 1, err
+    assert "evaluation.style_match.site_look_sites: ['siteX']" in err and "siteN" in err.split("sites of")[1]
+    assert not (workdir / "evaluation").exists()
+
+
 def test_the_site_classifier_starts_from_its_seed_whatever_drew_numbers_before(cache, tmp_path):
     """evaluate-generators trains its site classifier after other work has drawn random numbers (in the demo, after every
     stage before it): the same seed must give the same classifier whatever the global generators hold."""
