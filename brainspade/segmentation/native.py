@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io
 import json
 import os
 import shutil
@@ -48,7 +47,7 @@ from brainspade.engine.checkpoint import load_nnunet_checkpoint
 from brainspade.engine.logging import progress
 from brainspade.errors import BrainspadeError
 from brainspade.segmentation.model_files import read_dataset_json, read_plans
-from brainspade.segmentation.nnunet import FOLD, SPACING_2D, Segmenter, results_folder
+from brainspade.segmentation.nnunet import FOLD, Segmenter, results_folder
 
 MODEL_CARD = "model.json"
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -203,26 +202,21 @@ def template_probabilities(image: np.ndarray, template: Template, segmenter: Seg
     probabilities[..., 0] = 1.0
     fill = float(image.min())
     brain_only = np.where(template.brain, image, fill)
-    for z in brain_slice_indices(template.brain, card.min_brain_fraction, every=1):
+    planes = brain_slice_indices(template.brain, card.min_brain_fraction, every=1)
+    normalised = np.zeros((len(planes), *card.slice_size), dtype=np.float32)
+    for k, z in enumerate(planes):
         plane = crop_or_pad(brain_only[:, :, z], card.slice_size, fill=fill)
         brain = crop_or_pad(template.brain[:, :, z], card.slice_size, fill=False)
         # The cache stores float16 slices: the network sees the same rounding here.
-        normalised = zscore_in_brain(plane, brain).astype(np.float16).astype(np.float32)
+        normalised[k] = zscore_in_brain(plane, brain).astype(np.float16).astype(np.float32)
+    for z, predicted in zip(planes, segmenter.slice_probabilities(normalised), strict=True):
         # crop_or_pad back to the plane's own size undoes the centred crop / pad exactly.
-        probabilities[:, :, z] = crop_or_pad(slice_probabilities(segmenter, normalised), image.shape[:2])
+        probabilities[:, :, z] = crop_or_pad(predicted, image.shape[:2])
     if through_plane_sigma_mm > 0:
         probabilities = gaussian_filter1d(probabilities, through_plane_sigma_mm / template.resolution_mm, axis=2,
                                           mode="nearest")
     probabilities[~template.brain] = np.eye(len(card.channels), dtype=np.float32)[0]
     return probabilities
-
-
-def slice_probabilities(segmenter: Segmenter, image: np.ndarray) -> np.ndarray:
-    """Softmax (H, W, C) of one slice from the arm's nnU-Net predictor (Segmenter.segment gives only the argmax)."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        _, probabilities = segmenter.predictor.predict_single_npy_array(
-            np.asarray(image, dtype=np.float32)[None, None], {"spacing": list(SPACING_2D)}, None, None, True)
-    return np.moveaxis(np.asarray(probabilities, dtype=np.float32).reshape(-1, *image.shape), 0, -1)
 
 
 def write_labels(path: Path, labels: np.ndarray, like: nib.Nifti1Image) -> None:

@@ -212,8 +212,10 @@ def test_interrupted_nnunet_training_resumes_at_its_last_epoch(cache, tmp_path, 
 
 
 def test_slices_segmented_in_batches_get_the_labels_each_slice_gets_alone(cache, tmp_path):
-    # Experiments and evaluate-generators run the network on batches of slices: every slice must get the labels of
-    # nnU-Net's own one-slice prediction (crop, normalise, pad, half-precision logits, revert), mirroring included.
+    # Experiments, evaluate-generators and `segment` run the network on batches of slices: every slice must get what
+    # nnU-Net's own one-slice prediction gives (crop, normalise, pad, half-precision logits, revert), mirroring
+    # included. The network's sums may differ in their last bits with the batch size, which can move a half-precision
+    # logit by one step: probabilities agree to that step, labels everywhere but at such a near-tie.
     import io
 
     import torch
@@ -235,7 +237,14 @@ def test_slices_segmented_in_batches_get_the_labels_each_slice_gets_alone(cache,
     images[4, :, : images.shape[2] // 2] = 0.0  # a crop off-centre in the tile
     one_at_a_time = np.stack([segmenter.segment(image) for image in images])
     assert len(np.unique(one_at_a_time)) > 1
-    assert np.array_equal(segmenter.segment_slices(images, batch_size=16), one_at_a_time)
+    labels = segmenter.segment_slices(images, batch_size=16)
+    assert labels.dtype == np.uint8 and np.mean(labels != one_at_a_time) < 1e-3
+    alone = np.stack([np.moveaxis(segmenter.predictor.predict_single_npy_array(
+        image[None, None], {"spacing": list(nnunet.SPACING_2D)}, None, None, True)[1][:, 0], 0, -1) for image in images])
+    batched = segmenter.slice_probabilities(images, batch_size=16)
+    assert batched.shape == (*images.shape, len(cache.channels))
+    assert np.abs(batched - alone).max() < 0.01  # a step of a half-precision logit near 4 moves a probability < 0.004
+    assert np.array_equal(batched.argmax(axis=-1), labels)
     wider = np.pad(images[:3], ((0, 0), (0, 0), (0, 24)), constant_values=float(images.min()))  # more than one tile
     assert np.array_equal(segmenter.segment_slices(wider), np.stack([segmenter.segment(image) for image in wider]))
 
