@@ -51,11 +51,12 @@ def run(cfg: DictConfig) -> Path:
     slices = require_complete(stage_path(cfg, "slices"), "slice cache", "prepare-data")
     device = select_device(run_.device)
     cache = SliceCache.open(slices)
-    sites = sorted(set(cache.image_table["dataset"].tolist()))
-    unknown = sorted(set(settings.style_match.site_look_sites or []) - set(sites))
-    if unknown:
-        raise BrainspadeError(f"evaluation.style_match.site_look_sites: {unknown} not among the sites of {slices} "
-                              f"{sites}; name some of them, or null for every one")
+    if settings.style_match.site_look_sites:
+        sites = sorted(set(cache.image_table["dataset"].tolist()))
+        unknown = sorted(set(settings.style_match.site_look_sites) - set(sites))
+        if unknown:
+            raise BrainspadeError(f"evaluation.style_match.site_look_sites: {unknown} not among the sites of {slices} "
+                                  f"{sites}; name some of them, or null for every one")
     names = sample_set_names(stage_path(cfg, "samples"), cfg.get("samples"), required=False)
     for name in names:  # a set with deleted cases is neither "up to date" nor read halfway through the scoring
         missing = missing_files(stage_path(cfg, "samples") / name)
