@@ -274,22 +274,15 @@ class Segmenter:
         )
         self.labels = dict(dataset_json["labels"])
 
-    def segment(self, image: np.ndarray) -> np.ndarray:
-        """Label ids (H, W) uint8 of one slice (H, W), preprocessed exactly as the training cases."""
-        data = np.asarray(image, dtype=np.float32)[None, None]
-        with contextlib.redirect_stdout(io.StringIO()):
-            labels = self.predictor.predict_single_npy_array(data, {"spacing": list(SPACING_2D)})
-        return np.asarray(labels, dtype=np.uint8).reshape(image.shape)
-
     def segment_slices(self, images: np.ndarray, batch_size: int = PREDICTION_BATCH) -> np.ndarray:
-        """Label ids (N, H, W) uint8 of slices (N, H, W): what `segment` gives each, the network run on batches.
+        """Label ids (N, H, W) uint8 of slices (N, H, W), each segmented on its own, the network run on batches.
 
         Each slice is cropped, normalised and padded by nnU-Net's own preprocessing, and its logits are weighted,
         rounded to half precision and mapped back as nnU-Net's sliding window does for an image of one tile;
         only the network sees `batch_size` slices at once: on a 2-core CPU, 16 ms a slice instead of 35
         (benchmarks/demo.md). The network's sums may differ in their last bits with the batch size, which can
-        move a half-precision logit by one step: a label can differ from `segment`'s only at such a near-tie
-        (none in 680 test slices measured). A slice bigger than one tile goes through nnU-Net's one-slice prediction.
+        move a half-precision logit by one step: a label can differ from nnU-Net's one-slice prediction
+        (`predict_single_npy_array`) only at such a near-tie (none in 680 test slices measured). A slice bigger than one tile goes through nnU-Net's one-slice prediction.
         """
         labels = np.zeros(np.shape(images), dtype=np.uint8)
         for index, result in self._predict(images, batch_size, probabilities=False):

@@ -277,7 +277,7 @@ def test_style_match_reads_back_the_site_models_sample_fitted(cache, tmp_path):
 
 
 def test_the_style_match_fits_the_site_look_only_for_the_sites_named(cache, tmp_path):
-    """`site_look_sites` (the cpu demo: the one site its extension arm trains for) fits and measures the site look
+    """`site_look_sites` (e.g. the one site the cpu demo's extension arm trains for) fits and measures the site look
     there only; every style source keeps the numbers of the generator alone that a run over every site gives."""
     from brainspade.evaluation.style_match import style_match
     from brainspade.generation.site_look import LookStore
